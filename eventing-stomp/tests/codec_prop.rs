@@ -1,0 +1,177 @@
+//! Property tests of the STOMP codec: arbitrary input never panics or breaks
+//! the limits, and encoded frames decode back to themselves however the bytes
+//! are split.
+
+use bytes::{Bytes, BytesMut};
+use eventing_stomp::codec::{CONTENT_LENGTH, CodecLimits, Incoming, Outgoing, StompCodec};
+use eventing_stomp::frame::{Command, Frame};
+use proptest::prelude::*;
+use tokio_util::codec::{Decoder, Encoder};
+
+const LIMITS: CodecLimits = CodecLimits {
+    max_frame_bytes: 512,
+    max_header_bytes: 160,
+    max_headers: 6,
+};
+
+/// Splits `input` at the given points (taken modulo its length, in order).
+fn chunks(input: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+    let mut points: Vec<usize> = cuts.iter().map(|cut| cut % (input.len() + 1)).collect();
+    points.sort_unstable();
+    let mut out = Vec::new();
+    let mut start = 0;
+    for point in points.into_iter().chain([input.len()]) {
+        out.push(input[start..point].to_vec());
+        start = point;
+    }
+    out
+}
+
+/// Feeds `parts` one after the other, decoding after each; stops at the first
+/// error. Returns the items and whether the input ended in an error.
+fn feed(codec: &mut StompCodec, parts: &[Vec<u8>]) -> (Vec<Incoming>, bool) {
+    let mut buf = BytesMut::new();
+    let mut items = Vec::new();
+    for part in parts {
+        buf.extend_from_slice(part);
+        loop {
+            match codec.decode(&mut buf) {
+                Ok(Some(item)) => items.push(item),
+                Ok(None) => break,
+                Err(_) => return (items, true),
+            }
+        }
+    }
+    loop {
+        match codec.decode_eof(&mut buf) {
+            Ok(Some(item)) => items.push(item),
+            Ok(None) => return (items, false),
+            Err(_) => return (items, true),
+        }
+    }
+}
+
+/// Bytes that look like STOMP often enough to reach past the command line.
+fn stompish() -> impl Strategy<Value = Vec<u8>> {
+    let token = prop_oneof![
+        Just(b"SEND\n".to_vec()),
+        Just(b"MESSAGE\r\n".to_vec()),
+        Just(b"CONNECT\n".to_vec()),
+        Just(b"content-length:".to_vec()),
+        Just(b"a:b\n".to_vec()),
+        Just(b"\\c".to_vec()),
+        Just(b"\\".to_vec()),
+        Just(b":".to_vec()),
+        Just(b"\n".to_vec()),
+        Just(b"\r\n".to_vec()),
+        Just(b"\r".to_vec()),
+        Just(b"\0".to_vec()),
+        (0u32..1000).prop_map(|n| n.to_string().into_bytes()),
+        prop::collection::vec(any::<u8>(), 0..8),
+    ];
+    prop::collection::vec(token, 0..64).prop_map(|tokens| tokens.concat())
+}
+
+fn command() -> impl Strategy<Value = Command> {
+    prop::sample::select(Command::ALL.to_vec())
+}
+
+/// Header text; unescaped frames cannot carry CR or LF (nor `:` in names).
+fn text(escaped: bool, name: bool) -> BoxedStrategy<String> {
+    let forbidden: &'static [char] = match (escaped, name) {
+        (true, _) => &[],
+        (false, true) => &['\n', '\r', ':'],
+        (false, false) => &['\n', '\r'],
+    };
+    let special = prop::sample::select(vec!['\n', '\r', ':', '\\', '\0']);
+    let ch = prop_oneof![3 => any::<char>(), 1 => special]
+        .prop_filter("not writable unescaped", move |ch| !forbidden.contains(ch));
+    prop::collection::vec(ch, 0..6)
+        .prop_map(|chars| chars.into_iter().collect())
+        .boxed()
+}
+
+fn frame() -> impl Strategy<Value = Frame> {
+    command().prop_flat_map(|command| {
+        let escaped = command.escapes_headers();
+        let header = (text(escaped, true), text(escaped, false))
+            .prop_filter("the encoder owns content-length", |(name, _)| {
+                name != CONTENT_LENGTH
+            });
+        (
+            prop::collection::vec(header, 0..4),
+            prop::collection::vec(any::<u8>(), 0..64),
+        )
+            .prop_map(move |(headers, body)| Frame {
+                command,
+                headers,
+                body: Bytes::from(body),
+            })
+    })
+}
+
+/// An item to send: mostly frames, some heart-beats.
+fn outgoing() -> impl Strategy<Value = Outgoing> {
+    prop_oneof![4 => frame().prop_map(Outgoing::Frame), 1 => Just(Outgoing::Heartbeat)]
+}
+
+/// What decoding an encoded item gives back.
+fn expected(item: &Outgoing) -> Incoming {
+    match item {
+        Outgoing::Heartbeat => Incoming::Heartbeat,
+        Outgoing::Frame(frame) => {
+            let mut frame = frame.clone();
+            if !frame.body.is_empty() {
+                frame.push_header(CONTENT_LENGTH, frame.body.len().to_string());
+            }
+            Incoming::Frame(frame)
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn arbitrary_input_never_panics_nor_exceeds_limits(
+        input in prop_oneof![prop::collection::vec(any::<u8>(), 0..600), stompish()],
+        cuts in prop::collection::vec(any::<usize>(), 0..8),
+    ) {
+        let mut codec = StompCodec::with_limits(LIMITS);
+        let (items, _) = feed(&mut codec, &chunks(&input, &cuts));
+        for item in items {
+            if let Incoming::Frame(frame) = item {
+                prop_assert!(frame.headers.len() <= LIMITS.max_headers);
+                let header_bytes: usize = frame.headers.iter().map(|(n, v)| n.len() + v.len() + 2).sum();
+                prop_assert!(header_bytes <= LIMITS.max_header_bytes);
+                prop_assert!(frame.body.len() < LIMITS.max_frame_bytes);
+            }
+        }
+    }
+
+    #[test]
+    fn split_input_decodes_like_whole_input(
+        input in stompish(),
+        cuts in prop::collection::vec(any::<usize>(), 0..8),
+    ) {
+        let whole = feed(&mut StompCodec::with_limits(LIMITS), &[input.clone()]);
+        let split = feed(&mut StompCodec::with_limits(LIMITS), &chunks(&input, &cuts));
+        prop_assert_eq!(whole, split);
+    }
+
+    #[test]
+    fn encoded_frames_decode_to_themselves(
+        items in prop::collection::vec(outgoing(), 0..6),
+        cuts in prop::collection::vec(any::<usize>(), 0..12),
+    ) {
+        let mut codec = StompCodec::new();
+        let mut wire = BytesMut::new();
+        for item in &items {
+            codec.encode(item.clone(), &mut wire).expect("valid frames are encodable");
+        }
+        let (decoded, failed) = feed(&mut codec, &chunks(&wire, &cuts));
+        prop_assert!(!failed);
+        let expected: Vec<Incoming> = items.iter().map(expected).collect();
+        prop_assert_eq!(decoded, expected);
+    }
+}

@@ -1,0 +1,185 @@
+//! The runtime's error type.
+
+use std::time::Duration;
+
+/// A boxed error from user code (a listener or a pipeline) or a provider.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Result with the runtime's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the runtime. Messages name the event, listener,
+/// queue or provider involved; URLs in messages never carry credentials.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The event could not be serialized.
+    #[error("cannot encode event `{event}`: {source}")]
+    Encode {
+        /// Event name.
+        event: String,
+        /// The codec's error.
+        #[source]
+        source: BoxError,
+    },
+    /// A body could not be decoded into the event type.
+    #[error("cannot decode body of event `{event}` ({content_type}): {reason}")]
+    Decode {
+        /// Event name.
+        event: String,
+        /// Content type of the body.
+        content_type: String,
+        /// What the codec said.
+        reason: String,
+    },
+    /// A pipeline refused an envelope.
+    #[error("pipeline `{pipeline}` refused the envelope: {source}")]
+    Pipeline {
+        /// The pipeline's name.
+        pipeline: &'static str,
+        /// Its error.
+        #[source]
+        source: BoxError,
+    },
+    /// Two event types registered the same event name.
+    #[error("two event types are registered as event `{name}`: `{first}` and `{second}`; give one of them another name with #[event(name = \"...\")]")]
+    DuplicateEvent {
+        /// The shared name.
+        name: String,
+        /// One type.
+        first: &'static str,
+        /// The other type.
+        second: &'static str,
+    },
+    /// Two listener types registered the same listener name for one event.
+    #[error("two listener types are registered as listener `{name}` of event `{event}`: `{first}` and `{second}`; rename one with #[event_listener(..., name = \"...\")]")]
+    DuplicateListener {
+        /// Event name.
+        event: String,
+        /// Listener name.
+        name: String,
+        /// One type.
+        first: &'static str,
+        /// The other type.
+        second: &'static str,
+    },
+    /// A listener has state, so the runtime cannot construct it, and no instance was bound.
+    #[error("listener `{listener}` (`{type_name}`) has state and no instance is bound: call EventManagerBuilder::listener with an instance, or deselect it")]
+    ListenerNotBound {
+        /// Listener name.
+        listener: &'static str,
+        /// Listener type.
+        type_name: &'static str,
+    },
+    /// An event's name uses a `{placeholder}` the manager has no value for.
+    #[error("event name `{name}` uses `{{{placeholder}}}`, which the manager does not define (EventManagerBuilder::var)")]
+    UnresolvedName {
+        /// The template.
+        name: String,
+        /// The missing placeholder.
+        placeholder: String,
+    },
+    /// No provider is registered for the URL's scheme.
+    #[error("no provider for scheme `{scheme}://` is linked into this binary (known: {known}); enable the provider's cargo feature and reference its crate (`use eventing_amqp as _;`)")]
+    UnknownScheme {
+        /// The scheme asked for.
+        scheme: String,
+        /// The schemes that are registered.
+        known: String,
+    },
+    /// A provider URL is malformed. The URL itself is not repeated, so credentials in it cannot leak.
+    #[error("invalid provider URL: {reason}")]
+    InvalidUrl {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The broker is unreachable or the connection is down.
+    #[error("provider `{provider}` unavailable: {reason}")]
+    Unavailable {
+        /// Provider name.
+        provider: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The broker refused a durable message (a nack or an ERROR frame).
+    #[error("provider `{provider}` refused message {message_id} for `{address}`: {reason}")]
+    Refused {
+        /// Provider name.
+        provider: &'static str,
+        /// The event address.
+        address: String,
+        /// Message id.
+        message_id: String,
+        /// The broker's reason.
+        reason: String,
+    },
+    /// An operation did not complete in time.
+    #[error("{operation} timed out after {after:?}")]
+    Timeout {
+        /// What timed out.
+        operation: &'static str,
+        /// The limit.
+        after: Duration,
+    },
+    /// A body or frame is over the configured limit.
+    #[error("message for `{address}` is {size} bytes, over the limit of {limit} bytes")]
+    TooLarge {
+        /// The event address.
+        address: String,
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Any other provider failure.
+    #[error("provider `{provider}`: {source}")]
+    Provider {
+        /// Provider name.
+        provider: &'static str,
+        /// Its error.
+        #[source]
+        source: BoxError,
+    },
+    /// The manager is not in a state that allows the call.
+    #[error("event manager: {0}")]
+    State(&'static str),
+    /// The operation is not supported by this provider.
+    #[error("provider `{provider}` does not support {operation}")]
+    Unsupported {
+        /// Provider name.
+        provider: &'static str,
+        /// What was asked.
+        operation: &'static str,
+    },
+}
+
+impl Error {
+    /// Wraps a provider's own error.
+    pub fn provider(provider: &'static str, source: impl Into<BoxError>) -> Self {
+        Self::Provider {
+            provider,
+            source: source.into(),
+        }
+    }
+}
+
+/// Replaces the password (and user info) of a URL with `***` for logs and errors.
+///
+/// ```
+/// assert_eq!(
+///     eventing::redact_url("amqp://guest:secret@127.0.0.1:5672/%2f"),
+///     "amqp://***@127.0.0.1:5672/%2f"
+/// );
+/// assert_eq!(eventing::redact_url("memory://"), "memory://");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}://***{}", &url[..scheme_end], &rest[at..]),
+        None => url.to_string(),
+    }
+}

@@ -1,0 +1,66 @@
+//! Events and their descriptors.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// A payload type that travels as an event. Implemented by `#[event]`; do not
+/// implement it by hand.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an event",
+    label = "not an #[event]",
+    note = "mark the type with #[eventing::event] (it must derive serde's Serialize and Deserialize)"
+)]
+pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The event's registered descriptor.
+    fn descriptor() -> &'static EventDescriptor;
+}
+
+/// What the registry knows of an event type.
+#[derive(Debug)]
+pub struct EventDescriptor {
+    name: &'static str,
+    type_name: &'static str,
+    durable: bool,
+}
+
+impl EventDescriptor {
+    #[doc(hidden)]
+    pub const fn __new(name: &'static str, type_name: &'static str, durable: bool) -> Self {
+        Self {
+            name,
+            type_name,
+            durable,
+        }
+    }
+
+    /// The event's name as declared; it may hold `{placeholders}` that the manager
+    /// fills (see [`EventManagerBuilder::var`](crate::EventManagerBuilder::var)).
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The Rust type's path.
+    pub fn type_name(&self) -> &'static str {
+        self.type_name
+    }
+
+    /// Whether the broker is asked for durable queues and persistent, confirmed messages.
+    pub fn durable(&self) -> bool {
+        self.durable
+    }
+}
+
+/// A registry entry submitted by `#[event]`.
+#[doc(hidden)]
+pub struct EventRegistration {
+    pub(crate) descriptor: fn() -> &'static EventDescriptor,
+}
+
+impl EventRegistration {
+    #[doc(hidden)]
+    pub const fn __new(descriptor: fn() -> &'static EventDescriptor) -> Self {
+        Self { descriptor }
+    }
+}
+
+inventory::collect!(EventRegistration);

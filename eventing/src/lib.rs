@@ -1,0 +1,37 @@
+#![doc = include_str!("docs/crate.md")]
+
+mod codec;
+mod envelope;
+mod error;
+mod event;
+mod listener;
+mod manager;
+mod memory;
+mod pipeline;
+mod provider;
+pub mod registry;
+mod topology;
+
+#[doc(hidden)]
+pub mod __private;
+
+pub use eventing_macros::{event, event_listener};
+pub use futures_util::future::BoxFuture;
+
+pub use codec::JSON;
+pub use envelope::{Envelope, HeaderName, Headers, header, new_message_id, now_rfc3339};
+pub use error::{BoxError, Error, Result, redact_url};
+pub use event::{Event, EventDescriptor};
+pub use listener::{Context, EventListener, ListenerDescriptor, ListenerResult};
+pub use manager::{
+    EventManager, EventManagerBuilder, ListenerOptions, RetryPolicy, Stats, URL_VARIABLE,
+};
+pub use memory::MemoryProvider;
+pub use pipeline::{
+    Call, EnvelopePipeline, Outcome, SessionPipeline, current_session, with_session,
+};
+pub use provider::{
+    Acker, BoxConsumer, ConsumeOptions, Consumer, Delivery, Provider, ProviderConfig,
+    ProviderFactory, Route, connect,
+};
+pub use topology::{EventInfo, QueueSpec, Topology, queue_name};

@@ -1,0 +1,272 @@
+//! Building an [`EventManager`].
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use super::{Counters, EventManager, Inner, State};
+use crate::error::Result;
+use crate::pipeline::EnvelopePipeline;
+use crate::provider::{self, Provider, ProviderConfig};
+use crate::registry;
+
+/// How a failing listener call is retried before the message is dead-lettered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Calls in all, the first included (at least 1).
+    pub max_attempts: u32,
+    /// Wait before the first retry.
+    pub initial_backoff: Duration,
+    /// The wait doubles per retry up to this.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before call number `attempt + 1` (`attempt` >= 1), with up to 20%
+    /// jitter so retries of many messages do not fall in step.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exponent = attempt.saturating_sub(1).min(20);
+        let base = self
+            .initial_backoff
+            .saturating_mul(1 << exponent)
+            .min(self.max_backoff);
+        let jitter = base.mul_f64(fastrand_fraction() * 0.2);
+        base.saturating_sub(jitter)
+    }
+}
+
+fn fastrand_fraction() -> f64 {
+    f64::from(uuid::Uuid::new_v4().as_u128() as u32) / f64::from(u32::MAX)
+}
+
+/// Limits and retries for a listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerOptions {
+    /// Unacknowledged deliveries the broker may push ahead (default 256).
+    pub prefetch: u16,
+    /// Concurrent `on` calls (default 32).
+    pub concurrency: usize,
+    /// Retries before dead-lettering.
+    pub retry: RetryPolicy,
+}
+
+impl Default for ListenerOptions {
+    fn default() -> Self {
+        Self {
+            prefetch: 256,
+            concurrency: 32,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+enum ProviderSource {
+    Instance(Arc<dyn Provider>),
+    Url(String),
+}
+
+/// Configures an [`EventManager`]; finish with [`build`](Self::build).
+pub struct EventManagerBuilder {
+    provider: Option<ProviderSource>,
+    server_name: Option<String>,
+    pipelines: Vec<Arc<dyn EnvelopePipeline>>,
+    instances: Vec<(TypeId, Arc<dyn Any + Send + Sync>)>,
+    selected: Option<Vec<TypeId>>,
+    vars: HashMap<String, String>,
+    defaults: ListenerOptions,
+    overrides: HashMap<String, ListenerOptions>,
+    max_body: usize,
+    send_timeout: Duration,
+    shutdown_timeout: Duration,
+}
+
+impl Default for EventManagerBuilder {
+    fn default() -> Self {
+        Self {
+            provider: None,
+            server_name: None,
+            pipelines: Vec::new(),
+            instances: Vec::new(),
+            selected: None,
+            vars: HashMap::new(),
+            defaults: ListenerOptions::default(),
+            overrides: HashMap::new(),
+            max_body: 8 * 1024 * 1024,
+            send_timeout: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The environment variable [`EventManagerBuilder::url_from_env`] reads.
+pub const URL_VARIABLE: &str = "EVENTING_URL";
+
+impl EventManagerBuilder {
+    /// Uses this provider instance (share a [`MemoryProvider`](crate::MemoryProvider)
+    /// between managers by cloning it).
+    pub fn provider(mut self, provider: impl Provider) -> Self {
+        self.provider = Some(ProviderSource::Instance(Arc::new(provider)));
+        self
+    }
+
+    /// Uses this shared provider.
+    pub fn shared_provider(mut self, provider: Arc<dyn Provider>) -> Self {
+        self.provider = Some(ProviderSource::Instance(provider));
+        self
+    }
+
+    /// Picks the provider by the URL's scheme (`memory://`, `amqp://`, `stomp://`, ...).
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.provider = Some(ProviderSource::Url(url.into()));
+        self
+    }
+
+    /// Reads the URL from `EVENTING_URL`, defaulting to `memory://`.
+    pub fn url_from_env(self) -> Self {
+        let url = std::env::var(URL_VARIABLE).unwrap_or_else(|_| "memory://".to_string());
+        self.url(url)
+    }
+
+    /// The server name (default: host name and process id).
+    pub fn server_name(mut self, name: impl Into<String>) -> Self {
+        self.server_name = Some(name.into());
+        self
+    }
+
+    /// Adds a pipeline; pipelines run in the order they are added.
+    pub fn pipeline(mut self, pipeline: impl EnvelopePipeline) -> Self {
+        self.pipelines.push(Arc::new(pipeline));
+        self
+    }
+
+    /// Binds a listener instance (for listeners with state). With
+    /// [`only_bound_listeners`](Self::only_bound_listeners) it also selects it.
+    pub fn listener<L: Any + Send + Sync>(mut self, listener: L) -> Self {
+        self.instances.push((TypeId::of::<L>(), Arc::new(listener)));
+        if let Some(selected) = &mut self.selected {
+            selected.push(TypeId::of::<L>());
+        }
+        self
+    }
+
+    /// Selects a registered listener type that the runtime constructs itself.
+    pub fn listener_type<L: Any>(mut self) -> Self {
+        self.selected
+            .get_or_insert_with(Vec::new)
+            .push(TypeId::of::<L>());
+        self
+    }
+
+    /// Runs only the listeners given with [`listener`](Self::listener) or
+    /// [`listener_type`](Self::listener_type) instead of every registered one.
+    pub fn only_bound_listeners(mut self) -> Self {
+        let bound = self.instances.iter().map(|(id, _)| *id);
+        let selected = self.selected.get_or_insert_with(Vec::new);
+        selected.extend(bound);
+        self
+    }
+
+    /// Sets a `{name}` placeholder value for event names (e.g. `{env}`).
+    pub fn var(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.vars.insert(name.into(), value.into());
+        self
+    }
+
+    /// Options for every listener.
+    pub fn listener_options(mut self, options: ListenerOptions) -> Self {
+        self.defaults = options;
+        self
+    }
+
+    /// Options for the listener named `listener`.
+    pub fn listener_options_for(
+        mut self,
+        listener: impl Into<String>,
+        options: ListenerOptions,
+    ) -> Self {
+        self.overrides.insert(listener.into(), options);
+        self
+    }
+
+    /// The largest body `send_event` accepts (default 8 MiB).
+    pub fn max_body_size(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
+    }
+
+    /// How long a send waits for an unavailable broker (default 30 s).
+    pub fn send_timeout(mut self, timeout: Duration) -> Self {
+        self.send_timeout = timeout;
+        self
+    }
+
+    /// How long `shutdown()` waits for running listeners (default 30 s).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Connects the provider and builds the manager (not started yet).
+    pub async fn build(self) -> Result<EventManager> {
+        let server = self.server_name.unwrap_or_else(default_server_name);
+        let provider = match self.provider.unwrap_or(ProviderSource::Url("memory://".into())) {
+            ProviderSource::Instance(provider) => provider,
+            ProviderSource::Url(url) => {
+                provider::connect(ProviderConfig {
+                    url,
+                    server_name: server.clone(),
+                    send_timeout: self.send_timeout,
+                })
+                .await?
+            }
+        };
+        let addresses = registry::events()
+            .into_iter()
+            .map(|event| {
+                let key = event as *const _ as usize;
+                let address = registry::resolve_name(event.name(), &self.vars)
+                    .map(Arc::from)
+                    .map_err(|e| e.to_string());
+                (key, address)
+            })
+            .collect();
+        Ok(EventManager {
+            inner: Arc::new(Inner {
+                provider,
+                server,
+                pipelines: self.pipelines.into(),
+                vars: self.vars,
+                addresses,
+                instances: self.instances,
+                selected: self.selected,
+                defaults: self.defaults,
+                overrides: self.overrides,
+                max_body: self.max_body,
+                shutdown_timeout: self.shutdown_timeout,
+                state: Mutex::new(State::Built),
+                stats: Arc::new(Counters::default()),
+            }),
+        })
+    }
+}
+
+/// `<host name>-<pid>`.
+pub(crate) fn default_server_name() -> String {
+    let host = gethostname::gethostname();
+    let host = host.to_string_lossy();
+    let host = if host.is_empty() { "localhost" } else { &host };
+    format!("{host}-{}", std::process::id())
+}

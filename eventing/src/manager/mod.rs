@@ -1,0 +1,397 @@
+//! The event manager: sends events through the pipelines and runs listeners.
+
+mod builder;
+mod consume;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+pub use builder::{EventManagerBuilder, ListenerOptions, RetryPolicy, URL_VARIABLE};
+
+use crate::codec;
+use crate::envelope::Envelope;
+use crate::error::{Error, Result};
+use crate::event::{Event, EventDescriptor};
+use crate::listener::{AnyListener, ListenerDescriptor};
+use crate::pipeline::EnvelopePipeline;
+use crate::provider::{ConsumeOptions, Provider, Route};
+use crate::registry;
+use crate::topology::{EventInfo, QueueSpec, Topology};
+
+/// Sends events and runs listeners over one provider.
+///
+/// ```
+/// use eventing::{event, event_listener, Context, EventListener, EventManager, ListenerResult};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[event]
+/// #[derive(Serialize, Deserialize)]
+/// struct OrderPlaced { id: u64 }
+///
+/// #[event_listener(OrderPlaced)]
+/// struct Billing;
+///
+/// impl EventListener<OrderPlaced> for Billing {
+///     async fn on(&self, order: OrderPlaced, _: &Context) -> ListenerResult {
+///         println!("bill order {}", order.id);
+///         Ok(())
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> eventing::Result<()> {
+/// let manager = EventManager::builder().url("memory://doc").build().await?;
+/// manager.start().await?;
+/// manager.send_event(&OrderPlaced { id: 7 }).await?;
+/// manager.shutdown().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct EventManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    provider: Arc<dyn Provider>,
+    server: String,
+    pipelines: Arc<[Arc<dyn EnvelopePipeline>]>,
+    vars: HashMap<String, String>,
+    /// Resolved addresses by descriptor, computed once.
+    addresses: HashMap<usize, Result<Arc<str>, String>>,
+    instances: Vec<(std::any::TypeId, AnyListener)>,
+    selected: Option<Vec<std::any::TypeId>>,
+    defaults: ListenerOptions,
+    overrides: HashMap<String, ListenerOptions>,
+    max_body: usize,
+    shutdown_timeout: Duration,
+    state: Mutex<State>,
+    stats: Arc<Counters>,
+}
+
+enum State {
+    Built,
+    Running {
+        stop: watch::Sender<bool>,
+        tasks: Vec<JoinHandle<()>>,
+        queues: Vec<QueueSpec>,
+    },
+    Stopped,
+}
+
+/// Counts since the manager was built.
+#[derive(Default, Debug)]
+pub(crate) struct Counters {
+    pub(crate) sent: AtomicU64,
+    pub(crate) handled: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) retried: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+}
+
+/// A snapshot of a manager's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Events sent.
+    pub sent: u64,
+    /// Deliveries a listener handled (acknowledged).
+    pub handled: u64,
+    /// Listener calls that failed (error or panic).
+    pub failed: u64,
+    /// Calls that were retries.
+    pub retried: u64,
+    /// Deliveries moved to a dead-letter queue.
+    pub dead_lettered: u64,
+}
+
+/// One listener the manager runs.
+struct Planned {
+    descriptor: &'static ListenerDescriptor,
+    queue: QueueSpec,
+    instance: Option<AnyListener>,
+}
+
+impl EventManager {
+    /// Starts building a manager.
+    pub fn builder() -> EventManagerBuilder {
+        EventManagerBuilder::default()
+    }
+
+    /// The server name (per-process queues are named after it).
+    pub fn server_name(&self) -> &str {
+        &self.inner.server
+    }
+
+    /// The provider in use.
+    pub fn provider(&self) -> &Arc<dyn Provider> {
+        &self.inner.provider
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> Stats {
+        let c = &self.inner.stats;
+        Stats {
+            sent: c.sent.load(Ordering::Relaxed),
+            handled: c.handled.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            retried: c.retried.load(Ordering::Relaxed),
+            dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The resolved address of an event.
+    pub fn address_of(&self, event: &'static EventDescriptor) -> Result<Arc<str>> {
+        self.inner.address(event)
+    }
+
+    /// The events registered in this binary and the queues this manager creates for
+    /// its listeners.
+    pub fn topology(&self) -> Result<Topology> {
+        let mut events = Vec::new();
+        for event in registry::events() {
+            events.push(EventInfo {
+                name: self.inner.address(event)?.to_string(),
+                type_name: event.type_name(),
+                durable: event.durable(),
+            });
+        }
+        let queues = self.inner.plan()?.into_iter().map(|p| p.queue).collect();
+        Ok(Topology {
+            server: self.inner.server.clone(),
+            events,
+            queues,
+        })
+    }
+
+    /// Checks the registry, declares the topology and starts every listener.
+    pub async fn start(&self) -> Result<()> {
+        if !matches!(*self.inner.state.lock(), State::Built) {
+            return Err(Error::State("start() called twice or after shutdown()"));
+        }
+        registry::validate()?;
+        let plan = self.inner.plan()?;
+        let mut bound = Vec::with_capacity(plan.len());
+        for planned in plan {
+            let instance = planned
+                .instance
+                .or_else(|| planned.descriptor.construct.map(|construct| construct()))
+                .ok_or(Error::ListenerNotBound {
+                    listener: planned.descriptor.name(),
+                    type_name: planned.descriptor.type_name(),
+                })?;
+            let handler = (planned.descriptor.bind)(instance)
+                .ok_or(Error::State("listener instance has the wrong type"))?;
+            bound.push((planned.descriptor, planned.queue, handler));
+        }
+        let queues: Vec<QueueSpec> = bound.iter().map(|(_, q, _)| q.clone()).collect();
+        self.inner.provider.declare(&queues).await?;
+
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = Vec::with_capacity(bound.len());
+        for (descriptor, queue, handler) in bound {
+            let options = self.inner.options_for(descriptor);
+            let consumer = self
+                .inner
+                .provider
+                .subscribe(
+                    &queue,
+                    ConsumeOptions {
+                        prefetch: options.prefetch,
+                    },
+                )
+                .await?;
+            tracing::info!(
+                event = %queue.event,
+                listener = descriptor.name(),
+                queue = %queue.name,
+                provider = self.inner.provider.name(),
+                "listening"
+            );
+            let active = Arc::new(consume::Active {
+                descriptor,
+                queue_name: Arc::from(queue.name.as_str()),
+                queue,
+                handler,
+                pipelines: Arc::clone(&self.inner.pipelines),
+                options,
+                stats: Arc::clone(&self.inner.stats),
+            });
+            let shutdown_timeout = self.inner.shutdown_timeout;
+            tasks.push(tokio::spawn(consume::run(
+                consumer,
+                active,
+                stopped.clone(),
+                shutdown_timeout,
+            )));
+        }
+        let mut state = self.inner.state.lock();
+        if !matches!(*state, State::Built) {
+            for task in &tasks {
+                task.abort();
+            }
+            return Err(Error::State("start() raced with another start() or shutdown()"));
+        }
+        *state = State::Running {
+            stop,
+            tasks,
+            queues,
+        };
+        Ok(())
+    }
+
+    /// Serializes `event`, runs the send pipelines and publishes it. For a durable
+    /// event this returns once the broker has confirmed it.
+    pub async fn send_event<E: Event>(&self, event: &E) -> Result<()> {
+        let descriptor = E::descriptor();
+        let address = self.inner.address(descriptor)?;
+        let body = codec::encode(event, &address)?;
+        self.send_encoded(descriptor, address, body).await
+    }
+
+    async fn send_encoded(
+        &self,
+        descriptor: &'static EventDescriptor,
+        address: Arc<str>,
+        body: bytes::Bytes,
+    ) -> Result<()> {
+        if body.len() > self.inner.max_body {
+            return Err(Error::TooLarge {
+                address: address.to_string(),
+                size: body.len(),
+                limit: self.inner.max_body,
+            });
+        }
+        if matches!(*self.inner.state.lock(), State::Stopped) {
+            return Err(Error::State("send_event() after shutdown()"));
+        }
+        let mut envelope = Envelope::new(&address, codec::JSON, body);
+        for pipeline in self.inner.pipelines.iter() {
+            pipeline
+                .send(&mut envelope, descriptor)
+                .map_err(|source| Error::Pipeline {
+                    pipeline: pipeline.name(),
+                    source,
+                })?;
+        }
+        let span = tracing::debug_span!("send", event = %address, message_id = %envelope.message_id());
+        let route = Route {
+            address: &address,
+            durable: descriptor.durable(),
+        };
+        self.inner
+            .provider
+            .publish(route, envelope)
+            .instrument(span)
+            .await?;
+        self.inner.stats.sent.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Up to `limit` dead letters of the queue named `queue` (one of this manager's
+    /// queues), oldest first, with the reason in [`header::DEAD_LETTER_REASON`](crate::header::DEAD_LETTER_REASON).
+    pub async fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<Envelope>> {
+        let spec = self
+            .inner
+            .plan()?
+            .into_iter()
+            .map(|p| p.queue)
+            .find(|q| q.name == queue)
+            .ok_or(Error::State("no listener of this manager uses that queue"))?;
+        self.inner.provider.dead_letters(&spec, limit).await
+    }
+
+    /// Stops taking messages, lets running listeners finish (bounded by the shutdown
+    /// timeout), acknowledges what they handled, returns the rest to the broker and
+    /// closes the provider.
+    pub async fn shutdown(&self) -> Result<()> {
+        let previous = std::mem::replace(&mut *self.inner.state.lock(), State::Stopped);
+        if let State::Running { stop, tasks, .. } = previous {
+            let _ = stop.send(true);
+            for task in tasks {
+                if let Err(error) = task.await {
+                    tracing::error!(%error, "listener task ended abnormally");
+                }
+            }
+        }
+        self.inner.provider.close().await
+    }
+
+    /// The queues declared by `start()`.
+    pub fn queues(&self) -> Vec<QueueSpec> {
+        match &*self.inner.state.lock() {
+            State::Running { queues, .. } => queues.clone(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl Inner {
+    fn address(&self, event: &'static EventDescriptor) -> Result<Arc<str>> {
+        let key = event as *const EventDescriptor as usize;
+        match self.addresses.get(&key) {
+            Some(Ok(address)) => Ok(Arc::clone(address)),
+            Some(Err(_)) | None => {
+                registry::resolve_name(event.name(), &self.vars).map(Arc::from)
+            }
+        }
+    }
+
+    fn options_for(&self, listener: &ListenerDescriptor) -> ListenerOptions {
+        self.overrides
+            .get(listener.name())
+            .cloned()
+            .unwrap_or_else(|| self.defaults.clone())
+    }
+
+    /// The listeners this manager runs, with their queues and bound instances.
+    fn plan(&self) -> Result<Vec<Planned>> {
+        let mut plan = Vec::new();
+        for descriptor in registry::listeners() {
+            let type_id = (descriptor.type_id)();
+            let instance = self
+                .instances
+                .iter()
+                .find(|(id, _)| *id == type_id)
+                .map(|(_, instance)| Arc::clone(instance));
+            let selected = match &self.selected {
+                None => true,
+                Some(types) => types.iter().any(|t| descriptor.is_type(*t)),
+            };
+            if !selected {
+                continue;
+            }
+            let event = descriptor.event();
+            let address = self.address(event)?;
+            plan.push(Planned {
+                descriptor,
+                queue: QueueSpec::new(
+                    &address,
+                    descriptor.name(),
+                    event.durable(),
+                    descriptor.per_process(),
+                    &self.server,
+                ),
+                instance,
+            });
+        }
+        Ok(plan)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Dropped without shutdown(): stop the listeners; the provider puts back what
+        // they had not acknowledged.
+        if let State::Running { tasks, .. } = &*self.state.lock() {
+            for task in tasks {
+                task.abort();
+            }
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! The in-process provider: a small broker in memory with the semantics of the real
+//! ones (fanout per event, competing consumers with round-robin dispatch, prefetch,
+//! acknowledgements, redelivery of unacknowledged messages when a consumer goes away,
+//! dead-letter queues), so tests that pass here mean something on a broker.
+//!
+//! Several [`EventManager`](crate::EventManager)s sharing one provider (clone it, or
+//! use the same `memory://name` URL) stand in for several servers.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+
+use futures_util::Stream;
+use futures_util::future::BoxFuture;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::mpsc;
+
+use crate::envelope::Envelope;
+use crate::error::Result;
+use crate::provider::{Acker, ConsumeOptions, Consumer, Delivery, Provider, ProviderConfig, Route};
+use crate::topology::QueueSpec;
+
+/// The in-process provider. Cloning shares the broker.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> eventing::Result<()> {
+/// use eventing::{EventManager, MemoryProvider};
+/// let broker = MemoryProvider::new();
+/// let server_a = EventManager::builder().provider(broker.clone()).server_name("a").build().await?;
+/// let server_b = EventManager::builder().provider(broker.clone()).server_name("b").build().await?;
+/// # drop((server_a, server_b)); Ok(()) }
+/// ```
+#[derive(Clone, Default)]
+pub struct MemoryProvider {
+    broker: Arc<Broker>,
+}
+
+#[derive(Default)]
+struct Broker {
+    /// Event address -> the queues bound to it.
+    exchanges: RwLock<HashMap<String, Vec<Arc<Queue>>>>,
+    queues: Mutex<HashMap<String, Arc<Queue>>>,
+}
+
+struct Queue {
+    name: String,
+    per_process: bool,
+    dead_letters: Option<Arc<Queue>>,
+    state: Mutex<QueueState>,
+}
+
+#[derive(Default)]
+struct QueueState {
+    ready: VecDeque<(Envelope, bool)>,
+    consumers: Vec<Slot>,
+    next_consumer: usize,
+    unacked: HashMap<u64, (u64, Envelope)>,
+    next_tag: u64,
+    next_consumer_id: u64,
+    deleted: bool,
+}
+
+struct Slot {
+    id: u64,
+    credit: u32,
+    tx: mpsc::UnboundedSender<Result<Delivery>>,
+    acker: Arc<dyn Acker>,
+}
+
+impl MemoryProvider {
+    /// A new, empty broker.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The broker registered under `name` in this process (created on first use);
+    /// this is what the URL `memory://name` connects to (`memory://` is `"default"`).
+    pub fn named(name: &str) -> Self {
+        static NAMED: OnceLock<Mutex<HashMap<String, MemoryProvider>>> = OnceLock::new();
+        NAMED
+            .get_or_init(Default::default)
+            .lock()
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// The names of the queues that exist, dead-letter queues included, sorted.
+    pub fn queue_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.broker.queues.lock().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// How many messages wait in `queue` (ready, not counting unacknowledged ones).
+    pub fn queue_depth(&self, queue: &str) -> Option<usize> {
+        let queue = self.broker.queues.lock().get(queue).cloned()?;
+        let depth = queue.state.lock().ready.len();
+        Some(depth)
+    }
+
+    fn queue(&self, name: &str) -> Option<Arc<Queue>> {
+        self.broker.queues.lock().get(name).cloned()
+    }
+
+    fn delete_queue(&self, queue: &Arc<Queue>) {
+        self.broker.queues.lock().remove(&queue.name);
+        for bound in self.broker.exchanges.write().values_mut() {
+            bound.retain(|q| !Arc::ptr_eq(q, queue));
+        }
+    }
+}
+
+impl Queue {
+    fn new(name: String, per_process: bool, dead_letters: Option<Arc<Queue>>) -> Self {
+        Self {
+            name,
+            per_process,
+            dead_letters,
+            state: Mutex::new(QueueState::default()),
+        }
+    }
+
+    fn push(&self, envelope: Envelope, redelivered: bool) {
+        let mut state = self.state.lock();
+        if state.deleted {
+            return;
+        }
+        state.ready.push_back((envelope, redelivered));
+        state.dispatch();
+    }
+
+    fn settle(&self, tag: u64, requeue: bool) {
+        let mut state = self.state.lock();
+        let Some((consumer, envelope)) = state.unacked.remove(&tag) else {
+            return;
+        };
+        if let Some(slot) = state.consumers.iter_mut().find(|s| s.id == consumer) {
+            slot.credit += 1;
+        }
+        if requeue {
+            state.ready.push_front((envelope, true));
+        }
+        state.dispatch();
+    }
+
+    /// Removes a consumer; with `requeue_unacked` its unsettled messages go back to
+    /// the front of the queue. Returns true if no consumer is left.
+    fn remove_consumer(&self, id: u64, requeue_unacked: bool) -> bool {
+        let mut state = self.state.lock();
+        state.consumers.retain(|slot| slot.id != id);
+        if requeue_unacked {
+            let mut returned: Vec<(u64, Envelope)> = state
+                .unacked
+                .iter()
+                .filter(|(_, (consumer, _))| *consumer == id)
+                .map(|(tag, (_, envelope))| (*tag, envelope.clone()))
+                .collect();
+            returned.sort_by_key(|(tag, _)| *tag);
+            for (tag, envelope) in returned.into_iter().rev() {
+                state.unacked.remove(&tag);
+                state.ready.push_front((envelope, true));
+            }
+        }
+        state.dispatch();
+        state.consumers.is_empty()
+    }
+}
+
+impl QueueState {
+    /// Hands ready messages to consumers with credit, round-robin.
+    fn dispatch(&mut self) {
+        while !self.ready.is_empty() && !self.consumers.is_empty() {
+            let count = self.consumers.len();
+            let start = self.next_consumer % count;
+            let Some(index) = (0..count)
+                .map(|i| (start + i) % count)
+                .find(|&i| self.consumers[i].credit > 0)
+            else {
+                return;
+            };
+            let Some((envelope, redelivered)) = self.ready.pop_front() else {
+                return;
+            };
+            let tag = self.next_tag;
+            self.next_tag += 1;
+            let slot = &mut self.consumers[index];
+            let delivery = Delivery {
+                envelope: envelope.clone(),
+                tag,
+                redelivered,
+                acker: Arc::clone(&slot.acker),
+            };
+            if slot.tx.send(Ok(delivery)).is_err() {
+                // The consumer is gone without saying so; keep the message.
+                self.consumers.remove(index);
+                self.ready.push_front((envelope, redelivered));
+                continue;
+            }
+            slot.credit -= 1;
+            let consumer = slot.id;
+            self.unacked.insert(tag, (consumer, envelope));
+            self.next_consumer = index + 1;
+        }
+    }
+}
+
+struct MemoryAcker {
+    queue: Arc<Queue>,
+}
+
+impl Acker for MemoryAcker {
+    fn ack(&self, tag: u64) {
+        self.queue.settle(tag, false);
+    }
+
+    fn requeue(&self, tag: u64) {
+        self.queue.settle(tag, true);
+    }
+
+    fn dead_letter(&self, tag: u64, envelope: Envelope) -> BoxFuture<'static, Result<()>> {
+        if let Some(dlq) = &self.queue.dead_letters {
+            dlq.push(envelope, false);
+        }
+        self.queue.settle(tag, false);
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+struct MemoryConsumer {
+    provider: MemoryProvider,
+    queue: Arc<Queue>,
+    id: u64,
+    rx: mpsc::UnboundedReceiver<Result<Delivery>>,
+}
+
+impl Stream for MemoryConsumer {
+    type Item = Result<Delivery>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Consumer for MemoryConsumer {
+    fn cancel(&mut self) -> BoxFuture<'_, Result<()>> {
+        // Dropping the slot drops its sender: the stream ends after what it buffered.
+        self.queue.remove_consumer(self.id, false);
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+impl Drop for MemoryConsumer {
+    fn drop(&mut self) {
+        // Whatever this consumer did not settle goes back, as a broker does when a
+        // channel closes.
+        let empty = self.queue.remove_consumer(self.id, true);
+        if empty && self.queue.per_process {
+            self.queue.state.lock().deleted = true;
+            self.provider.delete_queue(&self.queue);
+        }
+    }
+}
+
+impl Provider for MemoryProvider {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn declare<'a>(&'a self, queues: &'a [QueueSpec]) -> BoxFuture<'a, Result<()>> {
+        for spec in queues {
+            let queue = {
+                let mut all = self.broker.queues.lock();
+                if let Some(queue) = all.get(&spec.name) {
+                    Arc::clone(queue)
+                } else {
+                    let dlq_name = spec.dead_letter_queue();
+                    let dlq = Arc::clone(
+                        all.entry(dlq_name.clone())
+                            .or_insert_with(|| Arc::new(Queue::new(dlq_name, false, None))),
+                    );
+                    let queue = Arc::new(Queue::new(spec.name.clone(), spec.per_process, Some(dlq)));
+                    all.insert(spec.name.clone(), Arc::clone(&queue));
+                    queue
+                }
+            };
+            let mut exchanges = self.broker.exchanges.write();
+            let bound = exchanges.entry(spec.event.clone()).or_default();
+            if !bound.iter().any(|q| Arc::ptr_eq(q, &queue)) {
+                bound.push(queue);
+            }
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn publish<'a>(&'a self, route: Route<'a>, envelope: Envelope) -> BoxFuture<'a, Result<()>> {
+        let exchanges = self.broker.exchanges.read();
+        if let Some(queues) = exchanges.get(route.address) {
+            if let Some((last, rest)) = queues.split_last() {
+                for queue in rest {
+                    queue.push(envelope.clone(), false);
+                }
+                last.push(envelope, false);
+            }
+        } else {
+            tracing::debug!(address = route.address, "no queue is bound; message not routed");
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        spec: &'a QueueSpec,
+        options: ConsumeOptions,
+    ) -> BoxFuture<'a, Result<Box<dyn Consumer>>> {
+        Box::pin(async move {
+            let queue = match self.queue(&spec.name) {
+                Some(queue) => queue,
+                None => {
+                    self.declare(std::slice::from_ref(spec)).await?;
+                    self.queue(&spec.name).ok_or(crate::Error::State("queue vanished"))?
+                }
+            };
+            let (tx, rx) = mpsc::unbounded_channel();
+            let acker: Arc<dyn Acker> = Arc::new(MemoryAcker {
+                queue: Arc::clone(&queue),
+            });
+            let id = {
+                let mut state = queue.state.lock();
+                state.deleted = false;
+                let id = state.next_consumer_id;
+                state.next_consumer_id += 1;
+                state.consumers.push(Slot {
+                    id,
+                    credit: u32::from(options.prefetch.max(1)),
+                    tx,
+                    acker,
+                });
+                state.dispatch();
+                id
+            };
+            Ok(Box::new(MemoryConsumer {
+                provider: self.clone(),
+                queue,
+                id,
+                rx,
+            }) as Box<dyn Consumer>)
+        })
+    }
+
+    fn dead_letters<'a>(
+        &'a self,
+        spec: &'a QueueSpec,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Envelope>>> {
+        let letters = self
+            .queue(&spec.dead_letter_queue())
+            .map(|dlq| {
+                let state = dlq.state.lock();
+                state.ready.iter().take(limit).map(|(e, _)| e.clone()).collect()
+            })
+            .unwrap_or_default();
+        Box::pin(std::future::ready(Ok(letters)))
+    }
+}
+
+fn connect(config: ProviderConfig) -> BoxFuture<'static, Result<Arc<dyn Provider>>> {
+    Box::pin(async move {
+        let rest = config.url.split_once("://").map(|(_, rest)| rest).unwrap_or("");
+        let name = rest.trim_end_matches('/');
+        let name = if name.is_empty() { "default" } else { name };
+        Ok(Arc::new(MemoryProvider::named(name)) as Arc<dyn Provider>)
+    })
+}
+
+crate::register_provider!(["memory"], connect);

@@ -1,0 +1,118 @@
+//! The queues a manager creates, named by the contract:
+//! `<event>::<listener>` and `<event>::<listener>-<server>` for per-process listeners.
+
+use std::fmt;
+
+/// One queue: which event feeds it and who consumes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueSpec {
+    /// Queue name.
+    pub name: String,
+    /// The event address it is bound to.
+    pub event: String,
+    /// The listener's name.
+    pub listener: &'static str,
+    /// Durable queue (the event is durable).
+    pub durable: bool,
+    /// One queue per server, removed when the server goes away.
+    pub per_process: bool,
+}
+
+impl QueueSpec {
+    /// Builds the spec with the contract's name.
+    pub fn new(
+        event: &str,
+        listener: &'static str,
+        durable: bool,
+        per_process: bool,
+        server: &str,
+    ) -> Self {
+        Self {
+            name: queue_name(event, listener, per_process.then_some(server)),
+            event: event.to_string(),
+            listener,
+            durable,
+            per_process,
+        }
+    }
+
+    /// The dead-letter queue's name: `<queue>.dlq`.
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dlq", self.name)
+    }
+}
+
+/// The queue name for a listener of an event: `<event>::<listener>`, or
+/// `<event>::<listener>-<server>` when `server` is given (per-process listeners).
+///
+/// ```
+/// assert_eq!(eventing::queue_name("HelloEvent", "HelloListener", None), "HelloEvent::HelloListener");
+/// assert_eq!(eventing::queue_name("HelloEvent", "Cache", Some("web-1")), "HelloEvent::Cache-web-1");
+/// ```
+pub fn queue_name(event: &str, listener: &str, server: Option<&str>) -> String {
+    match server {
+        Some(server) => format!("{event}::{listener}-{server}"),
+        None => format!("{event}::{listener}"),
+    }
+}
+
+/// An event as the manager will send it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventInfo {
+    /// The resolved name (address).
+    pub name: String,
+    /// The Rust type.
+    pub type_name: &'static str,
+    /// Durable.
+    pub durable: bool,
+}
+
+/// Everything a manager declares: the registered events and its listeners' queues.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Topology {
+    /// The manager's server name.
+    pub server: String,
+    /// Every registered event.
+    pub events: Vec<EventInfo>,
+    /// One queue per active listener.
+    pub queues: Vec<QueueSpec>,
+}
+
+impl fmt::Display for Topology {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "server {}", self.server)?;
+        for event in &self.events {
+            let durable = if event.durable { " durable" } else { "" };
+            writeln!(f, "event {}{durable} ({})", event.name, event.type_name)?;
+            for queue in self.queues.iter().filter(|q| q.event == event.name) {
+                let kind = if queue.per_process {
+                    "per process"
+                } else {
+                    "competing"
+                };
+                writeln!(
+                    f,
+                    "  queue {} <- listener {} ({kind}), dead letters {}",
+                    queue.name,
+                    queue.listener,
+                    queue.dead_letter_queue()
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_contract() {
+        let q = QueueSpec::new("E", "L", true, false, "srv");
+        assert_eq!(q.name, "E::L");
+        assert_eq!(q.dead_letter_queue(), "E::L.dlq");
+        let p = QueueSpec::new("E", "L", false, true, "srv");
+        assert_eq!(p.name, "E::L-srv");
+    }
+}
