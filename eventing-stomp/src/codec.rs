@@ -870,9 +870,12 @@ mod tests {
             .header("after", "ok")
             .with_body("body");
         let wire = encode(&frame);
-        assert!(wire.starts_with(
-            b"SEND\nx:a\\nforged\\c1\\r\\n\\nb\\cc\\\\d\\\\t\0e\nna\\cme\\n:v\nafter:ok\ncontent-length:4\n\n"
-        ));
+        let head: &[u8] = b"SEND\n\
+            x:a\\nforged\\c1\\r\\n\\nb\\cc\\\\d\\\\t\0e\n\
+            na\\cme\\n:v\n\
+            after:ok\n\
+            content-length:4\n\n";
+        assert!(wire.starts_with(head), "{wire:?}");
         let decoded = one_frame(&wire);
         assert_eq!(decoded.get("x"), Some(nasty));
         assert_eq!(decoded.get("na:me\n"), Some("v"));
@@ -1066,9 +1069,10 @@ mod tests {
             b"SEND\ncontent-length:4\n\nab",
             b"\r",
         ] {
+            let err = decode_err(input);
             assert!(
-                matches!(decode_err(input), FrameError::UnexpectedEof { buffered } if buffered == input.len()),
-                "{input:?}"
+                matches!(err, FrameError::UnexpectedEof { buffered } if buffered == input.len()),
+                "{input:?}: {err:?}"
             );
         }
         assert_eq!(decode_all(b"").expect("empty"), []);
