@@ -24,7 +24,7 @@
 
 use std::borrow::Cow;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::frame::{self, Command, EscapeError, Frame};
@@ -325,13 +325,13 @@ impl StompCodec {
                         match src.first() {
                             None => return Ok(None),
                             Some(b'\n') => {
-                                let _ = src.split_to(1);
+                                src.advance(1);
                                 return Ok(Some(Incoming::Heartbeat));
                             }
                             Some(b'\r') => match src.get(1) {
                                 None => return Ok(None),
                                 Some(b'\n') => {
-                                    let _ = src.split_to(2);
+                                    src.advance(2);
                                     return Ok(Some(Incoming::Heartbeat));
                                 }
                                 Some(_) => {}
@@ -340,7 +340,7 @@ impl StompCodec {
                         }
                     }
                     let Some(lf) = find(src, *scanned, b'\n') else {
-                        *scanned = src.len();
+                        *scanned = src.len().max(*scanned);
                         // "UNSUBSCRIBE\r" is the longest valid command line.
                         if src.len() > Command::MAX_LEN + 1 {
                             return Err(unknown_command(src));
@@ -360,7 +360,7 @@ impl StompCodec {
                 }
                 State::Headers(head) => {
                     let Some(lf) = find(src, head.scanned, b'\n') else {
-                        head.scanned = src.len();
+                        head.scanned = src.len().max(head.scanned);
                         check_head_size(src.len(), &limits)?;
                         return Ok(None);
                     };
@@ -577,7 +577,7 @@ impl Body {
                     size: src.len() + 1,
                 }),
                 None => {
-                    *scanned = src.len();
+                    *scanned = src.len().max(*scanned);
                     Ok(None)
                 }
             },

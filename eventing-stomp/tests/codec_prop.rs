@@ -152,7 +152,7 @@ fn text(escaped: bool, name: bool) -> BoxedStrategy<String> {
     };
     let special = prop::sample::select(vec!['\n', '\r', ':', '\\', '\0']);
     let ch = prop_oneof![3 => any::<char>(), 1 => special]
-        .prop_filter("not writable unescaped", move |ch| !forbidden.contains(ch));
+        .prop_map(move |ch| if forbidden.contains(&ch) { '_' } else { ch });
     prop::collection::vec(ch, 0..6)
         .prop_map(|chars| chars.into_iter().collect())
         .boxed()
@@ -161,13 +161,21 @@ fn text(escaped: bool, name: bool) -> BoxedStrategy<String> {
 fn frame() -> impl Strategy<Value = Frame> {
     command().prop_flat_map(|command| {
         let escaped = command.escapes_headers();
-        let header = (text(escaped, true), text(escaped, false))
-            .prop_filter("the encoder owns content-length", |(name, _)| {
-                name != CONTENT_LENGTH
-            });
+        // The encoder writes content-length itself and drops any other one.
+        let header = (text(escaped, true), text(escaped, false)).prop_map(|(name, value)| {
+            let name = if name == CONTENT_LENGTH {
+                format!("x-{name}")
+            } else {
+                name
+            };
+            (name, value)
+        });
         (
             prop::collection::vec(header, 0..4),
-            prop::collection::vec(any::<u8>(), 0..64),
+            prop_oneof![
+                4 => prop::collection::vec(any::<u8>(), 0..64),
+                1 => prop::collection::vec(any::<u8>(), 0..4096),
+            ],
         )
             .prop_map(move |(headers, body)| Frame {
                 command,
@@ -232,7 +240,7 @@ proptest! {
         input in prop_oneof![stompish(), mutated()],
         cuts in prop::collection::vec(any::<usize>(), 0..8),
     ) {
-        let whole = feed(&mut StompCodec::with_limits(LIMITS), &[input.clone()]);
+        let whole = feed(&mut StompCodec::with_limits(LIMITS), std::slice::from_ref(&input));
         let split = feed(&mut StompCodec::with_limits(LIMITS), &chunks(&input, &cuts));
         prop_assert_eq!(whole, split);
     }
