@@ -89,7 +89,7 @@ fn parse_settings(
     mut on_key: impl FnMut(&syn::Ident, ParseStream<'_>, &mut Errors) -> syn::Result<bool>,
 ) -> syn::Result<()> {
     while !input.is_empty() {
-        let key: syn::Ident = input.parse()?;
+        let key: syn::Ident = input.call(syn::ext::IdentExt::parse_any)?;
         input.parse::<Token![=]>()?;
         if !on_key(&key, input, errors)? {
             // Skip the value so later keys are still checked.

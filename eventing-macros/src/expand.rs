@@ -68,14 +68,12 @@ pub(crate) fn event(args: TokenStream, item: TokenStream) -> TokenStream {
     };
     let durable = args.durable;
     // Spanned on the type's name so a missing serde derive points at the type.
-    let assert_serde = quote_spanned! {ident.span()=>
-        let _ = #krate::__private::assert_serde::<#ident>;
-    };
+    let event_trait = quote_spanned!(ident.span()=> #krate::Event);
     quote! {
         #item
         const _: () = {
             #[automatically_derived]
-            impl #krate::Event for #ident {
+            impl #event_trait for #ident {
                 fn descriptor() -> &'static #krate::EventDescriptor {
                     static DESCRIPTOR: #krate::EventDescriptor = #krate::__private::EventDescriptor::__new(
                         #name,
@@ -85,9 +83,6 @@ pub(crate) fn event(args: TokenStream, item: TokenStream) -> TokenStream {
                     &DESCRIPTOR
                 }
             }
-            const _: () = {
-                #assert_serde
-            };
             #krate::__private::inventory::submit! {
                 #krate::__private::EventRegistration::__new(<#ident as #krate::Event>::descriptor)
             }
@@ -157,28 +152,26 @@ pub(crate) fn event_listener(args: TokenStream, item: TokenStream) -> TokenStrea
     } else {
         quote!(::core::option::Option::None)
     };
-    let assert_event = quote_spanned! {event.span()=>
-        let _ = #krate::__private::assert_event::<#event>;
+    // Spanned on the event type: a type that is not an #[event] is reported there.
+    let event_descriptor = quote_spanned! {event.span()=>
+        #krate::__private::event_descriptor::<#event>
     };
-    let assert_listener = quote_spanned! {ident.span()=>
-        let _ = #krate::__private::assert_listener::<#ident, #event>;
+    // Spanned on the listener's name: a missing `impl EventListener<E>` points there.
+    let bind = quote_spanned! {ident.span()=>
+        #krate::__private::bind::<#ident, #event>
     };
     quote! {
         #item
         const _: () = {
-            const _: () = {
-                #assert_event
-                #assert_listener
-            };
             #krate::__private::inventory::submit! {
                 #krate::__private::ListenerDescriptor::__new(
                     #name,
                     ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident)),
                     #per_process,
-                    #krate::__private::event_descriptor::<#event>,
+                    #event_descriptor,
                     ::core::any::TypeId::of::<#ident>,
                     #construct,
-                    #krate::__private::bind::<#ident, #event>,
+                    #bind,
                 )
             }
         };

@@ -9,7 +9,8 @@ pub use crate::listener::{AnyListener, ListenerDescriptor};
 use crate::event::Event;
 use crate::listener::{ErasedListener, EventListener};
 
-/// Serde support an event needs.
+/// Serde support an event needs (a supertrait of `Event`, so a type without it gets
+/// this message rather than one about the serde traits).
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be an event: it does not implement serde's `Serialize` and `Deserialize`",
     label = "needs #[derive(Serialize, Deserialize)]",
@@ -18,12 +19,6 @@ use crate::listener::{ErasedListener, EventListener};
 pub trait SerdeEvent: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static {}
 
 impl<T: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static> SerdeEvent for T {}
-
-pub fn assert_serde<T: SerdeEvent>() {}
-
-pub fn assert_event<E: Event>() {}
-
-pub fn assert_listener<L: EventListener<E>, E: Event>() {}
 
 pub fn event_descriptor<E: Event>() -> &'static EventDescriptor {
     E::descriptor()

@@ -1,10 +1,11 @@
 //! Envelopes: a body and string headers.
 
-use std::borrow::Cow;
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 
 /// Names of the standard headers every envelope carries, and of the ones the runtime adds.
 pub mod header {
@@ -28,63 +29,147 @@ pub mod header {
     pub const DEAD_LETTER_LISTENER: &str = "x-dead-letter-listener";
 }
 
-/// Header name: static for the well-known ones, owned for the rest.
-pub type HeaderName = Cow<'static, str>;
+/// One header's place in the shared text buffer.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    start: u32,
+    name_len: u32,
+    value_len: u32,
+}
 
-/// String headers in insertion order. Cloning is cheap (shared until written).
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
+struct Table {
+    text: String,
+    entries: SmallVec<[Entry; 8]>,
+}
+
+impl Table {
+    fn name(&self, e: &Entry) -> &str {
+        let start = e.start as usize;
+        &self.text[start..start + e.name_len as usize]
+    }
+
+    fn value(&self, e: &Entry) -> &str {
+        let start = (e.start + e.name_len) as usize;
+        &self.text[start..start + e.value_len as usize]
+    }
+
+    fn position(&self, name: &str) -> Option<usize> {
+        self.entries.iter().position(|e| self.name(e) == name)
+    }
+
+    fn push(&mut self, name: &str, value: &str) {
+        let start = self.text.len();
+        self.text.push_str(name);
+        self.text.push_str(value);
+        self.entries.push(Entry {
+            start: start as u32,
+            name_len: name.len() as u32,
+            value_len: value.len() as u32,
+        });
+    }
+
+    /// Appends a header whose value `write` produces in place.
+    fn push_with(&mut self, name: &str, write: impl FnOnce(&mut String)) {
+        let start = self.text.len();
+        self.text.push_str(name);
+        let value_start = self.text.len();
+        write(&mut self.text);
+        self.entries.push(Entry {
+            start: start as u32,
+            name_len: name.len() as u32,
+            value_len: (self.text.len() - value_start) as u32,
+        });
+    }
+
+    /// Rebuilds the buffer without entry `index`.
+    fn remove(&mut self, index: usize) -> String {
+        let removed = self.value(&self.entries[index]).to_string();
+        let mut rebuilt = Table {
+            text: String::with_capacity(self.text.len()),
+            entries: SmallVec::new(),
+        };
+        for (i, e) in self.entries.iter().enumerate() {
+            if i != index {
+                rebuilt.push(self.name(e), self.value(e));
+            }
+        }
+        *self = rebuilt;
+        removed
+    }
+}
+
+/// String headers in insertion order, kept in one shared buffer: cloning is a
+/// reference-count increment, and a message's headers cost two allocations in all.
+#[derive(Clone, Default)]
 pub struct Headers {
-    entries: Arc<Vec<(HeaderName, String)>>,
+    table: Arc<Table>,
 }
 
 impl Headers {
-    /// Empty headers with room for `n` entries.
+    /// Empty headers with room for about `n` entries.
     pub fn with_capacity(n: usize) -> Self {
         Self {
-            entries: Arc::new(Vec::with_capacity(n)),
+            table: Arc::new(Table {
+                text: String::with_capacity(n * 24),
+                entries: SmallVec::new(),
+            }),
         }
     }
 
     /// The value of `name`, if set.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.entries
+        let table = &*self.table;
+        table
+            .entries
             .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_str())
+            .find(|e| table.name(e) == name)
+            .map(|e| table.value(e))
     }
 
     /// Sets `name` to `value`, replacing an earlier value.
-    pub fn insert(&mut self, name: impl Into<HeaderName>, value: impl Into<String>) {
-        let name = name.into();
-        let value = value.into();
-        let entries = Arc::make_mut(&mut self.entries);
-        match entries.iter_mut().find(|(key, _)| *key == name) {
-            Some(entry) => entry.1 = value,
-            None => entries.push((name, value)),
+    pub fn insert(&mut self, name: impl AsRef<str>, value: impl AsRef<str>) {
+        let (name, value) = (name.as_ref(), value.as_ref());
+        let table = Arc::make_mut(&mut self.table);
+        if let Some(index) = table.position(name) {
+            if table.value(&table.entries[index]) == value {
+                return;
+            }
+            table.remove(index);
         }
+        table.push(name, value);
     }
 
     /// Removes `name`, returning its value.
     pub fn remove(&mut self, name: &str) -> Option<String> {
-        let position = self.entries.iter().position(|(key, _)| key == name)?;
-        Some(Arc::make_mut(&mut self.entries).remove(position).1)
+        let index = self.table.position(name)?;
+        Some(Arc::make_mut(&mut self.table).remove(index))
     }
 
     /// Iterates over `(name, value)` pairs in insertion order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
-        self.entries.iter().map(|(k, v)| (k.as_ref(), v.as_str()))
+        let table = &*self.table;
+        table.entries.iter().map(|e| (table.name(e), table.value(e)))
     }
 
     /// The number of headers.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.table.entries.len()
     }
 
     /// True when there are no headers.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.table.entries.is_empty()
     }
 }
+
+impl PartialEq for Headers {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().all(|(k, v)| other.get(k) == Some(v))
+    }
+}
+
+impl Eq for Headers {}
 
 impl std::fmt::Debug for Headers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -92,7 +177,7 @@ impl std::fmt::Debug for Headers {
     }
 }
 
-impl<K: Into<HeaderName>, V: Into<String>> FromIterator<(K, V)> for Headers {
+impl<K: AsRef<str>, V: AsRef<str>> FromIterator<(K, V)> for Headers {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
         let mut headers = Headers::default();
         for (k, v) in iter {
@@ -115,12 +200,24 @@ impl Envelope {
     /// An envelope with the standard headers set: a fresh `message-id`, `event`,
     /// `timestamp` (now) and `content-type`.
     pub fn new(event: &str, content_type: &'static str, body: Bytes) -> Self {
-        let mut headers = Headers::with_capacity(6);
-        headers.insert(header::MESSAGE_ID, new_message_id());
-        headers.insert(header::EVENT, event);
-        headers.insert(header::TIMESTAMP, now_rfc3339());
-        headers.insert(header::CONTENT_TYPE, content_type);
-        Self { headers, body }
+        let mut table = Table {
+            text: String::with_capacity(160 + event.len()),
+            entries: SmallVec::new(),
+        };
+        let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        table.push(
+            header::MESSAGE_ID,
+            uuid::Uuid::new_v4().hyphenated().encode_lower(&mut id),
+        );
+        table.push(header::EVENT, event);
+        table.push_with(header::TIMESTAMP, write_rfc3339_now);
+        table.push(header::CONTENT_TYPE, content_type);
+        Self {
+            headers: Headers {
+                table: Arc::new(table),
+            },
+            body,
+        }
     }
 
     /// The `message-id` header, or `""`.
@@ -141,7 +238,43 @@ pub fn new_message_id() -> String {
 
 /// The current time as RFC 3339 in UTC, with microseconds.
 pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_micros(SystemTime::now()).to_string()
+    let mut out = String::with_capacity(27);
+    write_rfc3339_now(&mut out);
+    out
+}
+
+/// Appends the current time as `YYYY-MM-DDTHH:MM:SS.uuuuuuZ`. The part up to the
+/// seconds is formatted once per second per thread.
+fn write_rfc3339_now(out: &mut String) {
+    thread_local! {
+        static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs();
+    SECOND.with_borrow_mut(|(cached, prefix)| {
+        if *cached != secs {
+            let full = humantime::format_rfc3339_seconds(
+                SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+            )
+            .to_string();
+            // "YYYY-MM-DDTHH:MM:SSZ" without the Z.
+            *prefix = full.trim_end_matches('Z').to_string();
+            *cached = secs;
+        }
+        out.push_str(prefix);
+    });
+    let micros = now.subsec_micros();
+    let mut digits = [b'0'; 8];
+    digits[0] = b'.';
+    let mut value = micros;
+    for slot in digits[1..7].iter_mut().rev() {
+        *slot = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
+    digits[7] = b'Z';
+    out.push_str(std::str::from_utf8(&digits).unwrap_or(".000000Z"));
 }
 
 #[cfg(test)]
@@ -160,6 +293,11 @@ mod tests {
         );
         let other = Envelope::new("Hello", "application/json", Bytes::new());
         assert_ne!(envelope.message_id(), other.message_id());
+        let stamp = envelope.headers.get(header::TIMESTAMP).unwrap();
+        let parsed = humantime::parse_rfc3339(stamp).expect("valid RFC 3339");
+        let age = SystemTime::now().duration_since(parsed).unwrap_or_default();
+        assert!(age.as_secs() < 5, "{stamp} is now");
+        assert_eq!(stamp.len(), "2026-01-01T00:00:00.000000Z".len());
     }
 
     #[test]
@@ -173,5 +311,11 @@ mod tests {
         assert_eq!(a.len(), 2);
         assert_eq!(a.remove("j").as_deref(), Some("3"));
         assert_eq!(b.get("j"), None);
+        assert_eq!(a.iter().collect::<Vec<_>>(), vec![("k", "2")]);
+        let c: Headers = [("x", "1"), ("k", "2")].into_iter().collect();
+        let mut d: Headers = [("k", "2")].into_iter().collect();
+        assert_ne!(c, d);
+        d.insert("x", "1");
+        assert_eq!(c, d, "equality ignores order");
     }
 }

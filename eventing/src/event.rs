@@ -1,7 +1,6 @@
 //! Events and their descriptors.
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use crate::__private::SerdeEvent;
 
 /// A payload type that travels as an event. Implemented by `#[event]`; do not
 /// implement it by hand.
@@ -10,7 +9,7 @@ use serde::de::DeserializeOwned;
     label = "not an #[event]",
     note = "mark the type with #[eventing::event] (it must derive serde's Serialize and Deserialize)"
 )]
-pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
+pub trait Event: SerdeEvent {
     /// The event's registered descriptor.
     fn descriptor() -> &'static EventDescriptor;
 }

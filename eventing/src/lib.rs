@@ -19,7 +19,7 @@ pub use eventing_macros::{event, event_listener};
 pub use futures_util::future::BoxFuture;
 
 pub use codec::JSON;
-pub use envelope::{Envelope, HeaderName, Headers, header, new_message_id, now_rfc3339};
+pub use envelope::{Envelope, Headers, header, new_message_id, now_rfc3339};
 pub use error::{BoxError, Error, Result, redact_url};
 pub use event::{Event, EventDescriptor};
 pub use listener::{Context, EventListener, ListenerDescriptor, ListenerResult};
@@ -32,6 +32,6 @@ pub use pipeline::{
 };
 pub use provider::{
     Acker, BoxConsumer, ConsumeOptions, Consumer, Delivery, Provider, ProviderConfig,
-    ProviderFactory, Route, connect,
+    ConnectFuture, ProviderFactory, Route, connect,
 };
 pub use topology::{EventInfo, QueueSpec, Topology, queue_name};

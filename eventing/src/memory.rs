@@ -55,7 +55,9 @@ struct QueueState {
     ready: VecDeque<(Envelope, bool)>,
     consumers: Vec<Slot>,
     next_consumer: usize,
-    unacked: HashMap<u64, (u64, Envelope)>,
+    /// Unsettled deliveries by tag: slot `tag - first_unacked`.
+    unacked: VecDeque<Option<(u64, Envelope)>>,
+    first_unacked: u64,
     next_tag: u64,
     next_consumer_id: u64,
     deleted: bool,
@@ -133,7 +135,7 @@ impl Queue {
 
     fn settle(&self, tag: u64, requeue: bool) {
         let mut state = self.state.lock();
-        let Some((consumer, envelope)) = state.unacked.remove(&tag) else {
+        let Some((consumer, envelope)) = state.take_unacked(tag) else {
             return;
         };
         if let Some(slot) = state.consumers.iter_mut().find(|s| s.id == consumer) {
@@ -151,15 +153,17 @@ impl Queue {
         let mut state = self.state.lock();
         state.consumers.retain(|slot| slot.id != id);
         if requeue_unacked {
-            let mut returned: Vec<(u64, Envelope)> = state
-                .unacked
-                .iter()
-                .filter(|(_, (consumer, _))| *consumer == id)
-                .map(|(tag, (_, envelope))| (*tag, envelope.clone()))
-                .collect();
-            returned.sort_by_key(|(tag, _)| *tag);
-            for (tag, envelope) in returned.into_iter().rev() {
-                state.unacked.remove(&tag);
+            let mut returned = Vec::new();
+            for slot in state.unacked.iter_mut() {
+                if matches!(slot, Some((consumer, _)) if *consumer == id) {
+                    if let Some((_, envelope)) = slot.take() {
+                        returned.push(envelope);
+                    }
+                }
+            }
+            state.trim_unacked();
+            // Oldest first at the front, as a broker requeues them.
+            for envelope in returned.into_iter().rev() {
                 state.ready.push_front((envelope, true));
             }
         }
@@ -169,6 +173,23 @@ impl Queue {
 }
 
 impl QueueState {
+    fn take_unacked(&mut self, tag: u64) -> Option<(u64, Envelope)> {
+        let index = usize::try_from(tag.checked_sub(self.first_unacked)?).ok()?;
+        let taken = self.unacked.get_mut(index)?.take();
+        self.trim_unacked();
+        taken
+    }
+
+    fn trim_unacked(&mut self) {
+        while matches!(self.unacked.front(), Some(None)) {
+            self.unacked.pop_front();
+            self.first_unacked += 1;
+        }
+        if self.unacked.is_empty() {
+            self.first_unacked = self.next_tag;
+        }
+    }
+
     /// Hands ready messages to consumers with credit, round-robin.
     fn dispatch(&mut self) {
         while !self.ready.is_empty() && !self.consumers.is_empty() {
@@ -200,7 +221,8 @@ impl QueueState {
             }
             slot.credit -= 1;
             let consumer = slot.id;
-            self.unacked.insert(tag, (consumer, envelope));
+            debug_assert_eq!(self.first_unacked + self.unacked.len() as u64, tag);
+            self.unacked.push_back(Some((consumer, envelope)));
             self.next_consumer = index + 1;
         }
     }

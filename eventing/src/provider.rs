@@ -142,8 +142,11 @@ pub struct ProviderFactory {
     /// The URL schemes it serves, without `://`.
     pub schemes: &'static [&'static str],
     /// Connects.
-    pub connect: fn(ProviderConfig) -> BoxFuture<'static, Result<Arc<dyn Provider>>>,
+    pub connect: fn(ProviderConfig) -> ConnectFuture,
 }
+
+/// What a provider factory's `connect` returns.
+pub type ConnectFuture = BoxFuture<'static, Result<Arc<dyn Provider>>>;
 
 inventory::collect!(ProviderFactory);
 

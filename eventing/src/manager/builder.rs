@@ -257,6 +257,7 @@ impl EventManagerBuilder {
                 max_body: self.max_body,
                 shutdown_timeout: self.shutdown_timeout,
                 state: Mutex::new(State::Built),
+                stopped: Default::default(),
                 stats: Arc::new(Counters::default()),
             }),
         })

@@ -5,7 +5,7 @@ mod consume;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -72,6 +72,7 @@ struct Inner {
     max_body: usize,
     shutdown_timeout: Duration,
     state: Mutex<State>,
+    stopped: AtomicBool,
     stats: Arc<Counters>,
 }
 
@@ -267,7 +268,7 @@ impl EventManager {
                 limit: self.inner.max_body,
             });
         }
-        if matches!(*self.inner.state.lock(), State::Stopped) {
+        if self.inner.stopped.load(Ordering::Relaxed) {
             return Err(Error::State("send_event() after shutdown()"));
         }
         let mut envelope = Envelope::new(&address, codec::JSON, body);
@@ -311,6 +312,7 @@ impl EventManager {
     /// closes the provider.
     pub async fn shutdown(&self) -> Result<()> {
         let previous = std::mem::replace(&mut *self.inner.state.lock(), State::Stopped);
+        self.inner.stopped.store(true, Ordering::Relaxed);
         if let State::Running { stop, tasks, .. } = previous {
             let _ = stop.send(true);
             for task in tasks {

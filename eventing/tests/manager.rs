@@ -1,0 +1,315 @@
+//! The manager and the in-process provider: topology, configuration errors and
+//! broker semantics that the shared suite does not pin down exactly.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use eventing::{
+    Context, Error, EventListener, EventManager, ListenerOptions, ListenerResult, MemoryProvider,
+    RetryPolicy, event, event_listener,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+
+/// An event with a templated name.
+#[event(name = "orders.{env}.Placed", durable = true)]
+#[derive(Serialize, Deserialize)]
+pub struct Placed {
+    /// Order number.
+    pub n: usize,
+}
+
+/// Stateless: constructed by the runtime.
+#[event_listener(Placed)]
+pub struct Stateless;
+
+impl EventListener<Placed> for Stateless {
+    async fn on(&self, _: Placed, _: &Context) -> ListenerResult {
+        Ok(())
+    }
+}
+
+/// With state: must be bound. Counts calls, records the server, may block on a gate.
+#[event_listener(Placed, name = "Counter")]
+pub struct Counter {
+    calls: Arc<AtomicUsize>,
+    running: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
+    gate: Option<Arc<Semaphore>>,
+}
+
+impl Counter {
+    fn new(gate: Option<Arc<Semaphore>>) -> Self {
+        Self {
+            calls: Arc::default(),
+            running: Arc::default(),
+            peak: Arc::default(),
+            gate,
+        }
+    }
+
+    fn probe(&self) -> (Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        (Arc::clone(&self.calls), Arc::clone(&self.peak))
+    }
+}
+
+impl EventListener<Placed> for Counter {
+    async fn on(&self, _: Placed, _: &Context) -> ListenerResult {
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        if let Some(gate) = &self.gate {
+            let _permit = gate.acquire().await?;
+        }
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Per process: one queue per server.
+#[event_listener(Placed, name = "Cache", per_process = true)]
+pub struct Cache;
+
+impl EventListener<Placed> for Cache {
+    async fn on(&self, _: Placed, _: &Context) -> ListenerResult {
+        Ok(())
+    }
+}
+
+async fn eventually(mut check: impl FnMut() -> bool) -> bool {
+    for _ in 0..500 {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    check()
+}
+
+#[tokio::test]
+async fn topology_follows_the_naming_rule() {
+    let manager = EventManager::builder()
+        .provider(MemoryProvider::new())
+        .server_name("web-1")
+        .var("env", "prod")
+        .listener(Counter::new(None))
+        .build()
+        .await
+        .expect("build");
+    let topology = manager.topology().expect("topology");
+    let names: Vec<&str> = topology.queues.iter().map(|q| q.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "orders.prod.Placed::Cache-web-1",
+            "orders.prod.Placed::Counter",
+            "orders.prod.Placed::Stateless"
+        ]
+    );
+    assert!(topology.queues.iter().all(|q| q.durable));
+    assert!(topology.events.iter().any(|e| e.name == "orders.prod.Placed" && e.durable));
+    let printed = topology.to_string();
+    assert!(printed.contains("queue orders.prod.Placed::Cache-web-1 <- listener Cache (per process)"), "{printed}");
+    assert!(printed.contains("dead letters orders.prod.Placed::Counter.dlq"), "{printed}");
+    assert!(manager.server_name() == "web-1");
+}
+
+#[tokio::test]
+async fn default_server_name_is_host_and_pid() {
+    let manager = EventManager::builder().build().await.expect("build");
+    assert!(
+        manager.server_name().ends_with(&format!("-{}", std::process::id())),
+        "{}",
+        manager.server_name()
+    );
+}
+
+#[tokio::test]
+async fn unbound_stateful_listener_is_a_start_error() {
+    let manager = EventManager::builder()
+        .provider(MemoryProvider::new())
+        .var("env", "t")
+        .build()
+        .await
+        .expect("build");
+    let error = manager.start().await.expect_err("Counter has state and no instance");
+    assert!(
+        matches!(error, Error::ListenerNotBound { listener: "Counter", .. }),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn missing_template_value_is_an_error() {
+    let manager = EventManager::builder()
+        .provider(MemoryProvider::new())
+        .listener(Counter::new(None))
+        .build()
+        .await
+        .expect("build");
+    let error = manager.start().await.expect_err("{env} has no value");
+    assert!(error.to_string().contains("{env}"), "{error}");
+    let error = manager.send_event(&Placed { n: 1 }).await.expect_err("send");
+    assert!(matches!(error, Error::UnresolvedName { .. }), "{error:?}");
+}
+
+#[tokio::test]
+async fn unknown_scheme_and_bad_url_are_errors_without_credentials() {
+    let error = EventManager::builder()
+        .url("kafka://user:hunter2@127.0.0.1:9092")
+        .build()
+        .await
+        .err()
+        .expect("no kafka provider");
+    let message = error.to_string();
+    assert!(matches!(error, Error::UnknownScheme { .. }), "{error:?}");
+    assert!(message.contains("kafka") && message.contains("memory"), "{message}");
+    assert!(!message.contains("hunter2"), "{message}");
+    let error = EventManager::builder()
+        .url("user:hunter2@nowhere")
+        .build()
+        .await
+        .err()
+        .expect("not a URL");
+    assert!(!format!("{error} {error:?}").contains("hunter2"));
+}
+
+#[tokio::test]
+async fn lifecycle_errors() {
+    let manager = EventManager::builder()
+        .provider(MemoryProvider::new())
+        .var("env", "t")
+        .only_bound_listeners()
+        .listener(Counter::new(None))
+        .build()
+        .await
+        .expect("build");
+    manager.start().await.expect("start");
+    assert!(matches!(manager.start().await, Err(Error::State(_))));
+    manager.shutdown().await.expect("shutdown");
+    let error = manager.send_event(&Placed { n: 1 }).await.expect_err("after shutdown");
+    assert!(matches!(error, Error::State(_)), "{error:?}");
+}
+
+#[tokio::test]
+async fn oversized_body_is_refused_on_send() {
+    let manager = EventManager::builder()
+        .provider(MemoryProvider::new())
+        .var("env", "t")
+        .max_body_size(4)
+        .build()
+        .await
+        .expect("build");
+    let error = manager.send_event(&Placed { n: 12345 }).await.expect_err("too large");
+    assert!(
+        matches!(error, Error::TooLarge { limit: 4, .. }),
+        "{error:?}"
+    );
+}
+
+async fn counter_manager(
+    broker: &MemoryProvider,
+    server: &str,
+    counter: Counter,
+    options: ListenerOptions,
+) -> EventManager {
+    let manager = EventManager::builder()
+        .provider(broker.clone())
+        .server_name(server)
+        .var("env", "mem")
+        .only_bound_listeners()
+        .listener(counter)
+        .listener_options(options)
+        .build()
+        .await
+        .expect("build");
+    manager.start().await.expect("start");
+    manager
+}
+
+#[tokio::test]
+async fn competing_consumers_are_served_round_robin() {
+    let broker = MemoryProvider::new();
+    let a = Counter::new(None);
+    let b = Counter::new(None);
+    let (calls_a, _) = a.probe();
+    let (calls_b, _) = b.probe();
+    let ma = counter_manager(&broker, "a", a, ListenerOptions::default()).await;
+    let mb = counter_manager(&broker, "b", b, ListenerOptions::default()).await;
+    for n in 0..100 {
+        ma.send_event(&Placed { n }).await.expect("send");
+    }
+    assert!(eventually(|| calls_a.load(Ordering::SeqCst) + calls_b.load(Ordering::SeqCst) == 100).await);
+    assert_eq!(calls_a.load(Ordering::SeqCst), 50);
+    assert_eq!(calls_b.load(Ordering::SeqCst), 50);
+    ma.shutdown().await.expect("shutdown");
+    mb.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn in_flight_calls_are_bounded_and_backlog_waits_on_the_broker() {
+    let broker = MemoryProvider::new();
+    let gate = Arc::new(Semaphore::new(0));
+    let counter = Counter::new(Some(Arc::clone(&gate)));
+    let (calls, peak) = counter.probe();
+    let options = ListenerOptions {
+        prefetch: 8,
+        concurrency: 4,
+        retry: RetryPolicy::default(),
+    };
+    let manager = counter_manager(&broker, "a", counter, options).await;
+    for n in 0..100 {
+        manager.send_event(&Placed { n }).await.expect("send");
+    }
+    let queue = "orders.mem.Placed::Counter";
+    assert!(eventually(|| broker.queue_depth(queue) == Some(92)).await, "{:?}", broker.queue_depth(queue));
+    assert!(eventually(|| peak.load(Ordering::SeqCst) == 4).await);
+    gate.add_permits(1000);
+    assert!(eventually(|| calls.load(Ordering::SeqCst) == 100).await);
+    assert_eq!(peak.load(Ordering::SeqCst), 4, "never more than `concurrency` calls at once");
+    assert_eq!(broker.queue_depth(queue), Some(0));
+    manager.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn dropping_a_manager_returns_its_unacked_messages() {
+    let broker = MemoryProvider::new();
+    let gate = Arc::new(Semaphore::new(0));
+    let stuck = Counter::new(Some(gate));
+    let (_, peak) = stuck.probe();
+    let options = ListenerOptions {
+        prefetch: 10,
+        concurrency: 10,
+        retry: RetryPolicy::default(),
+    };
+    let a = counter_manager(&broker, "a", stuck, options.clone()).await;
+    for n in 0..10 {
+        a.send_event(&Placed { n }).await.expect("send");
+    }
+    assert!(eventually(|| peak.load(Ordering::SeqCst) == 10).await, "a holds all ten");
+    drop(a); // no shutdown: a crash, as far as the broker can tell
+    let b = Counter::new(None);
+    let (calls_b, _) = b.probe();
+    let mb = counter_manager(&broker, "b", b, options).await;
+    assert!(eventually(|| calls_b.load(Ordering::SeqCst) == 10).await, "b gets all ten");
+    mb.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn per_process_queue_goes_away_with_its_server() {
+    let broker = MemoryProvider::new();
+    let manager = EventManager::builder()
+        .provider(broker.clone())
+        .server_name("temp")
+        .var("env", "pp")
+        .only_bound_listeners()
+        .listener_type::<Cache>()
+        .build()
+        .await
+        .expect("build");
+    manager.start().await.expect("start");
+    assert!(broker.queue_names().contains(&"orders.pp.Placed::Cache-temp".to_string()));
+    manager.shutdown().await.expect("shutdown");
+    assert!(!broker.queue_names().contains(&"orders.pp.Placed::Cache-temp".to_string()));
+}

@@ -1,0 +1,9 @@
+use eventing::event;
+
+#[event]
+enum Status {
+    Up,
+    Down,
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use eventing::event;
+
+#[event]
+struct NoSerde {
+    x: u32,
+}
+
+fn main() {}
