@@ -16,7 +16,10 @@ use crate::listener::{ErasedListener, EventListener};
     label = "needs #[derive(Serialize, Deserialize)]",
     note = "add `#[derive(serde::Serialize, serde::Deserialize)]` to the type"
 )]
-pub trait SerdeEvent: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static {}
+pub trait SerdeEvent:
+    serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static
+{
+}
 
 impl<T: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static> SerdeEvent for T {}
 
@@ -24,6 +27,8 @@ pub fn event_descriptor<E: Event>() -> &'static EventDescriptor {
     E::descriptor()
 }
 
-pub fn bind<L: EventListener<E>, E: Event>(instance: AnyListener) -> Option<Arc<dyn ErasedListener>> {
+pub fn bind<L: EventListener<E>, E: Event>(
+    instance: AnyListener,
+) -> Option<Arc<dyn ErasedListener>> {
     crate::listener::bind::<L, E>(instance)
 }

@@ -149,7 +149,10 @@ impl Headers {
     /// Iterates over `(name, value)` pairs in insertion order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
         let table = &*self.table;
-        table.entries.iter().map(|e| (table.name(e), table.value(e)))
+        table
+            .entries
+            .iter()
+            .map(|e| (table.name(e), table.value(e)))
     }
 
     /// The number of headers.
@@ -286,7 +289,13 @@ mod tests {
         let envelope = Envelope::new("Hello", "application/json", Bytes::from_static(b"{}"));
         assert_eq!(envelope.event(), "Hello");
         assert_eq!(envelope.message_id().len(), 36);
-        assert!(envelope.headers.get(header::TIMESTAMP).unwrap().ends_with('Z'));
+        assert!(
+            envelope
+                .headers
+                .get(header::TIMESTAMP)
+                .unwrap()
+                .ends_with('Z')
+        );
         assert_eq!(
             envelope.headers.get(header::CONTENT_TYPE),
             Some("application/json")

@@ -42,7 +42,9 @@ pub enum Error {
         source: BoxError,
     },
     /// Two event types registered the same event name.
-    #[error("two event types are registered as event `{name}`: `{first}` and `{second}`; give one of them another name with #[event(name = \"...\")]")]
+    #[error(
+        "two event types are registered as event `{name}`: `{first}` and `{second}`; give one of them another name with #[event(name = \"...\")]"
+    )]
     DuplicateEvent {
         /// The shared name.
         name: String,
@@ -52,7 +54,9 @@ pub enum Error {
         second: &'static str,
     },
     /// Two listener types registered the same listener name for one event.
-    #[error("two listener types are registered as listener `{name}` of event `{event}`: `{first}` and `{second}`; rename one with #[event_listener(..., name = \"...\")]")]
+    #[error(
+        "two listener types are registered as listener `{name}` of event `{event}`: `{first}` and `{second}`; rename one with #[event_listener(..., name = \"...\")]"
+    )]
     DuplicateListener {
         /// Event name.
         event: String,
@@ -64,7 +68,9 @@ pub enum Error {
         second: &'static str,
     },
     /// A listener has state, so the runtime cannot construct it, and no instance was bound.
-    #[error("listener `{listener}` (`{type_name}`) has state and no instance is bound: call EventManagerBuilder::listener with an instance, or deselect it")]
+    #[error(
+        "listener `{listener}` (`{type_name}`) has state and no instance is bound: call EventManagerBuilder::listener with an instance, or deselect it"
+    )]
     ListenerNotBound {
         /// Listener name.
         listener: &'static str,
@@ -72,7 +78,9 @@ pub enum Error {
         type_name: &'static str,
     },
     /// An event's name uses a `{placeholder}` the manager has no value for.
-    #[error("event name `{name}` uses `{{{placeholder}}}`, which the manager does not define (EventManagerBuilder::var)")]
+    #[error(
+        "event name `{name}` uses `{{{placeholder}}}`, which the manager does not define (EventManagerBuilder::var)"
+    )]
     UnresolvedName {
         /// The template.
         name: String,
@@ -80,7 +88,9 @@ pub enum Error {
         placeholder: String,
     },
     /// No provider is registered for the URL's scheme.
-    #[error("no provider for scheme `{scheme}://` is linked into this binary (known: {known}); enable the provider's cargo feature and reference its crate (`use eventing_amqp as _;`)")]
+    #[error(
+        "no provider for scheme `{scheme}://` is linked into this binary (known: {known}); enable the provider's cargo feature and reference its crate (`use eventing_amqp as _;`)"
+    )]
     UnknownScheme {
         /// The scheme asked for.
         scheme: String,

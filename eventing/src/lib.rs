@@ -26,12 +26,12 @@ pub use listener::{Context, EventListener, ListenerDescriptor, ListenerResult};
 pub use manager::{
     EventManager, EventManagerBuilder, ListenerOptions, RetryPolicy, Stats, URL_VARIABLE,
 };
-pub use memory::MemoryProvider;
+pub use memory::{DEFAULT_MAX_QUEUE_LEN, MemoryProvider};
 pub use pipeline::{
     Call, EnvelopePipeline, Outcome, SessionPipeline, current_session, with_session,
 };
 pub use provider::{
-    Acker, BoxConsumer, ConsumeOptions, Consumer, Delivery, Provider, ProviderConfig,
-    ConnectFuture, ProviderFactory, Route, connect,
+    Acker, BoxConsumer, ConnectFuture, ConsumeOptions, Consumer, Delivery, Provider,
+    ProviderConfig, ProviderFactory, Route, connect,
 };
 pub use topology::{EventInfo, QueueSpec, Topology, queue_name};

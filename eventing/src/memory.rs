@@ -7,14 +7,18 @@
 //! use the same `memory://name` URL) stand in for several servers.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_util::Stream;
 use futures_util::future::BoxFuture;
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::mpsc;
+use smallvec::SmallVec;
+use tokio::sync::{Notify, mpsc};
 
 use crate::envelope::Envelope;
 use crate::error::Result;
@@ -36,18 +40,38 @@ pub struct MemoryProvider {
     broker: Arc<Broker>,
 }
 
-#[derive(Default)]
+/// How many ready messages a queue holds before publishers wait (flow control, as a
+/// broker blocks publishers): the default of [`MemoryProvider::with_limits`].
+pub const DEFAULT_MAX_QUEUE_LEN: usize = 10_000;
+
 struct Broker {
     /// Event address -> the queues bound to it.
     exchanges: RwLock<HashMap<String, Vec<Arc<Queue>>>>,
     queues: Mutex<HashMap<String, Arc<Queue>>>,
+    max_queue_len: usize,
+    publish_timeout: Duration,
+}
+
+impl Default for Broker {
+    fn default() -> Self {
+        Self {
+            exchanges: RwLock::default(),
+            queues: Mutex::default(),
+            max_queue_len: DEFAULT_MAX_QUEUE_LEN,
+            publish_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 struct Queue {
     name: String,
     per_process: bool,
     dead_letters: Option<Arc<Queue>>,
+    max_len: usize,
     state: Mutex<QueueState>,
+    /// Publishers waiting for room.
+    waiting: AtomicUsize,
+    room: Notify,
 }
 
 #[derive(Default)]
@@ -74,6 +98,19 @@ impl MemoryProvider {
     /// A new, empty broker.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A new broker whose queues hold at most `max_queue_len` ready messages; a
+    /// publisher to a full queue waits up to `publish_timeout`, then gets
+    /// [`Error::Unavailable`](crate::Error::Unavailable).
+    pub fn with_limits(max_queue_len: usize, publish_timeout: Duration) -> Self {
+        Self {
+            broker: Arc::new(Broker {
+                max_queue_len: max_queue_len.max(1),
+                publish_timeout,
+                ..Broker::default()
+            }),
+        }
     }
 
     /// The broker registered under `name` in this process (created on first use);
@@ -115,15 +152,24 @@ impl MemoryProvider {
 }
 
 impl Queue {
-    fn new(name: String, per_process: bool, dead_letters: Option<Arc<Queue>>) -> Self {
+    fn new(
+        name: String,
+        per_process: bool,
+        dead_letters: Option<Arc<Queue>>,
+        max_len: usize,
+    ) -> Self {
         Self {
             name,
             per_process,
             dead_letters,
+            max_len,
             state: Mutex::new(QueueState::default()),
+            waiting: AtomicUsize::new(0),
+            room: Notify::new(),
         }
     }
 
+    /// Enqueues regardless of the length limit (redeliveries, dead letters).
     fn push(&self, envelope: Envelope, redelivered: bool) {
         let mut state = self.state.lock();
         if state.deleted {
@@ -131,6 +177,52 @@ impl Queue {
         }
         state.ready.push_back((envelope, redelivered));
         state.dispatch();
+    }
+
+    /// Enqueues if the queue has room.
+    fn try_publish(&self, envelope: Envelope) -> Result<(), Envelope> {
+        let mut state = self.state.lock();
+        if state.deleted {
+            return Ok(());
+        }
+        if state.ready.len() >= self.max_len {
+            return Err(envelope);
+        }
+        state.ready.push_back((envelope, false));
+        state.dispatch();
+        Ok(())
+    }
+
+    /// Enqueues, waiting for room up to `limit`.
+    async fn publish(&self, mut envelope: Envelope, limit: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + limit;
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let result = loop {
+            let room = self.room.notified();
+            match self.try_publish(envelope) {
+                Ok(()) => break Ok(()),
+                Err(back) => envelope = back,
+            }
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                break Err(crate::Error::Unavailable {
+                    provider: "memory",
+                    reason: format!(
+                        "queue `{}` is full ({} messages) and did not drain within {limit:?}",
+                        self.name, self.max_len
+                    ),
+                });
+            }
+        };
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+
+    /// Wakes waiting publishers once the queue has drained to half its limit, so a
+    /// full queue costs one wake-up per batch rather than one per message.
+    fn signal_room(&self, ready: usize) {
+        if ready <= self.max_len / 2 && self.waiting.load(Ordering::SeqCst) > 0 {
+            self.room.notify_waiters();
+        }
     }
 
     fn settle(&self, tag: u64, requeue: bool) {
@@ -145,6 +237,9 @@ impl Queue {
             state.ready.push_front((envelope, true));
         }
         state.dispatch();
+        let ready = state.ready.len();
+        drop(state);
+        self.signal_room(ready);
     }
 
     /// Removes a consumer; with `requeue_unacked` its unsettled messages go back to
@@ -168,7 +263,10 @@ impl Queue {
             }
         }
         state.dispatch();
-        state.consumers.is_empty()
+        let (ready, empty) = (state.ready.len(), state.consumers.is_empty());
+        drop(state);
+        self.signal_room(ready);
+        empty
     }
 }
 
@@ -225,6 +323,17 @@ impl QueueState {
             self.unacked.push_back(Some((consumer, envelope)));
             self.next_consumer = index + 1;
         }
+    }
+}
+
+/// A publish that completed synchronously.
+struct Published;
+
+impl Future for Published {
+    type Output = Result<()>;
+
+    fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -298,11 +407,15 @@ impl Provider for MemoryProvider {
                     Arc::clone(queue)
                 } else {
                     let dlq_name = spec.dead_letter_queue();
-                    let dlq = Arc::clone(
-                        all.entry(dlq_name.clone())
-                            .or_insert_with(|| Arc::new(Queue::new(dlq_name, false, None))),
-                    );
-                    let queue = Arc::new(Queue::new(spec.name.clone(), spec.per_process, Some(dlq)));
+                    let dlq = Arc::clone(all.entry(dlq_name.clone()).or_insert_with(|| {
+                        Arc::new(Queue::new(dlq_name, false, None, usize::MAX))
+                    }));
+                    let queue = Arc::new(Queue::new(
+                        spec.name.clone(),
+                        spec.per_process,
+                        Some(dlq),
+                        self.broker.max_queue_len,
+                    ));
                     all.insert(spec.name.clone(), Arc::clone(&queue));
                     queue
                 }
@@ -317,18 +430,43 @@ impl Provider for MemoryProvider {
     }
 
     fn publish<'a>(&'a self, route: Route<'a>, envelope: Envelope) -> BoxFuture<'a, Result<()>> {
-        let exchanges = self.broker.exchanges.read();
-        if let Some(queues) = exchanges.get(route.address) {
-            if let Some((last, rest)) = queues.split_last() {
-                for queue in rest {
-                    queue.push(envelope.clone(), false);
+        // Fast path: every bound queue has room. Full ones are waited for after the
+        // exchange lock is released.
+        let mut full: SmallVec<[(Arc<Queue>, Envelope); 2]> = SmallVec::new();
+        {
+            let exchanges = self.broker.exchanges.read();
+            match exchanges.get(route.address).map(Vec::as_slice) {
+                Some([]) | None => {
+                    tracing::debug!(
+                        address = route.address,
+                        "no queue is bound; message not routed"
+                    );
                 }
-                last.push(envelope, false);
+                Some([queue]) => {
+                    if let Err(back) = queue.try_publish(envelope) {
+                        full.push((Arc::clone(queue), back));
+                    }
+                }
+                Some(queues) => {
+                    for queue in queues {
+                        if let Err(back) = queue.try_publish(envelope.clone()) {
+                            full.push((Arc::clone(queue), back));
+                        }
+                    }
+                }
             }
-        } else {
-            tracing::debug!(address = route.address, "no queue is bound; message not routed");
         }
-        Box::pin(std::future::ready(Ok(())))
+        if full.is_empty() {
+            // Zero-sized, so boxing it does not allocate.
+            return Box::pin(Published);
+        }
+        let limit = self.broker.publish_timeout;
+        Box::pin(async move {
+            for (queue, envelope) in full {
+                queue.publish(envelope, limit).await?;
+            }
+            Ok(())
+        })
     }
 
     fn subscribe<'a>(
@@ -341,7 +479,8 @@ impl Provider for MemoryProvider {
                 Some(queue) => queue,
                 None => {
                     self.declare(std::slice::from_ref(spec)).await?;
-                    self.queue(&spec.name).ok_or(crate::Error::State("queue vanished"))?
+                    self.queue(&spec.name)
+                        .ok_or(crate::Error::State("queue vanished"))?
                 }
             };
             let (tx, rx) = mpsc::unbounded_channel();
@@ -360,6 +499,9 @@ impl Provider for MemoryProvider {
                     acker,
                 });
                 state.dispatch();
+                let ready = state.ready.len();
+                drop(state);
+                queue.signal_room(ready);
                 id
             };
             Ok(Box::new(MemoryConsumer {
@@ -380,7 +522,12 @@ impl Provider for MemoryProvider {
             .queue(&spec.dead_letter_queue())
             .map(|dlq| {
                 let state = dlq.state.lock();
-                state.ready.iter().take(limit).map(|(e, _)| e.clone()).collect()
+                state
+                    .ready
+                    .iter()
+                    .take(limit)
+                    .map(|(e, _)| e.clone())
+                    .collect()
             })
             .unwrap_or_default();
         Box::pin(std::future::ready(Ok(letters)))
@@ -389,7 +536,11 @@ impl Provider for MemoryProvider {
 
 fn connect(config: ProviderConfig) -> BoxFuture<'static, Result<Arc<dyn Provider>>> {
     Box::pin(async move {
-        let rest = config.url.split_once("://").map(|(_, rest)| rest).unwrap_or("");
+        let rest = config
+            .url
+            .split_once("://")
+            .map(|(_, rest)| rest)
+            .unwrap_or("");
         let name = rest.trim_end_matches('/');
         let name = if name.is_empty() { "default" } else { name };
         Ok(Arc::new(MemoryProvider::named(name)) as Arc<dyn Provider>)

@@ -26,7 +26,10 @@ async fn start_reports_both_types() {
         .build()
         .await
         .expect("build");
-    let error = manager.start().await.expect_err("duplicate names must fail");
+    let error = manager
+        .start()
+        .await
+        .expect_err("duplicate names must fail");
     assert!(matches!(error, Error::DuplicateEvent { .. }), "{error:?}");
     let message = error.to_string();
     assert!(message.contains("`Paid`"), "{message}");

@@ -1,6 +1,8 @@
 //! Two listener types with one name on one event: `start()` names both.
 
-use eventing::{Context, Error, EventListener, EventManager, ListenerResult, event, event_listener};
+use eventing::{
+    Context, Error, EventListener, EventManager, ListenerResult, event, event_listener,
+};
 use serde::{Deserialize, Serialize};
 
 /// The event.
@@ -30,10 +32,26 @@ impl EventListener<Joined> for French {
 
 #[tokio::test]
 async fn start_reports_both_types() {
-    let manager = EventManager::builder().url("memory://dup").build().await.expect("build");
-    let error = manager.start().await.expect_err("duplicate names must fail");
-    assert!(matches!(error, Error::DuplicateListener { .. }), "{error:?}");
+    let manager = EventManager::builder()
+        .url("memory://dup")
+        .build()
+        .await
+        .expect("build");
+    let error = manager
+        .start()
+        .await
+        .expect_err("duplicate names must fail");
+    assert!(
+        matches!(error, Error::DuplicateListener { .. }),
+        "{error:?}"
+    );
     let message = error.to_string();
-    assert!(message.contains("`Greeter`") && message.contains("`Joined`"), "{message}");
-    assert!(message.contains("English") && message.contains("French"), "{message}");
+    assert!(
+        message.contains("`Greeter`") && message.contains("`Joined`"),
+        "{message}"
+    );
+    assert!(
+        message.contains("English") && message.contains("French"),
+        "{message}"
+    );
 }

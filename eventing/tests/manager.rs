@@ -108,10 +108,21 @@ async fn topology_follows_the_naming_rule() {
         ]
     );
     assert!(topology.queues.iter().all(|q| q.durable));
-    assert!(topology.events.iter().any(|e| e.name == "orders.prod.Placed" && e.durable));
+    assert!(
+        topology
+            .events
+            .iter()
+            .any(|e| e.name == "orders.prod.Placed" && e.durable)
+    );
     let printed = topology.to_string();
-    assert!(printed.contains("queue orders.prod.Placed::Cache-web-1 <- listener Cache (per process)"), "{printed}");
-    assert!(printed.contains("dead letters orders.prod.Placed::Counter.dlq"), "{printed}");
+    assert!(
+        printed.contains("queue orders.prod.Placed::Cache-web-1 <- listener Cache (per process)"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("dead letters orders.prod.Placed::Counter.dlq"),
+        "{printed}"
+    );
     assert!(manager.server_name() == "web-1");
 }
 
@@ -119,7 +130,9 @@ async fn topology_follows_the_naming_rule() {
 async fn default_server_name_is_host_and_pid() {
     let manager = EventManager::builder().build().await.expect("build");
     assert!(
-        manager.server_name().ends_with(&format!("-{}", std::process::id())),
+        manager
+            .server_name()
+            .ends_with(&format!("-{}", std::process::id())),
         "{}",
         manager.server_name()
     );
@@ -133,9 +146,18 @@ async fn unbound_stateful_listener_is_a_start_error() {
         .build()
         .await
         .expect("build");
-    let error = manager.start().await.expect_err("Counter has state and no instance");
+    let error = manager
+        .start()
+        .await
+        .expect_err("Counter has state and no instance");
     assert!(
-        matches!(error, Error::ListenerNotBound { listener: "Counter", .. }),
+        matches!(
+            error,
+            Error::ListenerNotBound {
+                listener: "Counter",
+                ..
+            }
+        ),
         "{error:?}"
     );
 }
@@ -150,7 +172,10 @@ async fn missing_template_value_is_an_error() {
         .expect("build");
     let error = manager.start().await.expect_err("{env} has no value");
     assert!(error.to_string().contains("{env}"), "{error}");
-    let error = manager.send_event(&Placed { n: 1 }).await.expect_err("send");
+    let error = manager
+        .send_event(&Placed { n: 1 })
+        .await
+        .expect_err("send");
     assert!(matches!(error, Error::UnresolvedName { .. }), "{error:?}");
 }
 
@@ -164,7 +189,10 @@ async fn unknown_scheme_and_bad_url_are_errors_without_credentials() {
         .expect("no kafka provider");
     let message = error.to_string();
     assert!(matches!(error, Error::UnknownScheme { .. }), "{error:?}");
-    assert!(message.contains("kafka") && message.contains("memory"), "{message}");
+    assert!(
+        message.contains("kafka") && message.contains("memory"),
+        "{message}"
+    );
     assert!(!message.contains("hunter2"), "{message}");
     let error = EventManager::builder()
         .url("user:hunter2@nowhere")
@@ -188,7 +216,10 @@ async fn lifecycle_errors() {
     manager.start().await.expect("start");
     assert!(matches!(manager.start().await, Err(Error::State(_))));
     manager.shutdown().await.expect("shutdown");
-    let error = manager.send_event(&Placed { n: 1 }).await.expect_err("after shutdown");
+    let error = manager
+        .send_event(&Placed { n: 1 })
+        .await
+        .expect_err("after shutdown");
     assert!(matches!(error, Error::State(_)), "{error:?}");
 }
 
@@ -201,7 +232,10 @@ async fn oversized_body_is_refused_on_send() {
         .build()
         .await
         .expect("build");
-    let error = manager.send_event(&Placed { n: 12345 }).await.expect_err("too large");
+    let error = manager
+        .send_event(&Placed { n: 12345 })
+        .await
+        .expect_err("too large");
     assert!(
         matches!(error, Error::TooLarge { limit: 4, .. }),
         "{error:?}"
@@ -240,7 +274,9 @@ async fn competing_consumers_are_served_round_robin() {
     for n in 0..100 {
         ma.send_event(&Placed { n }).await.expect("send");
     }
-    assert!(eventually(|| calls_a.load(Ordering::SeqCst) + calls_b.load(Ordering::SeqCst) == 100).await);
+    assert!(
+        eventually(|| calls_a.load(Ordering::SeqCst) + calls_b.load(Ordering::SeqCst) == 100).await
+    );
     assert_eq!(calls_a.load(Ordering::SeqCst), 50);
     assert_eq!(calls_b.load(Ordering::SeqCst), 50);
     ma.shutdown().await.expect("shutdown");
@@ -263,11 +299,19 @@ async fn in_flight_calls_are_bounded_and_backlog_waits_on_the_broker() {
         manager.send_event(&Placed { n }).await.expect("send");
     }
     let queue = "orders.mem.Placed::Counter";
-    assert!(eventually(|| broker.queue_depth(queue) == Some(92)).await, "{:?}", broker.queue_depth(queue));
+    assert!(
+        eventually(|| broker.queue_depth(queue) == Some(92)).await,
+        "{:?}",
+        broker.queue_depth(queue)
+    );
     assert!(eventually(|| peak.load(Ordering::SeqCst) == 4).await);
     gate.add_permits(1000);
     assert!(eventually(|| calls.load(Ordering::SeqCst) == 100).await);
-    assert_eq!(peak.load(Ordering::SeqCst), 4, "never more than `concurrency` calls at once");
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        4,
+        "never more than `concurrency` calls at once"
+    );
     assert_eq!(broker.queue_depth(queue), Some(0));
     manager.shutdown().await.expect("shutdown");
 }
@@ -287,12 +331,18 @@ async fn dropping_a_manager_returns_its_unacked_messages() {
     for n in 0..10 {
         a.send_event(&Placed { n }).await.expect("send");
     }
-    assert!(eventually(|| peak.load(Ordering::SeqCst) == 10).await, "a holds all ten");
+    assert!(
+        eventually(|| peak.load(Ordering::SeqCst) == 10).await,
+        "a holds all ten"
+    );
     drop(a); // no shutdown: a crash, as far as the broker can tell
     let b = Counter::new(None);
     let (calls_b, _) = b.probe();
     let mb = counter_manager(&broker, "b", b, options).await;
-    assert!(eventually(|| calls_b.load(Ordering::SeqCst) == 10).await, "b gets all ten");
+    assert!(
+        eventually(|| calls_b.load(Ordering::SeqCst) == 10).await,
+        "b gets all ten"
+    );
     mb.shutdown().await.expect("shutdown");
 }
 
@@ -309,7 +359,46 @@ async fn per_process_queue_goes_away_with_its_server() {
         .await
         .expect("build");
     manager.start().await.expect("start");
-    assert!(broker.queue_names().contains(&"orders.pp.Placed::Cache-temp".to_string()));
+    assert!(
+        broker
+            .queue_names()
+            .contains(&"orders.pp.Placed::Cache-temp".to_string())
+    );
     manager.shutdown().await.expect("shutdown");
-    assert!(!broker.queue_names().contains(&"orders.pp.Placed::Cache-temp".to_string()));
+    assert!(
+        !broker
+            .queue_names()
+            .contains(&"orders.pp.Placed::Cache-temp".to_string())
+    );
+}
+
+#[tokio::test]
+async fn a_full_queue_makes_publishers_wait_then_fail() {
+    let broker = MemoryProvider::with_limits(5, Duration::from_millis(200));
+    let gate = Arc::new(Semaphore::new(0));
+    let counter = Counter::new(Some(Arc::clone(&gate)));
+    let (calls, _) = counter.probe();
+    let options = ListenerOptions {
+        prefetch: 1,
+        concurrency: 1,
+        retry: RetryPolicy::default(),
+    };
+    let manager = counter_manager(&broker, "a", counter, options).await;
+    // One in the listener's hands, five ready: the queue is full.
+    for n in 0..6 {
+        manager.send_event(&Placed { n }).await.expect("send");
+    }
+    let error = manager
+        .send_event(&Placed { n: 6 })
+        .await
+        .expect_err("full");
+    assert!(matches!(error, Error::Unavailable { .. }), "{error:?}");
+    // A waiting publisher goes through once the listener makes room.
+    let sender = manager.clone();
+    let waiting = tokio::spawn(async move { sender.send_event(&Placed { n: 7 }).await });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    gate.add_permits(100);
+    waiting.await.expect("join").expect("send after room");
+    assert!(eventually(|| calls.load(Ordering::SeqCst) == 7).await);
+    manager.shutdown().await.expect("shutdown");
 }

@@ -222,7 +222,10 @@ impl EventManagerBuilder {
     /// Connects the provider and builds the manager (not started yet).
     pub async fn build(self) -> Result<EventManager> {
         let server = self.server_name.unwrap_or_else(default_server_name);
-        let provider = match self.provider.unwrap_or(ProviderSource::Url("memory://".into())) {
+        let provider = match self
+            .provider
+            .unwrap_or(ProviderSource::Url("memory://".into()))
+        {
             ProviderSource::Instance(provider) => provider,
             ProviderSource::Url(url) => {
                 provider::connect(ProviderConfig {

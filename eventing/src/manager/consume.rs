@@ -36,14 +36,20 @@ pub(super) async fn run(
 ) {
     let concurrency = active.options.concurrency.max(1);
     let mut running = FuturesUnordered::new();
+    // Created once: a fresh `changed()` per message would register and drop a waiter
+    // under a lock on every iteration.
+    let stopping = async move {
+        while !*stop.borrow_and_update() {
+            if stop.changed().await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::pin!(stopping);
     loop {
         tokio::select! {
             biased;
-            changed = stop.changed() => {
-                if changed.is_err() || *stop.borrow() {
-                    break;
-                }
-            }
+            () = &mut stopping => break,
             Some(()) = running.next(), if !running.is_empty() => {}
             item = consumer.next(), if running.len() < concurrency => match item {
                 Some(Ok(delivery)) => running.push(handle(delivery, Arc::clone(&active))),
@@ -139,7 +145,10 @@ async fn handle_in_span(delivery: Delivery, active: Arc<Active>) {
     let mut envelope = original.clone();
     for pipeline in active.pipelines.iter() {
         if let Err(error) = pipeline.handle(&mut envelope, active.descriptor) {
-            let reason = format!("pipeline `{}` refused the message: {error}", pipeline.name());
+            let reason = format!(
+                "pipeline `{}` refused the message: {error}",
+                pipeline.name()
+            );
             return dead_letter(reason, 0).await;
         }
     }
@@ -184,4 +193,3 @@ async fn handle_in_span(delivery: Delivery, active: Arc<Active>) {
         }
     }
 }
-

@@ -236,7 +236,9 @@ impl EventManager {
             for task in &tasks {
                 task.abort();
             }
-            return Err(Error::State("start() raced with another start() or shutdown()"));
+            return Err(Error::State(
+                "start() raced with another start() or shutdown()",
+            ));
         }
         *state = State::Running {
             stop,
@@ -280,7 +282,8 @@ impl EventManager {
                     source,
                 })?;
         }
-        let span = tracing::debug_span!("send", event = %address, message_id = %envelope.message_id());
+        let span =
+            tracing::debug_span!("send", event = %address, message_id = %envelope.message_id());
         let route = Route {
             address: &address,
             durable: descriptor.durable(),
@@ -338,9 +341,7 @@ impl Inner {
         let key = event as *const EventDescriptor as usize;
         match self.addresses.get(&key) {
             Some(Ok(address)) => Ok(Arc::clone(address)),
-            Some(Err(_)) | None => {
-                registry::resolve_name(event.name(), &self.vars).map(Arc::from)
-            }
+            Some(Err(_)) | None => registry::resolve_name(event.name(), &self.vars).map(Arc::from),
         }
     }
 
