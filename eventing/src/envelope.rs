@@ -27,6 +27,13 @@ pub mod header {
     pub const DEAD_LETTER_QUEUE: &str = "x-dead-letter-queue";
     /// The listener that gave up on the message.
     pub const DEAD_LETTER_LISTENER: &str = "x-dead-letter-listener";
+    /// The headers dead-lettering adds, which a replay removes.
+    pub const DEAD_LETTER_HEADERS: [&str; 4] = [
+        DEAD_LETTER_REASON,
+        DEAD_LETTER_ATTEMPTS,
+        DEAD_LETTER_QUEUE,
+        DEAD_LETTER_LISTENER,
+    ];
 }
 
 /// One header's place in the shared text buffer.

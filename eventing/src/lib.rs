@@ -24,7 +24,8 @@ pub use error::{BoxError, Error, Result, redact_url};
 pub use event::{Event, EventDescriptor};
 pub use listener::{Context, EventListener, ListenerDescriptor, ListenerResult};
 pub use manager::{
-    EventManager, EventManagerBuilder, ListenerOptions, RetryPolicy, Stats, URL_VARIABLE,
+    EventManager, EventManagerBuilder, Health, ListenerHealth, ListenerOptions, ListenerState,
+    RetryPolicy, Stats, URL_VARIABLE,
 };
 pub use memory::{DEFAULT_MAX_QUEUE_LEN, MemoryProvider};
 pub use pipeline::{

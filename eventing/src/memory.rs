@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -50,6 +50,9 @@ struct Broker {
     queues: Mutex<HashMap<String, Arc<Queue>>>,
     max_queue_len: usize,
     publish_timeout: Duration,
+    /// False during a simulated outage.
+    available: AtomicBool,
+    back: Notify,
 }
 
 impl Default for Broker {
@@ -59,6 +62,8 @@ impl Default for Broker {
             queues: Mutex::default(),
             max_queue_len: DEFAULT_MAX_QUEUE_LEN,
             publish_timeout: Duration::from_secs(30),
+            available: AtomicBool::new(true),
+            back: Notify::new(),
         }
     }
 }
@@ -137,6 +142,36 @@ impl MemoryProvider {
         let queue = self.broker.queues.lock().get(queue).cloned()?;
         let depth = queue.state.lock().ready.len();
         Some(depth)
+    }
+
+    /// Simulates losing (`false`) and regaining (`true`) the broker, for tests of
+    /// what users' code does in an outage. Going down ends every consumer's stream
+    /// as a lost connection does (their unacknowledged messages go back to their
+    /// queues); while down, declaring and subscribing fail and publishes wait.
+    pub fn set_available(&self, available: bool) {
+        self.broker.available.store(available, Ordering::SeqCst);
+        if available {
+            self.broker.back.notify_waiters();
+            return;
+        }
+        let queues: Vec<Arc<Queue>> = self.broker.queues.lock().values().cloned().collect();
+        for queue in queues {
+            let ids: Vec<u64> = queue.state.lock().consumers.iter().map(|c| c.id).collect();
+            for id in ids {
+                queue.remove_consumer(id, true);
+            }
+        }
+    }
+
+    fn check_available(&self) -> Result<()> {
+        if self.broker.available.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(crate::Error::Unavailable {
+                provider: "memory",
+                reason: "the in-process broker is down (set_available(false))".into(),
+            })
+        }
     }
 
     fn queue(&self, name: &str) -> Option<Arc<Queue>> {
@@ -400,6 +435,9 @@ impl Provider for MemoryProvider {
     }
 
     fn declare<'a>(&'a self, queues: &'a [QueueSpec]) -> BoxFuture<'a, Result<()>> {
+        if let Err(error) = self.check_available() {
+            return Box::pin(std::future::ready(Err(error)));
+        }
         for spec in queues {
             let queue = {
                 let mut all = self.broker.queues.lock();
@@ -430,6 +468,19 @@ impl Provider for MemoryProvider {
     }
 
     fn publish<'a>(&'a self, route: Route<'a>, envelope: Envelope) -> BoxFuture<'a, Result<()>> {
+        if !self.broker.available.load(Ordering::SeqCst) {
+            // Wait for the broker to come back; the manager's send timeout bounds it.
+            return Box::pin(async move {
+                loop {
+                    let back = self.broker.back.notified();
+                    if self.broker.available.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    back.await;
+                }
+                self.publish(route, envelope).await
+            });
+        }
         // Fast path: every bound queue has room. Full ones are waited for after the
         // exchange lock is released.
         let mut full: SmallVec<[(Arc<Queue>, Envelope); 2]> = SmallVec::new();
@@ -475,6 +526,7 @@ impl Provider for MemoryProvider {
         options: ConsumeOptions,
     ) -> BoxFuture<'a, Result<Box<dyn Consumer>>> {
         Box::pin(async move {
+            self.check_available()?;
             let queue = match self.queue(&spec.name) {
                 Some(queue) => queue,
                 None => {
@@ -531,6 +583,35 @@ impl Provider for MemoryProvider {
             })
             .unwrap_or_default();
         Box::pin(std::future::ready(Ok(letters)))
+    }
+
+    fn replay_dead_letters<'a>(
+        &'a self,
+        spec: &'a QueueSpec,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<usize>> {
+        let moved = match (
+            self.queue(&spec.name),
+            self.queue(&spec.dead_letter_queue()),
+        ) {
+            (Some(queue), Some(dlq)) => {
+                let letters: Vec<Envelope> = {
+                    let mut state = dlq.state.lock();
+                    let n = limit.min(state.ready.len());
+                    state.ready.drain(..n).map(|(e, _)| e).collect()
+                };
+                let moved = letters.len();
+                for mut letter in letters {
+                    for name in crate::header::DEAD_LETTER_HEADERS {
+                        letter.headers.remove(name);
+                    }
+                    queue.push(letter, false);
+                }
+                moved
+            }
+            _ => 0,
+        };
+        Box::pin(std::future::ready(Ok(moved)))
     }
 }
 

@@ -63,6 +63,20 @@ pub trait Provider: Send + Sync + 'static {
         })))
     }
 
+    /// Moves up to `limit` messages of the dead-letter queue of `queue` back onto
+    /// `queue`, removing the `x-dead-letter-*` headers; returns how many moved.
+    fn replay_dead_letters<'a>(
+        &'a self,
+        queue: &'a QueueSpec,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<usize>> {
+        let _ = (queue, limit);
+        Box::pin(std::future::ready(Err(Error::Unsupported {
+            provider: self.name(),
+            operation: "replaying dead letters",
+        })))
+    }
+
     /// Closes connections. Consumers should be cancelled first.
     fn close(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(std::future::ready(Ok(())))
@@ -108,6 +122,10 @@ impl std::fmt::Debug for Delivery {
 ///
 /// After [`cancel`](Consumer::cancel) the stream yields the deliveries already
 /// buffered and then ends; the runtime requeues those it will not handle.
+///
+/// If the stream ends without `cancel` (the connection was lost), the runtime calls
+/// [`Provider::declare`] and [`Provider::subscribe`] again with backoff until they
+/// succeed, so a provider only needs to reconnect when asked.
 pub trait Consumer: Stream<Item = Result<Delivery>> + Send + Unpin {
     /// Stops the broker from sending more deliveries.
     fn cancel(&mut self) -> BoxFuture<'_, Result<()>>;

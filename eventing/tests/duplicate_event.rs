@@ -8,7 +8,7 @@ mod billing {
     /// One `Paid`.
     #[event(name = "Paid")]
     #[derive(Serialize, Deserialize)]
-    pub struct Paid;
+    pub(crate) struct Paid;
 }
 
 mod shipping {
@@ -16,7 +16,7 @@ mod shipping {
     /// Another `Paid`.
     #[event(name = "Paid")]
     #[derive(Serialize, Deserialize)]
-    pub struct Paid;
+    pub(crate) struct Paid;
 }
 
 #[tokio::test]

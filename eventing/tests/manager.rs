@@ -104,6 +104,7 @@ async fn topology_follows_the_naming_rule() {
         [
             "orders.prod.Placed::Cache-web-1",
             "orders.prod.Placed::Counter",
+            "orders.prod.Placed::Picky",
             "orders.prod.Placed::Stateless"
         ]
     );
@@ -400,5 +401,132 @@ async fn a_full_queue_makes_publishers_wait_then_fail() {
     gate.add_permits(100);
     waiting.await.expect("join").expect("send after room");
     assert!(eventually(|| calls.load(Ordering::SeqCst) == 7).await);
+    manager.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn listeners_resubscribe_after_an_outage_and_sends_time_out_during_it() {
+    let broker = MemoryProvider::new();
+    let counter = Counter::new(None);
+    let (calls, _) = counter.probe();
+    let manager = EventManager::builder()
+        .provider(broker.clone())
+        .server_name("a")
+        .var("env", "outage")
+        .only_bound_listeners()
+        .listener(counter)
+        .send_timeout(Duration::from_millis(100))
+        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(50))
+        .build()
+        .await
+        .expect("build");
+    manager.start().await.expect("start");
+    assert!(manager.health().healthy);
+    for n in 0..5 {
+        manager.send_event(&Placed { n }).await.expect("send");
+    }
+    assert!(eventually(|| calls.load(Ordering::SeqCst) == 5).await);
+
+    broker.set_available(false);
+    assert!(
+        eventually(|| manager.health().listeners[0].state == eventing::ListenerState::Reconnecting)
+            .await,
+        "{:?}",
+        manager.health()
+    );
+    let error = manager
+        .send_event(&Placed { n: 99 })
+        .await
+        .expect_err("broker down");
+    assert!(matches!(error, Error::Unavailable { .. }), "{error:?}");
+
+    broker.set_available(true);
+    assert!(
+        eventually(|| manager.health().healthy).await,
+        "{:?}",
+        manager.health()
+    );
+    for n in 5..10 {
+        manager
+            .send_event(&Placed { n })
+            .await
+            .expect("send after outage");
+    }
+    assert!(eventually(|| calls.load(Ordering::SeqCst) == 10).await);
+    let stats = manager.health().stats;
+    assert!(stats.reconnects >= 1, "{stats:?}");
+    assert_eq!(stats.sent, 10);
+    manager.shutdown().await.expect("shutdown");
+    assert_eq!(manager.health().listeners.len(), 0);
+}
+
+/// Fails while `FAIL` is set.
+#[event_listener(Placed, name = "Picky")]
+pub struct Picky {
+    fail: Arc<std::sync::atomic::AtomicBool>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl EventListener<Placed> for Picky {
+    async fn on(&self, _: Placed, _: &Context) -> ListenerResult {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.fail.load(Ordering::SeqCst) {
+            return Err("not today".into());
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn dead_letters_can_be_listed_and_replayed() {
+    let broker = MemoryProvider::new();
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let manager = EventManager::builder()
+        .provider(broker.clone())
+        .var("env", "replay")
+        .only_bound_listeners()
+        .listener(Picky {
+            fail: Arc::clone(&fail),
+            calls: Arc::clone(&calls),
+        })
+        .listener_options(ListenerOptions {
+            retry: RetryPolicy {
+                max_attempts: 2,
+                initial_backoff: Duration::from_millis(1),
+                max_backoff: Duration::from_millis(1),
+            },
+            ..ListenerOptions::default()
+        })
+        .build()
+        .await
+        .expect("build");
+    manager.start().await.expect("start");
+    manager.send_event(&Placed { n: 1 }).await.expect("send");
+    let queue = "orders.replay.Placed::Picky";
+    assert!(eventually(|| manager.stats().dead_lettered == 1).await);
+    let letters = manager.dead_letters(queue, 10).await.expect("list");
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        letters[0].headers.get(eventing::header::DEAD_LETTER_REASON),
+        Some("listener failed 2 times; last error: not today")
+    );
+    fail.store(false, Ordering::SeqCst);
+    assert_eq!(
+        manager
+            .replay_dead_letters(queue, 10)
+            .await
+            .expect("replay"),
+        1
+    );
+    assert!(eventually(|| manager.stats().handled == 1).await);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert!(
+        manager
+            .dead_letters(queue, 10)
+            .await
+            .expect("list")
+            .is_empty()
+    );
     manager.shutdown().await.expect("shutdown");
 }

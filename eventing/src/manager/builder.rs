@@ -91,6 +91,7 @@ pub struct EventManagerBuilder {
     max_body: usize,
     send_timeout: Duration,
     shutdown_timeout: Duration,
+    reconnect: RetryPolicy,
 }
 
 impl Default for EventManagerBuilder {
@@ -107,6 +108,11 @@ impl Default for EventManagerBuilder {
             max_body: 8 * 1024 * 1024,
             send_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(30),
+            reconnect: RetryPolicy {
+                max_attempts: u32::MAX,
+                initial_backoff: Duration::from_millis(200),
+                max_backoff: Duration::from_secs(10),
+            },
         }
     }
 }
@@ -207,9 +213,21 @@ impl EventManagerBuilder {
         self
     }
 
-    /// How long a send waits for an unavailable broker (default 30 s).
+    /// How long a send may take, waiting for an unavailable or blocked broker,
+    /// before it fails with `Error::Unavailable` (default 30 s).
     pub fn send_timeout(mut self, timeout: Duration) -> Self {
         self.send_timeout = timeout;
+        self
+    }
+
+    /// Backoff between attempts to subscribe again after a listener lost its
+    /// subscription (attempts are unlimited; default 200 ms doubling to 10 s, with jitter).
+    pub fn reconnect_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.reconnect = RetryPolicy {
+            max_attempts: u32::MAX,
+            initial_backoff: initial,
+            max_backoff: max,
+        };
         self
     }
 
@@ -258,7 +276,9 @@ impl EventManagerBuilder {
                 defaults: self.defaults,
                 overrides: self.overrides,
                 max_body: self.max_body,
+                send_timeout: self.send_timeout,
                 shutdown_timeout: self.shutdown_timeout,
+                reconnect: self.reconnect,
                 state: Mutex::new(State::Built),
                 stopped: Default::default(),
                 stats: Arc::new(Counters::default()),

@@ -2,7 +2,7 @@
 //! retries with backoff, dead letters, and a draining shutdown.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -10,11 +10,11 @@ use futures_util::stream::FuturesUnordered;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use super::{Counters, ListenerOptions};
+use super::{Counters, ListenerOptions, RetryPolicy};
 use crate::envelope::header;
 use crate::listener::{CallError, Context, ErasedListener, ListenerDescriptor};
 use crate::pipeline::EnvelopePipeline;
-use crate::provider::{Consumer, Delivery};
+use crate::provider::{ConsumeOptions, Consumer, Delivery, Provider};
 use crate::topology::QueueSpec;
 
 /// A listener bound to its queue.
@@ -26,6 +26,31 @@ pub(super) struct Active {
     pub(super) pipelines: Arc<[Arc<dyn EnvelopePipeline>]>,
     pub(super) options: ListenerOptions,
     pub(super) stats: Arc<Counters>,
+    pub(super) provider: Arc<dyn Provider>,
+    pub(super) reconnect: RetryPolicy,
+    pub(super) state: AtomicU8,
+}
+
+/// Listener states as stored in [`Active::state`].
+pub(super) const CONSUMING: u8 = 1;
+pub(super) const RECONNECTING: u8 = 2;
+pub(super) const STOPPED: u8 = 3;
+
+impl Active {
+    fn set_state(&self, state: u8) {
+        self.state.store(state, Ordering::Relaxed);
+    }
+
+    /// Declares the queue again and subscribes anew (after a lost connection).
+    async fn resubscribe(&self) -> crate::Result<Box<dyn Consumer>> {
+        self.provider
+            .declare(std::slice::from_ref(&self.queue))
+            .await?;
+        let options = ConsumeOptions {
+            prefetch: self.options.prefetch,
+        };
+        self.provider.subscribe(&self.queue, options).await
+    }
 }
 
 pub(super) async fn run(
@@ -46,7 +71,24 @@ pub(super) async fn run(
         }
     };
     tokio::pin!(stopping);
-    loop {
+    // Drives running calls and watches for shutdown while waiting on `$wait`;
+    // breaks out of `$outer` on shutdown.
+    macro_rules! while_waiting_for {
+        ($outer:lifetime, $wait:expr) => {{
+            let wait = $wait;
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    biased;
+                    () = &mut stopping => break $outer,
+                    Some(()) = running.next(), if !running.is_empty() => {}
+                    out = &mut wait => break out,
+                }
+            }
+        }};
+    }
+    active.set_state(CONSUMING);
+    'consuming: loop {
         tokio::select! {
             biased;
             () = &mut stopping => break,
@@ -57,8 +99,25 @@ pub(super) async fn run(
                     tracing::warn!(queue = %active.queue.name, %error, "consumer error");
                 }
                 None => {
-                    tracing::info!(queue = %active.queue.name, "consumer closed by the provider");
-                    break;
+                    // The connection is gone: subscribe again with capped exponential
+                    // backoff and jitter, while running calls go on.
+                    active.set_state(RECONNECTING);
+                    active.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(queue = %active.queue.name, "consumer lost; resubscribing");
+                    let mut attempt = 0;
+                    consumer = loop {
+                        attempt += 1;
+                        let wait = active.reconnect.backoff(attempt);
+                        while_waiting_for!('consuming, tokio::time::sleep(wait));
+                        match while_waiting_for!('consuming, active.resubscribe()) {
+                            Ok(fresh) => break fresh,
+                            Err(error) => tracing::warn!(
+                                queue = %active.queue.name, attempt, %error, "resubscribe failed"
+                            ),
+                        }
+                    };
+                    tracing::info!(queue = %active.queue.name, attempt, "resubscribed");
+                    active.set_state(CONSUMING);
                 }
             },
         }
@@ -89,6 +148,7 @@ pub(super) async fn run(
     }
     drop(running);
     drop(consumer);
+    active.set_state(STOPPED);
 }
 
 /// Handles one delivery to the end: acknowledged, or dead-lettered with a reason.

@@ -5,9 +5,10 @@ mod consume;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -70,7 +71,9 @@ struct Inner {
     defaults: ListenerOptions,
     overrides: HashMap<String, ListenerOptions>,
     max_body: usize,
+    send_timeout: Duration,
     shutdown_timeout: Duration,
+    reconnect: RetryPolicy,
     state: Mutex<State>,
     stopped: AtomicBool,
     stats: Arc<Counters>,
@@ -82,6 +85,7 @@ enum State {
         stop: watch::Sender<bool>,
         tasks: Vec<JoinHandle<()>>,
         queues: Vec<QueueSpec>,
+        actives: Vec<Arc<consume::Active>>,
     },
     Stopped,
 }
@@ -94,6 +98,7 @@ pub(crate) struct Counters {
     pub(crate) failed: AtomicU64,
     pub(crate) retried: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
+    pub(crate) reconnects: AtomicU64,
 }
 
 /// A snapshot of a manager's counters.
@@ -109,6 +114,42 @@ pub struct Stats {
     pub retried: u64,
     /// Deliveries moved to a dead-letter queue.
     pub dead_lettered: u64,
+    /// Times a listener lost its subscription and subscribed again.
+    pub reconnects: u64,
+}
+
+/// What a listener is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ListenerState {
+    /// Subscribed and taking messages.
+    Consuming,
+    /// The subscription was lost; subscribing again with backoff.
+    Reconnecting,
+    /// Shut down.
+    Stopped,
+}
+
+/// The health of one listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerHealth {
+    /// Listener name.
+    pub listener: &'static str,
+    /// Its queue.
+    pub queue: String,
+    /// What it is doing.
+    pub state: ListenerState,
+}
+
+/// A manager's health: per listener, and the counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Health {
+    /// True when every listener is consuming.
+    pub healthy: bool,
+    /// Per listener.
+    pub listeners: Vec<ListenerHealth>,
+    /// The counters.
+    pub stats: Stats,
 }
 
 /// One listener the manager runs.
@@ -143,6 +184,34 @@ impl EventManager {
             failed: c.failed.load(Ordering::Relaxed),
             retried: c.retried.load(Ordering::Relaxed),
             dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
+            reconnects: c.reconnects.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether each listener is connected and consuming, and the counters.
+    pub fn health(&self) -> Health {
+        let listeners: Vec<ListenerHealth> = match &*self.inner.state.lock() {
+            State::Running { actives, .. } => actives
+                .iter()
+                .map(|active| ListenerHealth {
+                    listener: active.descriptor.name(),
+                    queue: active.queue.name.clone(),
+                    state: match active.state.load(Ordering::Relaxed) {
+                        consume::CONSUMING => ListenerState::Consuming,
+                        consume::RECONNECTING => ListenerState::Reconnecting,
+                        _ => ListenerState::Stopped,
+                    },
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Health {
+            healthy: !listeners.is_empty()
+                && listeners
+                    .iter()
+                    .all(|l| l.state == ListenerState::Consuming),
+            listeners,
+            stats: self.stats(),
         }
     }
 
@@ -195,6 +264,7 @@ impl EventManager {
 
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::with_capacity(bound.len());
+        let mut actives = Vec::with_capacity(bound.len());
         for (descriptor, queue, handler) in bound {
             let options = self.inner.options_for(descriptor);
             let consumer = self
@@ -222,7 +292,11 @@ impl EventManager {
                 pipelines: Arc::clone(&self.inner.pipelines),
                 options,
                 stats: Arc::clone(&self.inner.stats),
+                provider: Arc::clone(&self.inner.provider),
+                reconnect: self.inner.reconnect.clone(),
+                state: AtomicU8::new(consume::CONSUMING),
             });
+            actives.push(Arc::clone(&active));
             let shutdown_timeout = self.inner.shutdown_timeout;
             tasks.push(tokio::spawn(consume::run(
                 consumer,
@@ -244,6 +318,7 @@ impl EventManager {
             stop,
             tasks,
             queues,
+            actives,
         };
         Ok(())
     }
@@ -288,11 +363,20 @@ impl EventManager {
             address: &address,
             durable: descriptor.durable(),
         };
-        self.inner
-            .provider
-            .publish(route, envelope)
-            .instrument(span)
-            .await?;
+        let mut publish = self.inner.provider.publish(route, envelope);
+        // Most publishes complete at once; only a waiting one pays for a timer.
+        match (&mut publish).now_or_never() {
+            Some(result) => result?,
+            None => {
+                let limit = self.inner.send_timeout;
+                tokio::time::timeout(limit, publish.instrument(span))
+                    .await
+                    .map_err(|_| Error::Unavailable {
+                        provider: self.inner.provider.name(),
+                        reason: format!("send of `{address}` did not complete within {limit:?}"),
+                    })??;
+            }
+        }
         self.inner.stats.sent.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -300,14 +384,24 @@ impl EventManager {
     /// Up to `limit` dead letters of the queue named `queue` (one of this manager's
     /// queues), oldest first, with the reason in [`header::DEAD_LETTER_REASON`](crate::header::DEAD_LETTER_REASON).
     pub async fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<Envelope>> {
-        let spec = self
-            .inner
+        let spec = self.queue_spec(queue)?;
+        self.inner.provider.dead_letters(&spec, limit).await
+    }
+
+    /// Moves up to `limit` dead letters of `queue` back onto it, without their
+    /// `x-dead-letter-*` headers; returns how many were moved.
+    pub async fn replay_dead_letters(&self, queue: &str, limit: usize) -> Result<usize> {
+        let spec = self.queue_spec(queue)?;
+        self.inner.provider.replay_dead_letters(&spec, limit).await
+    }
+
+    fn queue_spec(&self, queue: &str) -> Result<QueueSpec> {
+        self.inner
             .plan()?
             .into_iter()
             .map(|p| p.queue)
             .find(|q| q.name == queue)
-            .ok_or(Error::State("no listener of this manager uses that queue"))?;
-        self.inner.provider.dead_letters(&spec, limit).await
+            .ok_or(Error::State("no listener of this manager uses that queue"))
     }
 
     /// Stops taking messages, lets running listeners finish (bounded by the shutdown
