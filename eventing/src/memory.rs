@@ -260,6 +260,23 @@ impl Queue {
         }
     }
 
+    /// Acknowledges several deliveries under one lock.
+    fn settle_many(&self, tags: &[u64]) {
+        let mut state = self.state.lock();
+        for &tag in tags {
+            let Some((consumer, _)) = state.take_unacked(tag) else {
+                continue;
+            };
+            if let Some(slot) = state.consumers.iter_mut().find(|s| s.id == consumer) {
+                slot.credit += 1;
+            }
+        }
+        state.dispatch();
+        let ready = state.ready.len();
+        drop(state);
+        self.signal_room(ready);
+    }
+
     fn settle(&self, tag: u64, requeue: bool) {
         let mut state = self.state.lock();
         let Some((consumer, envelope)) = state.take_unacked(tag) else {
@@ -372,20 +389,44 @@ impl Future for Published {
     }
 }
 
+/// Acknowledgements collected before they are applied under one queue lock.
+const ACK_BATCH: usize = 64;
+
+/// Settles one consumer's deliveries. Acks are batched: they are applied when the
+/// batch is full and whenever the consumer polls for more, so credit comes back
+/// before the consumer waits (and at cancel and drop).
 struct MemoryAcker {
     queue: Arc<Queue>,
+    pending: Mutex<SmallVec<[u64; ACK_BATCH]>>,
+}
+
+impl MemoryAcker {
+    fn flush(&self) {
+        let tags = std::mem::take(&mut *self.pending.lock());
+        if !tags.is_empty() {
+            self.queue.settle_many(&tags);
+        }
+    }
 }
 
 impl Acker for MemoryAcker {
     fn ack(&self, tag: u64) {
-        self.queue.settle(tag, false);
+        let mut pending = self.pending.lock();
+        pending.push(tag);
+        if pending.len() >= ACK_BATCH {
+            let tags = std::mem::take(&mut *pending);
+            drop(pending);
+            self.queue.settle_many(&tags);
+        }
     }
 
     fn requeue(&self, tag: u64) {
+        self.flush();
         self.queue.settle(tag, true);
     }
 
     fn dead_letter(&self, tag: u64, envelope: Envelope) -> BoxFuture<'static, Result<()>> {
+        self.flush();
         if let Some(dlq) = &self.queue.dead_letters {
             dlq.push(envelope, false);
         }
@@ -397,6 +438,7 @@ impl Acker for MemoryAcker {
 struct MemoryConsumer {
     provider: MemoryProvider,
     queue: Arc<Queue>,
+    acker: Arc<MemoryAcker>,
     id: u64,
     rx: mpsc::UnboundedReceiver<Result<Delivery>>,
 }
@@ -405,6 +447,7 @@ impl Stream for MemoryConsumer {
     type Item = Result<Delivery>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.acker.flush();
         self.rx.poll_recv(cx)
     }
 }
@@ -412,6 +455,7 @@ impl Stream for MemoryConsumer {
 impl Consumer for MemoryConsumer {
     fn cancel(&mut self) -> BoxFuture<'_, Result<()>> {
         // Dropping the slot drops its sender: the stream ends after what it buffered.
+        self.acker.flush();
         self.queue.remove_consumer(self.id, false);
         Box::pin(std::future::ready(Ok(())))
     }
@@ -421,6 +465,7 @@ impl Drop for MemoryConsumer {
     fn drop(&mut self) {
         // Whatever this consumer did not settle goes back, as a broker does when a
         // channel closes.
+        self.acker.flush();
         let empty = self.queue.remove_consumer(self.id, true);
         if empty && self.queue.per_process {
             self.queue.state.lock().deleted = true;
@@ -536,8 +581,9 @@ impl Provider for MemoryProvider {
                 }
             };
             let (tx, rx) = mpsc::unbounded_channel();
-            let acker: Arc<dyn Acker> = Arc::new(MemoryAcker {
+            let acker = Arc::new(MemoryAcker {
                 queue: Arc::clone(&queue),
+                pending: Mutex::new(SmallVec::new()),
             });
             let id = {
                 let mut state = queue.state.lock();
@@ -548,7 +594,7 @@ impl Provider for MemoryProvider {
                     id,
                     credit: u32::from(options.prefetch.max(1)),
                     tx,
-                    acker,
+                    acker: Arc::clone(&acker) as Arc<dyn Acker>,
                 });
                 state.dispatch();
                 let ready = state.ready.len();
@@ -559,6 +605,7 @@ impl Provider for MemoryProvider {
             Ok(Box::new(MemoryConsumer {
                 provider: self.clone(),
                 queue,
+                acker,
                 id,
                 rx,
             }) as Box<dyn Consumer>)

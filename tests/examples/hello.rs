@@ -63,8 +63,7 @@ impl EventListener<HelloEvent> for HelloCounter {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
 
@@ -90,12 +89,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     })
     .await?;
 
-    // Wait (bounded) until both listeners handled it, then shut down cleanly.
-    for _ in 0..100 {
-        if manager.stats().handled >= 2 {
-            break;
+    // Wait (bounded) until both listeners handled it, or for Ctrl-C; then shut down
+    // cleanly: stop taking messages, finish running calls, acknowledge them.
+    let handled = async {
+        for _ in 0..100 {
+            if manager.stats().handled >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::select! {
+        () = handled => {}
+        _ = tokio::signal::ctrl_c() => println!("Ctrl-C: shutting down"),
     }
     manager.shutdown().await?;
     println!("done: {} event(s) handled", manager.stats().handled);

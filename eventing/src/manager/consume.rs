@@ -1,8 +1,11 @@
 //! The loop that feeds one listener from its queue: bounded concurrency, pipelines,
 //! retries with backoff, dead letters, and a draining shutdown.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -11,10 +14,10 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::{Counters, ListenerOptions, RetryPolicy};
-use crate::envelope::header;
+use crate::envelope::{Envelope, header};
 use crate::listener::{CallError, Context, ErasedListener, ListenerDescriptor};
-use crate::pipeline::EnvelopePipeline;
-use crate::provider::{ConsumeOptions, Consumer, Delivery, Provider};
+use crate::pipeline::{Call, EnvelopePipeline, Outcome};
+use crate::provider::{Acker, ConsumeOptions, Consumer, Delivery, Provider};
 use crate::topology::QueueSpec;
 
 /// A listener bound to its queue.
@@ -60,7 +63,7 @@ pub(super) async fn run(
     shutdown_timeout: Duration,
 ) {
     let concurrency = active.options.concurrency.max(1);
-    let mut running = FuturesUnordered::new();
+    let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
     // Created once: a fresh `changed()` per message would register and drop a waiter
     // under a lock on every iteration.
     let stopping = async move {
@@ -89,38 +92,39 @@ pub(super) async fn run(
     }
     active.set_state(CONSUMING);
     'consuming: loop {
-        tokio::select! {
-            biased;
-            () = &mut stopping => break,
-            Some(()) = running.next(), if !running.is_empty() => {}
-            item = consumer.next(), if running.len() < concurrency => match item {
-                Some(Ok(delivery)) => running.push(handle(delivery, Arc::clone(&active))),
-                Some(Err(error)) => {
-                    tracing::warn!(queue = %active.queue.name, %error, "consumer error");
-                }
-                None => {
-                    // The connection is gone: subscribe again with capped exponential
-                    // backoff and jitter, while running calls go on.
-                    active.set_state(RECONNECTING);
-                    active.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(queue = %active.queue.name, "consumer lost; resubscribing");
-                    let mut attempt = 0;
-                    consumer = loop {
-                        attempt += 1;
-                        let wait = active.reconnect.backoff(attempt);
-                        while_waiting_for!('consuming, tokio::time::sleep(wait));
-                        match while_waiting_for!('consuming, active.resubscribe()) {
-                            Ok(fresh) => break fresh,
-                            Err(error) => tracing::warn!(
-                                queue = %active.queue.name, attempt, %error, "resubscribe failed"
-                            ),
-                        }
-                    };
-                    tracing::info!(queue = %active.queue.name, attempt, "resubscribed");
-                    active.set_state(CONSUMING);
-                }
-            },
+        let woke = std::future::poll_fn(|cx| {
+            pump(
+                cx,
+                stopping.as_mut(),
+                &mut running,
+                &mut consumer,
+                &active,
+                concurrency,
+            )
+        })
+        .await;
+        if woke == Woke::Stop {
+            break;
         }
+        // The stream ended without cancel(): the connection is gone. Subscribe again
+        // with capped exponential backoff and jitter, while running calls go on.
+        active.set_state(RECONNECTING);
+        active.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(queue = %active.queue.name, "consumer lost; resubscribing");
+        let mut attempt = 0;
+        consumer = loop {
+            attempt += 1;
+            let wait = active.reconnect.backoff(attempt);
+            while_waiting_for!('consuming, tokio::time::sleep(wait));
+            match while_waiting_for!('consuming, active.resubscribe()) {
+                Ok(fresh) => break fresh,
+                Err(error) => tracing::warn!(
+                    queue = %active.queue.name, attempt, %error, "resubscribe failed"
+                ),
+            }
+        };
+        tracing::info!(queue = %active.queue.name, attempt, "resubscribed");
+        active.set_state(CONSUMING);
     }
 
     // Shutdown: take no more, give back what is buffered, let running calls finish.
@@ -151,104 +155,236 @@ pub(super) async fn run(
     active.set_state(STOPPED);
 }
 
-/// Handles one delivery to the end: acknowledged, or dead-lettered with a reason.
-async fn handle(delivery: Delivery, active: Arc<Active>) {
+/// Why the consume loop woke up.
+#[derive(Debug, PartialEq, Eq)]
+enum Woke {
+    Stop,
+    Lost,
+}
+
+/// A listener call still running (or retrying, or dead-lettering).
+type Running = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Deliveries taken per wake-up before yielding to other tasks.
+const BATCH: u32 = 128;
+
+/// Runs finished calls off, takes deliveries while there is room and starts them.
+/// Returns when shutdown begins or the stream ends (lost connection).
+fn pump(
+    cx: &mut TaskContext<'_>,
+    stopping: Pin<&mut impl Future<Output = ()>>,
+    running: &mut FuturesUnordered<Running>,
+    consumer: &mut Box<dyn Consumer>,
+    active: &Arc<Active>,
+    concurrency: usize,
+) -> Poll<Woke> {
+    if stopping.poll(cx).is_ready() {
+        return Poll::Ready(Woke::Stop);
+    }
+    let mut budget = BATCH;
+    loop {
+        while let Poll::Ready(Some(())) = running.poll_next_unpin(cx) {}
+        let mut started = false;
+        while running.len() < concurrency {
+            if budget == 0 {
+                // Let other tasks run; come back at once.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            budget -= 1;
+            match consumer.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(delivery))) => {
+                    if let Some(call) = start(delivery, active, cx) {
+                        running.push(call);
+                        started = true;
+                    }
+                }
+                Poll::Ready(Some(Err(error))) => {
+                    tracing::warn!(queue = %active.queue.name, %error, "consumer error");
+                }
+                Poll::Ready(None) => return Poll::Ready(Woke::Lost),
+                Poll::Pending => break,
+            }
+        }
+        if !started {
+            return Poll::Pending;
+        }
+        // Poll what was just pushed so it registers its wake-ups.
+    }
+}
+
+/// Starts handling a delivery. Most listener calls finish at their first poll: then
+/// the message is acknowledged here and nothing is allocated for it; otherwise the
+/// rest of the handling is returned to run alongside the others.
+fn start(delivery: Delivery, active: &Arc<Active>, cx: &mut TaskContext<'_>) -> Option<Running> {
     let span = tracing::info_span!(
         "handle",
         event = %active.queue.event,
         listener = active.descriptor.name(),
         message_id = %delivery.envelope.message_id(),
     );
-    handle_in_span(delivery, active).instrument(span).await;
+    let entered = span.clone();
+    entered.in_scope(|| {
+        let Delivery {
+            envelope: original,
+            tag,
+            redelivered,
+            acker,
+        } = delivery;
+        let mut handling = Handling {
+            active: Arc::clone(active),
+            envelope: original.clone(),
+            original,
+            tag,
+            redelivered,
+            acker,
+            span,
+        };
+        if let Some(reason) = handling.refuse() {
+            let span = handling.span.clone();
+            return Some(Box::pin(handling.dead_letter(reason, 0).instrument(span)) as Running);
+        }
+        let mut call = handling.call(1);
+        let span = handling.span.clone();
+        match call.as_mut().poll(cx) {
+            Poll::Ready(outcome) => match handling.settle(outcome, 1) {
+                Next::Done => None,
+                next => Some(Box::pin(handling.proceed(next, 1).instrument(span)) as Running),
+            },
+            Poll::Pending => Some(Box::pin(
+                async move {
+                    let next = handling.settle(call.await, 1);
+                    handling.proceed(next, 1).await;
+                }
+                .instrument(span),
+            )),
+        }
+    })
 }
 
-async fn handle_in_span(delivery: Delivery, active: Arc<Active>) {
-    let Delivery {
-        envelope: original,
-        tag,
-        redelivered,
-        acker,
-    } = delivery;
-    let dead_letter = |reason: String, attempts: u32| {
-        let acker = Arc::clone(&acker);
-        let active = Arc::clone(&active);
-        let mut letter = original.clone();
-        async move {
-            tracing::error!(%reason, attempts, "dead-lettering message");
-            let headers = &mut letter.headers;
-            headers.insert(header::DEAD_LETTER_REASON, reason);
-            headers.insert(header::DEAD_LETTER_ATTEMPTS, attempts.to_string());
-            headers.insert(header::DEAD_LETTER_QUEUE, active.queue.name.clone());
-            headers.insert(header::DEAD_LETTER_LISTENER, active.descriptor.name());
-            match acker.dead_letter(tag, letter).await {
-                Ok(()) => {
-                    active.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(error) => {
-                    tracing::error!(%error, "dead-lettering failed; the message goes back");
-                    acker.requeue(tag);
-                }
+/// What to do after a call.
+enum Next {
+    Done,
+    Retry(Duration),
+    DeadLetter(String),
+}
+
+/// One delivery being handled.
+struct Handling {
+    active: Arc<Active>,
+    /// As received, for dead-lettering.
+    original: Envelope,
+    /// As the receiving pipelines left it.
+    envelope: Envelope,
+    tag: u64,
+    redelivered: bool,
+    acker: Arc<dyn Acker>,
+    span: tracing::Span,
+}
+
+impl Handling {
+    /// The reason to dead-letter the message without calling the listener, if any:
+    /// another event's message, or a receiving pipeline refusing it.
+    fn refuse(&mut self) -> Option<String> {
+        let active = &self.active;
+        if let Some(sent_to) = self.original.headers.get(header::EVENT) {
+            if sent_to != active.queue.event {
+                return Some(format!(
+                    "unknown event `{sent_to}` on the queue of event `{}`",
+                    active.queue.event
+                ));
             }
         }
-    };
-
-    let sent_to = original.headers.get(header::EVENT);
-    if let Some(sent_to) = sent_to {
-        if sent_to != active.queue.event {
-            let reason = format!(
-                "unknown event `{sent_to}` on the queue of event `{}`",
-                active.queue.event
-            );
-            return dead_letter(reason, 0).await;
+        for pipeline in active.pipelines.iter() {
+            if let Err(error) = pipeline.handle(&mut self.envelope, active.descriptor) {
+                return Some(format!(
+                    "pipeline `{}` refused the message: {error}",
+                    pipeline.name()
+                ));
+            }
         }
-    }
-    let mut envelope = original.clone();
-    for pipeline in active.pipelines.iter() {
-        if let Err(error) = pipeline.handle(&mut envelope, active.descriptor) {
-            let reason = format!(
-                "pipeline `{}` refused the message: {error}",
-                pipeline.name()
-            );
-            return dead_letter(reason, 0).await;
-        }
+        None
     }
 
-    let retry = &active.options.retry;
-    let max_attempts = retry.max_attempts.max(1);
-    let mut attempt = 1;
-    loop {
+    /// Call number `attempt` of the listener, wrapped by the pipelines.
+    fn call(&self, attempt: u32) -> Call {
+        let active = &self.active;
         let ctx = Context {
-            headers: envelope.headers.clone(),
+            headers: self.envelope.headers.clone(),
             listener: active.descriptor,
             queue: Arc::clone(&active.queue_name),
             attempt,
-            redelivered,
+            redelivered: self.redelivered,
         };
-        let mut call = active.handler.call(&envelope, ctx);
+        let mut call = active.handler.call(&self.envelope, ctx);
         for pipeline in active.pipelines.iter().rev() {
-            call = pipeline.around(&envelope, active.descriptor, call);
+            call = pipeline.around(&self.envelope, active.descriptor, call);
         }
-        let outcome = call.await;
+        call
+    }
+
+    /// Acknowledges a success, or decides between a retry and a dead letter.
+    fn settle(&self, outcome: Outcome, attempt: u32) -> Next {
+        let active = &self.active;
         match outcome.inner {
             Ok(()) => {
-                acker.ack(tag);
+                self.acker.ack(self.tag);
                 active.stats.handled.fetch_add(1, Ordering::Relaxed);
-                return;
+                Next::Done
             }
             Err(CallError::Decode(reason)) => {
-                return dead_letter(format!("undecodable body: {reason}"), attempt).await;
+                Next::DeadLetter(format!("undecodable body: {reason}"))
             }
             Err(CallError::Failed(error)) => {
                 active.stats.failed.fetch_add(1, Ordering::Relaxed);
-                if attempt >= max_attempts {
-                    let reason = format!("listener failed {attempt} times; last error: {error}");
-                    return dead_letter(reason, attempt).await;
+                let retry = &active.options.retry;
+                if attempt >= retry.max_attempts.max(1) {
+                    return Next::DeadLetter(format!(
+                        "listener failed {attempt} times; last error: {error}"
+                    ));
                 }
                 let wait = retry.backoff(attempt);
                 tracing::warn!(%error, attempt, ?wait, "listener failed; retrying");
-                tokio::time::sleep(wait).await;
-                attempt += 1;
-                active.stats.retried.fetch_add(1, Ordering::Relaxed);
+                Next::Retry(wait)
+            }
+        }
+    }
+
+    /// Carries on after call number `attempt`: retries, then dead-letters.
+    async fn proceed(self, mut next: Next, mut attempt: u32) {
+        loop {
+            match next {
+                Next::Done => return,
+                Next::DeadLetter(reason) => return self.dead_letter(reason, attempt).await,
+                Next::Retry(wait) => {
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                    self.active.stats.retried.fetch_add(1, Ordering::Relaxed);
+                    let outcome = self.call(attempt).await;
+                    next = self.settle(outcome, attempt);
+                }
+            }
+        }
+    }
+
+    /// Moves the message, as received plus the reason headers, to the dead-letter
+    /// queue; if that fails it goes back to the queue.
+    async fn dead_letter(self, reason: String, attempts: u32) {
+        tracing::error!(%reason, attempts, "dead-lettering message");
+        let active = &self.active;
+        let mut letter = self.original;
+        let headers = &mut letter.headers;
+        headers.insert(header::DEAD_LETTER_REASON, reason);
+        headers.insert(header::DEAD_LETTER_ATTEMPTS, attempts.to_string());
+        headers.insert(header::DEAD_LETTER_QUEUE, &active.queue.name);
+        headers.insert(header::DEAD_LETTER_LISTENER, active.descriptor.name());
+        match self.acker.dead_letter(self.tag, letter).await {
+            Ok(()) => {
+                active.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => {
+                tracing::error!(%error, "dead-lettering failed; the message goes back");
+                self.acker.requeue(self.tag);
             }
         }
     }
