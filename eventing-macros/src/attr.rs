@@ -38,7 +38,10 @@ impl<T> Default for Setting<T> {
 impl<T> Setting<T> {
     fn set(&mut self, key: &str, value: T, span: Span, errors: &mut Errors) {
         if self.value.is_some() {
-            errors.push(Error::new(span, format!("duplicate key `{key}`: give it once")));
+            errors.push(Error::new(
+                span,
+                format!("duplicate key `{key}`: give it once"),
+            ));
         } else {
             self.value = Some((value, span));
         }
@@ -49,13 +52,25 @@ impl<T> Setting<T> {
     }
 }
 
-const EVENT_KEYS: &str = "`name`, `durable`, `crate`";
-const LISTENER_KEYS: &str = "`name`, `per_process`, `crate`";
+const EVENT_KEYS: &str = "`name`, `durable`, `version`, `crate`";
+const LISTENER_KEYS: &str = "`name`, `per_process`, `singleton`, `version`, `crate`";
+
+/// An event version: semver, where `1.2` means `1.2.0`.
+pub(crate) fn normalize_version(text: &str) -> Option<String> {
+    let parts = text.split('.').count();
+    let full = match parts {
+        1 => format!("{text}.0.0"),
+        2 => format!("{text}.0"),
+        _ => text.to_string(),
+    };
+    semver::Version::parse(&full).ok().map(|v| v.to_string())
+}
 
 /// Arguments of `#[event(...)]`.
 pub(crate) struct EventArgs {
     pub(crate) name: Option<LitStr>,
     pub(crate) durable: bool,
+    pub(crate) version: Option<String>,
     pub(crate) krate: Option<Path>,
 }
 
@@ -64,6 +79,8 @@ pub(crate) struct ListenerArgs {
     pub(crate) event: Type,
     pub(crate) name: Option<LitStr>,
     pub(crate) per_process: bool,
+    pub(crate) singleton: bool,
+    pub(crate) version: Option<String>,
     pub(crate) krate: Option<Path>,
 }
 
@@ -75,9 +92,15 @@ fn parse_crate_path(lit: &LitStr) -> syn::Result<Path> {
 fn check_name(lit: &LitStr, what: &str, errors: &mut Errors) {
     let value = lit.value();
     if value.trim().is_empty() {
-        errors.push(Error::new_spanned(lit, format!("{what} name must not be empty")));
+        errors.push(Error::new_spanned(
+            lit,
+            format!("{what} name must not be empty"),
+        ));
     } else if value.contains(char::is_whitespace) {
-        errors.push(Error::new_spanned(lit, format!("{what} name must not contain white space")));
+        errors.push(Error::new_spanned(
+            lit,
+            format!("{what} name must not contain white space"),
+        ));
     }
 }
 
@@ -111,6 +134,7 @@ impl EventArgs {
     pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> syn::Result<Self> {
         let mut name = Setting::<LitStr>::default();
         let mut durable = Setting::<bool>::default();
+        let mut version = Setting::<String>::default();
         let mut krate = Setting::<Path>::default();
         let parser = |input: ParseStream<'_>| {
             parse_settings(input, EVENT_KEYS, errors, |key, input, errors| {
@@ -125,6 +149,16 @@ impl EventArgs {
                         let lit: LitBool = input.parse()?;
                         durable.set("durable", lit.value, span, errors);
                     }
+                    "version" => {
+                        let lit: LitStr = input.parse()?;
+                        match normalize_version(&lit.value()) {
+                            Some(v) => version.set("version", v, span, errors),
+                            None => errors.push(Error::new_spanned(
+                                &lit,
+                                "`version` must be a semantic version such as \"1.2\" or \"1.2.3\"",
+                            )),
+                        }
+                    }
                     "crate" => {
                         let lit: LitStr = input.parse()?;
                         krate.set("crate", parse_crate_path(&lit)?, span, errors);
@@ -138,6 +172,7 @@ impl EventArgs {
         Ok(Self {
             name: name.get(),
             durable: durable.get().unwrap_or(false),
+            version: version.get(),
             krate: krate.get(),
         })
     }
@@ -147,6 +182,8 @@ impl ListenerArgs {
     pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> syn::Result<Self> {
         let mut name = Setting::<LitStr>::default();
         let mut per_process = Setting::<bool>::default();
+        let mut singleton = Setting::<(bool, Span)>::default();
+        let mut version = Setting::<String>::default();
         let mut krate = Setting::<Path>::default();
         let parser = |input: ParseStream<'_>| {
             if input.is_empty() {
@@ -170,6 +207,20 @@ impl ListenerArgs {
                         let lit: LitBool = input.parse()?;
                         per_process.set("per_process", lit.value, span, errors);
                     }
+                    "singleton" => {
+                        let lit: LitBool = input.parse()?;
+                        singleton.set("singleton", (lit.value, span), span, errors);
+                    }
+                    "version" => {
+                        let lit: LitStr = input.parse()?;
+                        match semver::VersionReq::parse(&lit.value()) {
+                            Ok(_) => version.set("version", lit.value(), span, errors),
+                            Err(error) => errors.push(Error::new_spanned(
+                                &lit,
+                                format!("`version` must be a semver range such as \"<2.0\" or \"^1.2\": {error}"),
+                            )),
+                        }
+                    }
                     "crate" => {
                         let lit: LitStr = input.parse()?;
                         krate.set("crate", parse_crate_path(&lit)?, span, errors);
@@ -181,10 +232,24 @@ impl ListenerArgs {
             Ok(event)
         };
         let event = parser.parse2(tokens)?;
+        let per_process = per_process.get().unwrap_or(false);
+        let singleton = match singleton.get() {
+            Some((true, span)) if per_process => {
+                errors.push(Error::new(
+                    span,
+                    "a listener is either `per_process` (every server gets every event) or `singleton` (one handler among all listeners), not both",
+                ));
+                false
+            }
+            Some((value, _)) => value,
+            None => false,
+        };
         Ok(Self {
             event,
             name: name.get(),
-            per_process: per_process.get().unwrap_or(false),
+            per_process,
+            singleton,
+            version: version.get(),
             krate: krate.get(),
         })
     }

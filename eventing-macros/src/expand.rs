@@ -8,6 +8,13 @@ use syn::{Data, DeriveInput, Error, Fields, Path};
 
 use crate::attr::{Errors, EventArgs, ListenerArgs};
 
+fn option_str(value: Option<&str>) -> TokenStream {
+    match value {
+        Some(value) => quote!(::core::option::Option::Some(#value)),
+        None => quote!(::core::option::Option::None),
+    }
+}
+
 fn runtime_path(krate: Option<Path>) -> TokenStream {
     match krate {
         Some(path) => quote!(#path),
@@ -26,7 +33,9 @@ fn reject_generics(input: &DeriveInput, what: &str, errors: &mut Errors) {
     if !input.generics.params.is_empty() {
         errors.push(Error::new_spanned(
             &input.generics,
-            format!("{what} cannot be generic: its name and registration are fixed at compile time"),
+            format!(
+                "{what} cannot be generic: its name and registration are fixed at compile time"
+            ),
         ));
     }
 }
@@ -37,7 +46,10 @@ pub(crate) fn event(args: TokenStream, item: TokenStream) -> TokenStream {
         Err(_) => {
             return with_errors(
                 &item,
-                Error::new_spanned(&item, "#[event] goes on a struct or an enum that derives serde's Serialize and Deserialize"),
+                Error::new_spanned(
+                    &item,
+                    "#[event] goes on a struct or an enum that derives serde's Serialize and Deserialize",
+                ),
             );
         }
     };
@@ -67,6 +79,7 @@ pub(crate) fn event(args: TokenStream, item: TokenStream) -> TokenStream {
         }
     };
     let durable = args.durable;
+    let version = option_str(args.version.as_deref());
     // Spanned on the type's name so a missing serde derive points at the type.
     let event_trait = quote_spanned!(ident.span()=> #krate::Event);
     quote! {
@@ -79,6 +92,7 @@ pub(crate) fn event(args: TokenStream, item: TokenStream) -> TokenStream {
                         #name,
                         ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident)),
                         #durable,
+                        #version,
                     );
                     &DESCRIPTOR
                 }
@@ -96,7 +110,10 @@ pub(crate) fn event_listener(args: TokenStream, item: TokenStream) -> TokenStrea
         Err(_) => {
             return with_errors(
                 &item,
-                Error::new_spanned(&item, "#[event_listener] goes on a struct that implements EventListener<YourEvent>"),
+                Error::new_spanned(
+                    &item,
+                    "#[event_listener] goes on a struct that implements EventListener<YourEvent>",
+                ),
             );
         }
     };
@@ -138,6 +155,8 @@ pub(crate) fn event_listener(args: TokenStream, item: TokenStream) -> TokenStrea
         }
     };
     let per_process = args.per_process;
+    let singleton = args.singleton;
+    let version = option_str(args.version.as_deref());
     // A unit struct carries no state, so the runtime can make one itself; any other
     // listener must be bound as an instance on the manager.
     let construct = if unit {
@@ -168,6 +187,8 @@ pub(crate) fn event_listener(args: TokenStream, item: TokenStream) -> TokenStrea
                     #name,
                     ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident)),
                     #per_process,
+                    #singleton,
+                    #version,
                     #event_descriptor,
                     ::core::any::TypeId::of::<#ident>,
                     #construct,

@@ -17,6 +17,8 @@ pub mod header {
     pub const TIMESTAMP: &str = "timestamp";
     /// The body's media type (`application/json`).
     pub const CONTENT_TYPE: &str = "content-type";
+    /// The event's schema version (`#[event(version = "1.2")]`), as `1.2.0`.
+    pub const EVENT_VERSION: &str = "event-version";
     /// The session of the sending task (set by [`SessionPipeline`](crate::SessionPipeline)).
     pub const SESSION_ID: &str = "session-id";
     /// Why a message was dead-lettered.

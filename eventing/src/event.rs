@@ -20,16 +20,29 @@ pub struct EventDescriptor {
     name: &'static str,
     type_name: &'static str,
     durable: bool,
+    version: Option<&'static str>,
 }
 
 impl EventDescriptor {
     #[doc(hidden)]
-    pub const fn __new(name: &'static str, type_name: &'static str, durable: bool) -> Self {
+    pub const fn __new(
+        name: &'static str,
+        type_name: &'static str,
+        durable: bool,
+        version: Option<&'static str>,
+    ) -> Self {
         Self {
             name,
             type_name,
             durable,
+            version,
         }
+    }
+
+    /// The schema version (`#[event(version = "1.2")]`, normalized to `1.2.0`),
+    /// sent in the `event-version` header.
+    pub fn version(&self) -> Option<&'static str> {
+        self.version
     }
 
     /// The event's name as declared; it may hold `{placeholders}` that the manager

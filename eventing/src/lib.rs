@@ -35,4 +35,4 @@ pub use provider::{
     Acker, BoxConsumer, ConnectFuture, ConsumeOptions, Consumer, Delivery, Provider,
     ProviderConfig, ProviderFactory, Route, connect,
 };
-pub use topology::{EventInfo, QueueSpec, Topology, queue_name};
+pub use topology::{EventInfo, QueueSpec, SINGLETON, Topology, queue_name};

@@ -107,6 +107,8 @@ pub struct ListenerDescriptor {
     name: &'static str,
     type_name: &'static str,
     per_process: bool,
+    singleton: bool,
+    version: Option<&'static str>,
     event: fn() -> &'static EventDescriptor,
     pub(crate) type_id: fn() -> TypeId,
     pub(crate) construct: Option<fn() -> AnyListener>,
@@ -120,6 +122,8 @@ impl ListenerDescriptor {
         name: &'static str,
         type_name: &'static str,
         per_process: bool,
+        singleton: bool,
+        version: Option<&'static str>,
         event: fn() -> &'static EventDescriptor,
         type_id: fn() -> TypeId,
         construct: Option<fn() -> AnyListener>,
@@ -129,6 +133,8 @@ impl ListenerDescriptor {
             name,
             type_name,
             per_process,
+            singleton,
+            version,
             event,
             type_id,
             construct,
@@ -149,6 +155,18 @@ impl ListenerDescriptor {
     /// True when every server gets every event (one queue per server).
     pub fn per_process(&self) -> bool {
         self.per_process
+    }
+
+    /// True for the singleton kind: one queue per event shared by every singleton
+    /// listener of it, so exactly one of them handles each event.
+    pub fn singleton(&self) -> bool {
+        self.singleton
+    }
+
+    /// The event versions accepted (`#[event_listener(E, version = "<2.0")]`), a
+    /// semver range; messages outside it are dead-lettered.
+    pub fn version(&self) -> Option<&'static str> {
+        self.version
     }
 
     /// The event this listener handles.

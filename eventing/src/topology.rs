@@ -36,11 +36,26 @@ impl QueueSpec {
         }
     }
 
+    /// The queue of singleton listeners of `event`: `<event>::singleton`, shared by
+    /// every singleton listener of the event, so one of them handles each event.
+    pub fn singleton(event: &str, listener: &'static str, durable: bool) -> Self {
+        Self {
+            name: queue_name(event, SINGLETON, None),
+            event: event.to_string(),
+            listener,
+            durable,
+            per_process: false,
+        }
+    }
+
     /// The dead-letter queue's name: `<queue>.dlq`.
     pub fn dead_letter_queue(&self) -> String {
         format!("{}.dlq", self.name)
     }
 }
+
+/// The listener part of a singleton queue's name.
+pub const SINGLETON: &str = "singleton";
 
 /// The queue name for a listener of an event: `<event>::<listener>`, or
 /// `<event>::<listener>-<server>` when `server` is given (per-process listeners).
@@ -87,6 +102,8 @@ impl fmt::Display for Topology {
             for queue in self.queues.iter().filter(|q| q.event == event.name) {
                 let kind = if queue.per_process {
                     "per process"
+                } else if queue.name.ends_with(&format!("::{SINGLETON}")) {
+                    "singleton"
                 } else {
                     "competing"
                 };

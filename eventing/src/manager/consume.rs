@@ -32,6 +32,8 @@ pub(super) struct Active {
     pub(super) provider: Arc<dyn Provider>,
     pub(super) reconnect: RetryPolicy,
     pub(super) state: AtomicU8,
+    /// The event versions the listener accepts.
+    pub(super) accepts: Option<semver::VersionReq>,
 }
 
 /// Listener states as stored in [`Active::state`].
@@ -293,6 +295,32 @@ impl Handling {
                     "unknown event `{sent_to}` on the queue of event `{}`",
                     active.queue.event
                 ));
+            }
+        }
+        if let Some(accepts) = &active.accepts {
+            let sent = self.original.headers.get(header::EVENT_VERSION);
+            let version = sent.map(|v| semver::Version::parse(v).map_err(|e| (v, e)));
+            match version {
+                None => {
+                    return Some(format!(
+                        "no `{}` header; listener `{}` accepts versions {accepts}",
+                        header::EVENT_VERSION,
+                        active.descriptor.name()
+                    ));
+                }
+                Some(Err((text, error))) => {
+                    return Some(format!(
+                        "malformed `{}` header `{text}`: {error}",
+                        header::EVENT_VERSION
+                    ));
+                }
+                Some(Ok(version)) if !accepts.matches(&version) => {
+                    return Some(format!(
+                        "event version {version} is outside the range {accepts} that listener `{}` accepts",
+                        active.descriptor.name()
+                    ));
+                }
+                Some(Ok(_)) => {}
             }
         }
         for pipeline in active.pipelines.iter() {

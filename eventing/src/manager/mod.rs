@@ -295,6 +295,9 @@ impl EventManager {
                 provider: Arc::clone(&self.inner.provider),
                 reconnect: self.inner.reconnect.clone(),
                 state: AtomicU8::new(consume::CONSUMING),
+                accepts: descriptor
+                    .version()
+                    .and_then(|range| semver::VersionReq::parse(range).ok()),
             });
             actives.push(Arc::clone(&active));
             let shutdown_timeout = self.inner.shutdown_timeout;
@@ -349,6 +352,11 @@ impl EventManager {
             return Err(Error::State("send_event() after shutdown()"));
         }
         let mut envelope = Envelope::new(&address, codec::JSON, body);
+        if let Some(version) = descriptor.version() {
+            envelope
+                .headers
+                .insert(crate::header::EVENT_VERSION, version);
+        }
         for pipeline in self.inner.pipelines.iter() {
             pipeline
                 .send(&mut envelope, descriptor)
@@ -465,15 +473,20 @@ impl Inner {
             }
             let event = descriptor.event();
             let address = self.address(event)?;
-            plan.push(Planned {
-                descriptor,
-                queue: QueueSpec::new(
+            let queue = if descriptor.singleton() {
+                QueueSpec::singleton(&address, descriptor.name(), event.durable())
+            } else {
+                QueueSpec::new(
                     &address,
                     descriptor.name(),
                     event.durable(),
                     descriptor.per_process(),
                     &self.server,
-                ),
+                )
+            };
+            plan.push(Planned {
+                descriptor,
+                queue,
                 instance,
             });
         }
