@@ -11,6 +11,7 @@ mod pipeline;
 mod provider;
 pub mod registry;
 mod topology;
+mod trace;
 
 #[doc(hidden)]
 pub mod __private;
@@ -36,3 +37,4 @@ pub use provider::{
     ProviderConfig, ProviderFactory, Route, connect,
 };
 pub use topology::{EventInfo, QueueSpec, SINGLETON, Topology, queue_name};
+pub use trace::{TRACEPARENT, TraceContext, TraceContextPipeline, current_trace, with_trace};

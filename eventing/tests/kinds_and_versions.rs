@@ -196,3 +196,79 @@ async fn singleton_listeners_share_one_queue_and_handle_each_event_once() {
         manager.shutdown().await.expect("shutdown");
     }
 }
+
+/// A step of a chain: re-sends `Hop` with `n - 1` and records the trace it saw.
+#[event(name = "Hop")]
+#[derive(Serialize, Deserialize)]
+pub struct Hop {
+    /// Hops left.
+    pub n: u32,
+}
+
+/// Records `(traceparent header, current trace)` and forwards the chain.
+#[event_listener(Hop, name = "Hopper")]
+pub struct Hopper {
+    seen: Arc<std::sync::Mutex<Vec<(String, Option<eventing::TraceContext>)>>>,
+    manager: Arc<tokio::sync::OnceCell<EventManager>>,
+}
+
+impl EventListener<Hop> for Hopper {
+    async fn on(&self, hop: Hop, ctx: &Context) -> ListenerResult {
+        let header = ctx.header(eventing::TRACEPARENT).unwrap_or("").to_string();
+        self.seen
+            .lock()
+            .map_err(|_| "poisoned")?
+            .push((header, eventing::current_trace()));
+        if hop.n > 0 {
+            if let Some(manager) = self.manager.get() {
+                manager.send_event(&Hop { n: hop.n - 1 }).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn trace_context_follows_a_chain_of_events() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let cell = Arc::new(tokio::sync::OnceCell::new());
+    let manager = EventManager::builder()
+        .provider(MemoryProvider::new())
+        .pipeline(eventing::TraceContextPipeline)
+        .only_bound_listeners()
+        .listener(Hopper {
+            seen: Arc::clone(&seen),
+            manager: Arc::clone(&cell),
+        })
+        .build()
+        .await
+        .expect("build");
+    cell.set(manager.clone()).ok();
+    manager.start().await.expect("start");
+    let root = eventing::TraceContext::new_root();
+    eventing::with_trace(root, manager.send_event(&Hop { n: 2 }))
+        .await
+        .expect("send");
+    assert!(eventually(|| seen.lock().map(|s| s.len()).unwrap_or(0) == 3).await);
+    let seen = seen.lock().expect("lock").clone();
+    let mut span_ids = Vec::new();
+    for (header, current) in &seen {
+        let parsed = eventing::TraceContext::parse(header).expect("valid traceparent");
+        assert_eq!(
+            parsed.trace_id(),
+            root.trace_id(),
+            "one trace along the chain"
+        );
+        assert_eq!(
+            current.as_ref(),
+            Some(&parsed),
+            "the received context is current in `on`"
+        );
+        span_ids.push(parsed.span_id());
+    }
+    span_ids.push(root.span_id());
+    span_ids.sort();
+    span_ids.dedup();
+    assert_eq!(span_ids.len(), 4, "each hop is a new span");
+    manager.shutdown().await.expect("shutdown");
+}

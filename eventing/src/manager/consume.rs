@@ -224,6 +224,7 @@ fn start(delivery: Delivery, active: &Arc<Active>, cx: &mut TaskContext<'_>) -> 
         event = %active.queue.event,
         listener = active.descriptor.name(),
         message_id = %delivery.envelope.message_id(),
+        trace_id = tracing::field::Empty,
     );
     let entered = span.clone();
     entered.in_scope(|| {
