@@ -205,10 +205,13 @@ pub struct Hop {
     pub n: u32,
 }
 
+/// What each hop saw: its `traceparent` header and the current trace in `on`.
+type Hops = Arc<std::sync::Mutex<Vec<(String, Option<eventing::TraceContext>)>>>;
+
 /// Records `(traceparent header, current trace)` and forwards the chain.
 #[event_listener(Hop, name = "Hopper")]
 pub struct Hopper {
-    seen: Arc<std::sync::Mutex<Vec<(String, Option<eventing::TraceContext>)>>>,
+    seen: Hops,
     manager: Arc<tokio::sync::OnceCell<EventManager>>,
 }
 
