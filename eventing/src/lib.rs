@@ -7,6 +7,7 @@ mod event;
 mod listener;
 mod manager;
 mod memory;
+pub mod metrics;
 mod pipeline;
 mod provider;
 pub mod registry;

@@ -16,6 +16,7 @@ use tracing::Instrument;
 use super::{Counters, ListenerOptions, RetryPolicy};
 use crate::envelope::{Envelope, header};
 use crate::listener::{CallError, Context, ErasedListener, ListenerDescriptor};
+use crate::metrics::{self, ListenerMetrics};
 use crate::pipeline::{Call, EnvelopePipeline, Outcome};
 use crate::provider::{Acker, ConsumeOptions, Consumer, Delivery, Provider};
 use crate::topology::QueueSpec;
@@ -34,6 +35,7 @@ pub(super) struct Active {
     pub(super) state: AtomicU8,
     /// The event versions the listener accepts.
     pub(super) accepts: Option<semver::VersionReq>,
+    pub(super) metrics: ListenerMetrics,
 }
 
 /// Listener states as stored in [`Active::state`].
@@ -242,6 +244,7 @@ fn start(delivery: Delivery, active: &Arc<Active>, cx: &mut TaskContext<'_>) -> 
             redelivered,
             acker,
             span,
+            started: metrics::now(),
         };
         if let Some(reason) = handling.refuse() {
             let span = handling.span.clone();
@@ -283,6 +286,7 @@ struct Handling {
     redelivered: bool,
     acker: Arc<dyn Acker>,
     span: tracing::Span,
+    started: metrics::Started,
 }
 
 impl Handling {
@@ -359,6 +363,7 @@ impl Handling {
             Ok(()) => {
                 self.acker.ack(self.tag);
                 active.stats.handled.fetch_add(1, Ordering::Relaxed);
+                active.metrics.handled(self.started);
                 Next::Done
             }
             Err(CallError::Decode(reason)) => {
@@ -366,6 +371,7 @@ impl Handling {
             }
             Err(CallError::Failed(error)) => {
                 active.stats.failed.fetch_add(1, Ordering::Relaxed);
+                active.metrics.failed();
                 let retry = &active.options.retry;
                 if attempt >= retry.max_attempts.max(1) {
                     return Next::DeadLetter(format!(
@@ -389,6 +395,7 @@ impl Handling {
                     tokio::time::sleep(wait).await;
                     attempt += 1;
                     self.active.stats.retried.fetch_add(1, Ordering::Relaxed);
+                    self.active.metrics.retried();
                     let outcome = self.call(attempt).await;
                     next = self.settle(outcome, attempt);
                 }
@@ -410,6 +417,7 @@ impl Handling {
         match self.acker.dead_letter(self.tag, letter).await {
             Ok(()) => {
                 active.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                active.metrics.dead_lettered();
             }
             Err(error) => {
                 tracing::error!(%error, "dead-lettering failed; the message goes back");

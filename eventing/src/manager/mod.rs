@@ -284,6 +284,7 @@ impl EventManager {
                 provider = self.inner.provider.name(),
                 "listening"
             );
+            let metrics = crate::metrics::ListenerMetrics::new(&queue.event, descriptor.name());
             let active = Arc::new(consume::Active {
                 descriptor,
                 queue_name: Arc::from(queue.name.as_str()),
@@ -295,6 +296,7 @@ impl EventManager {
                 provider: Arc::clone(&self.inner.provider),
                 reconnect: self.inner.reconnect.clone(),
                 state: AtomicU8::new(consume::CONSUMING),
+                metrics,
                 accepts: descriptor
                     .version()
                     .and_then(|range| semver::VersionReq::parse(range).ok()),
@@ -386,6 +388,7 @@ impl EventManager {
             }
         }
         self.inner.stats.sent.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::sent(&address);
         Ok(())
     }
 
