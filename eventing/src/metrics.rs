@@ -74,9 +74,12 @@ mod enabled {
     pub(crate) struct ListenerMetrics;
 
     /// Zero-sized without the feature.
-    pub(crate) type Started = ();
+    #[derive(Clone, Copy)]
+    pub(crate) struct Started;
 
-    pub(crate) fn now() -> Started {}
+    pub(crate) fn now() -> Started {
+        Started
+    }
 
     impl ListenerMetrics {
         pub(crate) fn new(_: &str, _: &'static str) -> Self {
