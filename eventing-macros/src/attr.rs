@@ -52,7 +52,7 @@ impl<T> Setting<T> {
     }
 }
 
-const EVENT_KEYS: &str = "`name`, `durable`, `version`, `crate`";
+const EVENT_KEYS: &str = "`name`, `durable`, `version`, `codec`, `crate`";
 const LISTENER_KEYS: &str = "`name`, `per_process`, `singleton`, `version`, `crate`";
 
 /// An event version: semver, where `1.2` means `1.2.0`.
@@ -71,6 +71,7 @@ pub(crate) struct EventArgs {
     pub(crate) name: Option<LitStr>,
     pub(crate) durable: bool,
     pub(crate) version: Option<String>,
+    pub(crate) codec: Option<String>,
     pub(crate) krate: Option<Path>,
 }
 
@@ -135,6 +136,7 @@ impl EventArgs {
         let mut name = Setting::<LitStr>::default();
         let mut durable = Setting::<bool>::default();
         let mut version = Setting::<String>::default();
+        let mut codec = Setting::<String>::default();
         let mut krate = Setting::<Path>::default();
         let parser = |input: ParseStream<'_>| {
             parse_settings(input, EVENT_KEYS, errors, |key, input, errors| {
@@ -159,6 +161,16 @@ impl EventArgs {
                             )),
                         }
                     }
+                    "codec" => {
+                        let lit: LitStr = input.parse()?;
+                        match lit.value().as_str() {
+                            "json" | "msgpack" | "cbor" => codec.set("codec", lit.value(), span, errors),
+                            other => errors.push(Error::new_spanned(
+                                &lit,
+                                format!("unknown codec `{other}`; valid codecs are \"json\", \"msgpack\", \"cbor\""),
+                            )),
+                        }
+                    }
                     "crate" => {
                         let lit: LitStr = input.parse()?;
                         krate.set("crate", parse_crate_path(&lit)?, span, errors);
@@ -173,6 +185,7 @@ impl EventArgs {
             name: name.get(),
             durable: durable.get().unwrap_or(false),
             version: version.get(),
+            codec: codec.get(),
             krate: krate.get(),
         })
     }

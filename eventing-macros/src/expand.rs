@@ -80,6 +80,7 @@ pub(crate) fn event(args: TokenStream, item: TokenStream) -> TokenStream {
     };
     let durable = args.durable;
     let version = option_str(args.version.as_deref());
+    let codec = option_str(args.codec.as_deref());
     // Spanned on the type's name so a missing serde derive points at the type.
     let event_trait = quote_spanned!(ident.span()=> #krate::Event);
     quote! {
@@ -93,6 +94,7 @@ pub(crate) fn event(args: TokenStream, item: TokenStream) -> TokenStream {
                         ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident)),
                         #durable,
                         #version,
+                        #codec,
                     );
                     &DESCRIPTOR
                 }

@@ -21,6 +21,7 @@ pub struct EventDescriptor {
     type_name: &'static str,
     durable: bool,
     version: Option<&'static str>,
+    codec: Option<&'static str>,
 }
 
 impl EventDescriptor {
@@ -30,13 +31,20 @@ impl EventDescriptor {
         type_name: &'static str,
         durable: bool,
         version: Option<&'static str>,
+        codec: Option<&'static str>,
     ) -> Self {
         Self {
             name,
             type_name,
             durable,
             version,
+            codec,
         }
+    }
+
+    /// The codec chosen with `#[event(codec = "...")]`, if any (else the manager's).
+    pub fn codec(&self) -> Option<crate::Codec> {
+        self.codec.and_then(crate::Codec::from_name)
     }
 
     /// The schema version (`#[event(version = "1.2")]`, normalized to `1.2.0`),

@@ -20,7 +20,7 @@ pub mod __private;
 pub use eventing_macros::{event, event_listener};
 pub use futures_util::future::BoxFuture;
 
-pub use codec::JSON;
+pub use codec::{CBOR, Codec, JSON, MSGPACK};
 pub use envelope::{Envelope, Headers, header, new_message_id, now_rfc3339};
 pub use error::{BoxError, Error, Result, redact_url};
 pub use event::{Event, EventDescriptor};

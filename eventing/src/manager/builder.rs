@@ -89,6 +89,7 @@ pub struct EventManagerBuilder {
     defaults: ListenerOptions,
     overrides: HashMap<String, ListenerOptions>,
     max_body: usize,
+    codec: crate::Codec,
     send_timeout: Duration,
     shutdown_timeout: Duration,
     reconnect: RetryPolicy,
@@ -106,6 +107,7 @@ impl Default for EventManagerBuilder {
             defaults: ListenerOptions::default(),
             overrides: HashMap::new(),
             max_body: 8 * 1024 * 1024,
+            codec: crate::Codec::Json,
             send_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(30),
             reconnect: RetryPolicy {
@@ -207,6 +209,13 @@ impl EventManagerBuilder {
         self
     }
 
+    /// The codec for events that do not choose one with `#[event(codec = "...")]`
+    /// (default JSON). Receivers decode by the `content-type` header.
+    pub fn codec(mut self, codec: crate::Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
     /// The largest body `send_event` accepts (default 8 MiB).
     pub fn max_body_size(mut self, bytes: usize) -> Self {
         self.max_body = bytes;
@@ -276,6 +285,7 @@ impl EventManagerBuilder {
                 defaults: self.defaults,
                 overrides: self.overrides,
                 max_body: self.max_body,
+                codec: self.codec,
                 send_timeout: self.send_timeout,
                 shutdown_timeout: self.shutdown_timeout,
                 reconnect: self.reconnect,

@@ -16,7 +16,6 @@ use tracing::Instrument;
 
 pub use builder::{EventManagerBuilder, ListenerOptions, RetryPolicy, URL_VARIABLE};
 
-use crate::codec;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::event::{Event, EventDescriptor};
@@ -71,6 +70,7 @@ struct Inner {
     defaults: ListenerOptions,
     overrides: HashMap<String, ListenerOptions>,
     max_body: usize,
+    codec: crate::Codec,
     send_timeout: Duration,
     shutdown_timeout: Duration,
     reconnect: RetryPolicy,
@@ -333,14 +333,16 @@ impl EventManager {
     pub async fn send_event<E: Event>(&self, event: &E) -> Result<()> {
         let descriptor = E::descriptor();
         let address = self.inner.address(descriptor)?;
-        let body = codec::encode(event, &address)?;
-        self.send_encoded(descriptor, address, body).await
+        let codec = descriptor.codec().unwrap_or(self.inner.codec);
+        let body = codec.encode(event, &address)?;
+        self.send_encoded(descriptor, address, codec, body).await
     }
 
     async fn send_encoded(
         &self,
         descriptor: &'static EventDescriptor,
         address: Arc<str>,
+        codec: crate::Codec,
         body: bytes::Bytes,
     ) -> Result<()> {
         if body.len() > self.inner.max_body {
@@ -353,7 +355,7 @@ impl EventManager {
         if self.inner.stopped.load(Ordering::Relaxed) {
             return Err(Error::State("send_event() after shutdown()"));
         }
-        let mut envelope = Envelope::new(&address, codec::JSON, body);
+        let mut envelope = Envelope::new(&address, codec.content_type(), body);
         if let Some(version) = descriptor.version() {
             envelope
                 .headers
