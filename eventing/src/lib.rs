@@ -4,6 +4,7 @@ mod codec;
 mod envelope;
 mod error;
 mod event;
+mod eventlog;
 mod listener;
 mod manager;
 mod memory;
@@ -24,10 +25,14 @@ pub use codec::{CBOR, Codec, JSON, MSGPACK};
 pub use envelope::{Envelope, Headers, header, new_message_id, now_rfc3339};
 pub use error::{BoxError, Error, Result, redact_url};
 pub use event::{Event, EventDescriptor};
+pub use eventlog::{
+    CALL_CHAIN, CALL_ID, EVENT_TYPE, EventLogConfig, EventLogEntry, EventLogPipeline, SERVICE,
+    current_call_chain,
+};
 pub use listener::{Context, EventListener, ListenerDescriptor, ListenerResult};
 pub use manager::{
     EventManager, EventManagerBuilder, Health, ListenerHealth, ListenerOptions, ListenerState,
-    RetryPolicy, Stats, URL_VARIABLE,
+    RetryPolicy, Stats, URL_VARIABLE, WeakManager,
 };
 pub use memory::{DEFAULT_MAX_QUEUE_LEN, MemoryProvider};
 pub use pipeline::{

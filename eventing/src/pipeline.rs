@@ -83,6 +83,12 @@ pub trait EnvelopePipeline: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Called once when the manager is built, with a handle the pipeline may use to
+    /// send events of its own (held weakly, so it does not keep the manager alive).
+    fn attached(&self, manager: crate::WeakManager) {
+        let _ = manager;
+    }
+
     /// Wraps the listener call; the default returns `call` unchanged.
     fn around(&self, envelope: &Envelope, listener: &ListenerDescriptor, call: Call) -> Call {
         let _ = (envelope, listener);

@@ -263,22 +263,26 @@ impl EventManagerBuilder {
                 .await?
             }
         };
+        // The event log's address, unless the user chose one.
+        let mut vars = self.vars;
+        vars.entry("eventlog".to_string())
+            .or_insert_with(|| "eventlog".to_string());
         let addresses = registry::events()
             .into_iter()
             .map(|event| {
                 let key = event as *const _ as usize;
-                let address = registry::resolve_name(event.name(), &self.vars)
+                let address = registry::resolve_name(event.name(), &vars)
                     .map(Arc::from)
                     .map_err(|e| e.to_string());
                 (key, address)
             })
             .collect();
-        Ok(EventManager {
+        let manager = EventManager {
             inner: Arc::new(Inner {
                 provider,
                 server,
                 pipelines: self.pipelines.into(),
-                vars: self.vars,
+                vars,
                 addresses,
                 instances: self.instances,
                 selected: self.selected,
@@ -293,7 +297,11 @@ impl EventManagerBuilder {
                 stopped: Default::default(),
                 stats: Arc::new(Counters::default()),
             }),
-        })
+        };
+        for pipeline in manager.inner.pipelines.iter() {
+            pipeline.attached(manager.downgrade());
+        }
+        Ok(manager)
     }
 }
 

@@ -58,6 +58,19 @@ pub struct EventManager {
     inner: Arc<Inner>,
 }
 
+/// A handle to a manager that does not keep it alive (given to pipelines).
+#[derive(Clone)]
+pub struct WeakManager {
+    inner: std::sync::Weak<Inner>,
+}
+
+impl WeakManager {
+    /// The manager, if it still exists.
+    pub fn upgrade(&self) -> Option<EventManager> {
+        self.inner.upgrade().map(|inner| EventManager { inner })
+    }
+}
+
 struct Inner {
     provider: Arc<dyn Provider>,
     server: String,
@@ -163,6 +176,13 @@ impl EventManager {
     /// Starts building a manager.
     pub fn builder() -> EventManagerBuilder {
         EventManagerBuilder::default()
+    }
+
+    /// A handle that does not keep the manager alive.
+    pub fn downgrade(&self) -> WeakManager {
+        WeakManager {
+            inner: Arc::downgrade(&self.inner),
+        }
     }
 
     /// The server name (per-process queues are named after it).
