@@ -108,7 +108,7 @@ pub fn main() -> ExitCode {
 /// Runs one command given as arguments (without the program name) and returns what
 /// it prints.
 pub async fn run_args(args: impl IntoIterator<Item = String>) -> Result<String> {
-    let args = parse(args).map_err(|reason| Error::InvalidUrl { reason })?;
+    let args = parse(args).map_err(Error::Usage)?;
     run(args).await
 }
 
@@ -133,9 +133,7 @@ fn required<'a>(args: &'a Args, name: &str) -> Result<&'a str> {
     args.options
         .get(name)
         .map(String::as_str)
-        .ok_or_else(|| Error::InvalidUrl {
-            reason: format!("`{}` needs --{name}", args.command),
-        })
+        .ok_or_else(|| Error::Usage(format!("`{}` needs --{name}", args.command)))
 }
 
 fn queue_spec(manager: &EventManager, queue: &str) -> Result<QueueSpec> {
@@ -238,9 +236,9 @@ async fn run(args: Args) -> Result<String> {
         "dead-letters" | "replay" => {
             let queue = required(&args, "queue")?;
             let limit = match args.options.get("limit") {
-                Some(n) => n.parse().map_err(|_| Error::InvalidUrl {
-                    reason: "--limit takes a number".into(),
-                })?,
+                Some(n) => n
+                    .parse()
+                    .map_err(|_| Error::Usage("--limit takes a number".into()))?,
                 None => 100,
             };
             let manager = builder(&args).build().await?;
@@ -259,9 +257,10 @@ async fn run(args: Args) -> Result<String> {
             }
         }
         other => {
-            return Err(Error::InvalidUrl {
-                reason: format!("unknown command `{other}`; {}", usage()),
-            });
+            return Err(Error::Usage(format!(
+                "unknown command `{other}`; {}",
+                usage()
+            )));
         }
     }
     Ok(out)

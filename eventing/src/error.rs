@@ -153,6 +153,9 @@ pub enum Error {
     /// The manager is not in a state that allows the call.
     #[error("event manager: {0}")]
     State(&'static str),
+    /// A command-line invocation was malformed.
+    #[error("{0}")]
+    Usage(String),
     /// The operation is not supported by this provider.
     #[error("provider `{provider}` does not support {operation}")]
     Unsupported {
