@@ -95,6 +95,14 @@ pub(crate) fn event(args: TokenStream, item: TokenStream) -> TokenStream {
                         #durable,
                         #version,
                         #codec,
+                        {
+                            fn schema() -> ::core::option::Option<#krate::__private::serde_json::Value> {
+                                #[allow(unused_imports)]
+                                use #krate::__private::{NoSchema as _, WithSchema as _};
+                                (&&#krate::__private::SchemaProbe::<#ident>::new()).payload_schema()
+                            }
+                            schema
+                        },
                     );
                     &DESCRIPTOR
                 }

@@ -1,6 +1,7 @@
 //! Everything the macros' output names. Not a public API.
 
 pub use inventory;
+pub use serde_json;
 pub use std::sync::Arc;
 
 pub use crate::event::{EventDescriptor, EventRegistration};
@@ -32,3 +33,39 @@ pub fn bind<L: EventListener<E>, E: Event>(
 ) -> Option<Arc<dyn ErasedListener>> {
     crate::listener::bind::<L, E>(instance)
 }
+
+/// Autoref probe: `(&&SchemaProbe::<T>::new()).payload_schema()` is `T`'s JSON
+/// Schema when `T: JsonSchema` (and the `asyncapi` feature is on), else `None`.
+pub struct SchemaProbe<T>(std::marker::PhantomData<T>);
+
+impl<T> SchemaProbe<T> {
+    #[allow(clippy::new_without_default)]
+    pub const fn new() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+pub trait NoSchema {
+    fn payload_schema(&self) -> Option<serde_json::Value>;
+}
+
+impl<T> NoSchema for SchemaProbe<T> {
+    fn payload_schema(&self) -> Option<serde_json::Value> {
+        None
+    }
+}
+
+#[cfg(feature = "asyncapi")]
+pub trait WithSchema {
+    fn payload_schema(&self) -> Option<serde_json::Value>;
+}
+
+#[cfg(feature = "asyncapi")]
+impl<T: schemars::JsonSchema> WithSchema for &SchemaProbe<T> {
+    fn payload_schema(&self) -> Option<serde_json::Value> {
+        Some(schemars::schema_for!(T).to_value())
+    }
+}
+
+#[cfg(not(feature = "asyncapi"))]
+pub use NoSchema as WithSchema;

@@ -16,6 +16,7 @@
 //! send      --event NAME --json JSON [--url URL] [--var K=V]...
 //! dead-letters --queue QUEUE [--limit N] [--url URL] [--var K=V]...
 //! replay    --queue QUEUE [--limit N] [--url URL] [--var K=V]...
+//! asyncapi  [--server NAME] [--var K=V]...   an AsyncAPI 3.0 document (JSON)
 //! ```
 //!
 //! The URL defaults to `EVENTING_URL` (then `memory://`); it is never printed.
@@ -67,7 +68,7 @@ fn parse(args: impl IntoIterator<Item = String>) -> std::result::Result<Args, St
 }
 
 fn usage() -> String {
-    "usage: registry | topology [--server NAME] | send --event NAME --json JSON | \
+    "usage: registry | topology [--server NAME] | asyncapi [--server NAME] | send --event NAME --json JSON | \
      dead-letters --queue QUEUE [--limit N] | replay --queue QUEUE [--limit N]; \
      options --url URL (default $EVENTING_URL or memory://) and --var KEY=VALUE"
         .to_string()
@@ -127,6 +128,19 @@ fn builder(args: &Args) -> EventManagerBuilder {
         builder = builder.var(k, v);
     }
     builder
+}
+
+/// A manager (on a private in-process broker) running every registered listener,
+/// for describing the binary.
+async fn all_listeners(args: &Args) -> Result<EventManager> {
+    let mut builder = EventManager::builder().url("memory://eventing-cli");
+    if let Some(server) = args.options.get("server") {
+        builder = builder.server_name(server);
+    }
+    for (k, v) in &args.vars {
+        builder = builder.var(k, v);
+    }
+    builder.build().await
 }
 
 fn required<'a>(args: &'a Args, name: &str) -> Result<&'a str> {
@@ -207,6 +221,11 @@ async fn run(args: Args) -> Result<String> {
                 .await?;
             topology.queues = all.topology()?.queues;
             let _ = write!(out, "{topology}");
+        }
+        "asyncapi" => {
+            let manager = all_listeners(&args).await?;
+            let doc = crate::asyncapi::document(&manager, "eventing", env!("CARGO_PKG_VERSION"))?;
+            let _ = writeln!(out, "{doc:#}");
         }
         "send" => {
             let name = required(&args, "event")?;

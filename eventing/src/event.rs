@@ -22,6 +22,7 @@ pub struct EventDescriptor {
     durable: bool,
     version: Option<&'static str>,
     codec: Option<&'static str>,
+    schema: fn() -> Option<serde_json::Value>,
 }
 
 impl EventDescriptor {
@@ -32,6 +33,7 @@ impl EventDescriptor {
         durable: bool,
         version: Option<&'static str>,
         codec: Option<&'static str>,
+        schema: fn() -> Option<serde_json::Value>,
     ) -> Self {
         Self {
             name,
@@ -39,7 +41,14 @@ impl EventDescriptor {
             durable,
             version,
             codec,
+            schema,
         }
+    }
+
+    /// The payload's JSON Schema, when the type derives `schemars::JsonSchema` and
+    /// the `asyncapi` feature is on.
+    pub fn payload_schema(&self) -> Option<serde_json::Value> {
+        (self.schema)()
     }
 
     /// The codec chosen with `#[event(codec = "...")]`, if any (else the manager's).

@@ -1,5 +1,6 @@
 #![doc = include_str!("docs/crate.md")]
 
+pub mod asyncapi;
 pub mod cli;
 mod codec;
 mod envelope;
