@@ -353,7 +353,8 @@ impl StompCodec {
                     check_head_size(lf + 1, &limits)?;
                     self.state = State::Headers(Headers {
                         command,
-                        headers: Vec::new(),
+                        // Room for a typical MESSAGE without regrowing.
+                        headers: Vec::with_capacity(16),
                         line_start: lf + 1,
                         scanned: lf + 1,
                     });
@@ -588,7 +589,7 @@ impl Body {
 /// The offset of the first `byte` at or after `from`.
 fn find(src: &[u8], from: usize, byte: u8) -> Option<usize> {
     let rest = src.get(from..)?;
-    rest.iter().position(|&b| b == byte).map(|i| from + i)
+    memchr::memchr(byte, rest).map(|i| from + i)
 }
 
 /// `src[start..end]`, or nothing if the range is out of bounds (which only
@@ -632,17 +633,20 @@ fn parse_header(
     escaped: bool,
     line_no: usize,
 ) -> Result<(String, String), FrameError> {
-    let colon = line
-        .iter()
-        .position(|&b| b == b':')
-        .ok_or(FrameError::MissingColon { line: line_no })?;
-    let name = header_text(slice(line, 0, colon), escaped, line_no)?;
-    let value = header_text(slice(line, colon + 1, line.len()), escaped, line_no)?;
-    Ok((name, value))
+    let colon = memchr::memchr(b':', line).ok_or(FrameError::MissingColon { line: line_no })?;
+    // One UTF-8 check for the line; `:` is ASCII, so both parts are valid too.
+    let text = std::str::from_utf8(line).map_err(|_| FrameError::InvalidUtf8 { line: line_no })?;
+    let (name, value) = (
+        text.get(..colon).unwrap_or_default(),
+        text.get(colon + 1..).unwrap_or_default(),
+    );
+    Ok((
+        header_text(name, escaped, line_no)?,
+        header_text(value, escaped, line_no)?,
+    ))
 }
 
-fn header_text(raw: &[u8], escaped: bool, line: usize) -> Result<String, FrameError> {
-    let text = std::str::from_utf8(raw).map_err(|_| FrameError::InvalidUtf8 { line })?;
+fn header_text(text: &str, escaped: bool, line: usize) -> Result<String, FrameError> {
     if !escaped {
         return Ok(text.to_owned());
     }
@@ -665,7 +669,7 @@ fn parse_content_length(value: &str) -> Result<usize, FrameError> {
 /// Writes a header name or value, escaped if `escaped`.
 fn put_text(dst: &mut BytesMut, text: &str, escaped: bool) {
     let bytes = text.as_bytes();
-    if !escaped {
+    if !escaped || !bytes.iter().any(|&b| frame::needs_escape(b)) {
         dst.put_slice(bytes);
         return;
     }

@@ -10,11 +10,11 @@
 //! ```
 
 // Link the suite's events and listeners, and the providers the build enables.
-use eventing_tests as _;
 #[cfg(feature = "amqp")]
 use eventing_amqp as _;
 #[cfg(feature = "stomp")]
 use eventing_stomp as _;
+use eventing_tests as _;
 
 fn main() -> std::process::ExitCode {
     eventing::cli::main()

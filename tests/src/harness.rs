@@ -1,9 +1,13 @@
 //! How the suite reaches a provider.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use eventing::{EventManager, EventManagerBuilder, ListenerOptions, QueueSpec, RetryPolicy};
+use eventing::{
+    EventManager, EventManagerBuilder, ListenerOptions, MemoryProvider, QueueSpec, RetryPolicy,
+};
 use futures_util::future::BoxFuture;
 
 /// A provider under test.
@@ -20,6 +24,14 @@ pub trait Harness: Send + Sync + 'static {
         let _ = (queues, events);
         Box::pin(async {})
     }
+
+    /// Restarts the broker (every connection to it drops; durable queues and
+    /// persistent messages stay) and returns once it answers again. Returns false
+    /// if this harness cannot restart its broker (the default); the fault tests then
+    /// say so instead of restarting.
+    fn restart_broker(&self) -> BoxFuture<'_, bool> {
+        Box::pin(async { false })
+    }
 }
 
 /// The in-process provider: one broker per test, named after the test's env.
@@ -32,7 +44,100 @@ impl Harness for MemoryHarness {
     }
 
     fn url(&self, env: &str) -> String {
+        MEMORY_BROKERS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(env.to_string());
         format!("memory://{env}")
+    }
+
+    /// Simulates a restart of every in-process broker this harness handed out:
+    /// `set_available(false)` (every consumer stream ends as on a lost connection,
+    /// publishes wait), a short outage, `set_available(true)`. Queued messages stay,
+    /// as persistent messages in durable queues do on a broker.
+    fn restart_broker(&self) -> BoxFuture<'_, bool> {
+        Box::pin(async {
+            let brokers: Vec<MemoryProvider> = MEMORY_BROKERS
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .map(|name| MemoryProvider::named(name))
+                .collect();
+            for broker in &brokers {
+                broker.set_available(false);
+            }
+            tokio::time::sleep(MEMORY_OUTAGE).await;
+            for broker in &brokers {
+                broker.set_available(true);
+            }
+            true
+        })
+    }
+}
+
+/// How long a simulated restart of the in-process broker keeps it down.
+pub const MEMORY_OUTAGE: Duration = Duration::from_millis(500);
+
+/// The names of the in-process brokers [`MemoryHarness`] handed out (`memory://<env>`).
+static MEMORY_BROKERS: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// Restarts the RabbitMQ application on this machine (`rabbitmqctl stop_app`, then
+/// `start_app`, as `scripts/broker.sh restart` does; needs root or the rabbitmq
+/// user) and waits until every port in `ports` accepts TCP connections again.
+/// Returns how long the broker was away. Tries hard to leave the broker running:
+/// `start_app` is retried if it fails.
+pub async fn restart_rabbitmq_app(ports: &[u16], limit: Duration) -> Result<Duration, String> {
+    let began = tokio::time::Instant::now();
+    let deadline = began + limit;
+    rabbitmqctl_status(&["stop_app"], deadline).await?;
+    let mut started = Err(String::new());
+    for _ in 0..3 {
+        started = rabbitmqctl_status(&["start_app"], deadline).await;
+        if started.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    started?;
+    for &port in ports {
+        loop {
+            let connect = tokio::net::TcpStream::connect(("127.0.0.1", port));
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), connect).await {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!("port {port} did not answer within {limit:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(began.elapsed())
+}
+
+/// Runs `rabbitmqctl -q <args>` until `deadline`; its stderr on failure.
+async fn rabbitmqctl_status(args: &[&str], deadline: tokio::time::Instant) -> Result<(), String> {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let what = args.join(" ");
+    let run = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("rabbitmqctl")
+            .arg("-q")
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .output()
+    });
+    let output = tokio::time::timeout_at(deadline, run)
+        .await
+        .map_err(|_| format!("rabbitmqctl {what} did not finish in time"))?
+        .map_err(|e| format!("rabbitmqctl {what}: {e}"))?
+        .map_err(|e| format!("cannot run rabbitmqctl {what}: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "rabbitmqctl {what} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
     }
 }
 

@@ -4,7 +4,12 @@
 //! reach a provider. `conformance_tests!` instantiates it as `#[tokio::test]`s, once
 //! per provider (`tests/memory.rs`, `tests/amqp.rs`, `tests/stomp.rs`).
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
+pub mod faults;
 pub mod harness;
+#[cfg(feature = "stomp")]
+pub mod stomp;
 pub mod suite;
 
 pub use harness::{Harness, MemoryHarness, TestEnv};
@@ -40,6 +45,45 @@ macro_rules! conformance_tests {
                     Ok(()) => {}
                     Err(_) => panic!("{} timed out after 60 s", stringify!($case)),
                 }
+            }
+        )+
+    };
+}
+
+/// Generates the fault tests of [`faults`] for the harness expression given: one
+/// `#[test]` per case, each on its own runtime and holding a process-wide lock so
+/// that they run one at a time (they restart and load the broker), plus the
+/// `fault_child` test that `killed_consumer` runs in a child process (it does
+/// nothing when run normally). Invoke it once per module.
+#[macro_export]
+macro_rules! faults_tests {
+    ($harness:expr) => {
+        $crate::faults_tests!(@cases $harness;
+            broker_restart_during_stream,
+            killed_consumer,
+            poison_messages,
+            backlog_drain,
+            graceful_shutdown_during_stream,
+        );
+
+        /// The consumer process `killed_consumer` kills; a no-op unless it set
+        /// the variables.
+        #[test]
+        fn fault_child() {
+            $crate::faults::child_main();
+        }
+    };
+    (@cases $harness:expr; $($case:ident),+ $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                let _one_at_a_time = $crate::faults::serial();
+                let harness = $harness;
+                let ctx = $crate::faults::Ctx::new(module_path!());
+                $crate::faults::block_on(
+                    stringify!($case),
+                    $crate::faults::$case(&harness, &ctx),
+                );
             }
         )+
     };

@@ -1,8 +1,8 @@
 //! The behaviours every provider owes users, written once.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,7 +15,6 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use crate::harness::{Harness, TestEnv};
-
 
 /// What a listener saw: the payload, the headers and the current session.
 #[derive(Clone, Debug)]
@@ -189,14 +188,22 @@ pub async fn round_trip(harness: &dyn Harness) {
     for ping in &sent {
         manager.send_event(ping).await.expect("send ping");
     }
-    manager.send_event(&Pong::Score(-7)).await.expect("send pong");
+    manager
+        .send_event(&Pong::Score(-7))
+        .await
+        .expect("send pong");
     manager.send_event(&Pong::Miss).await.expect("send pong");
 
     let got = pings.wait_for(5, WAIT).await;
     let mut got: Vec<Ping> = got.into_iter().map(|s| s.event).collect();
     got.sort_by_key(|p| p.n);
     assert_eq!(got, sent, "{}: pings", harness.name());
-    let got: Vec<Pong> = pongs.wait_for(2, WAIT).await.into_iter().map(|s| s.event).collect();
+    let got: Vec<Pong> = pongs
+        .wait_for(2, WAIT)
+        .await
+        .into_iter()
+        .map(|s| s.event)
+        .collect();
     assert_eq!(got.len(), 2, "{}: pongs", harness.name());
     assert!(got.contains(&Pong::Score(-7)) && got.contains(&Pong::Miss));
     env.finish().await;
@@ -292,7 +299,10 @@ pub async fn headers_and_session(harness: &dyn Harness) {
         ] {
             assert!(seen.headers.contains_key(name), "standard header {name}");
         }
-        assert_eq!(seen.headers.get("x-seen-by-pipeline").map(String::as_str), Some("yes"));
+        assert_eq!(
+            seen.headers.get("x-seen-by-pipeline").map(String::as_str),
+            Some("yes")
+        );
         assert_eq!(
             seen.headers.get(header::EVENT),
             Some(&format!("suite.{}.Ping", env.env))
@@ -371,7 +381,11 @@ pub async fn competing_consumers(harness: &dyn Harness) {
     let got = seen.wait_for(STREAM as usize, WAIT).await;
     // Give a duplicate a moment to show up.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let got = if seen.seen().len() > got.len() { seen.seen() } else { got };
+    let got = if seen.seen().len() > got.len() {
+        seen.seen()
+    } else {
+        got
+    };
     let mut numbers: Vec<u32> = got.iter().map(|s| s.event.n).collect();
     numbers.sort_unstable();
     assert_eq!(
@@ -474,7 +488,9 @@ impl EventListener<Flaky> for FlakyListener {
     }
 }
 
-async fn start_flaky(env: &mut TestEnv<'_>) -> (EventManager, Arc<AtomicU32>, Arc<Recorder<Flaky>>) {
+async fn start_flaky(
+    env: &mut TestEnv<'_>,
+) -> (EventManager, Arc<AtomicU32>, Arc<Recorder<Flaky>>) {
     let calls = Arc::new(AtomicU32::new(0));
     let seen = Recorder::new();
     let builder = env.builder("a").listener(FlakyListener {
@@ -501,7 +517,12 @@ pub async fn retry_then_dead_letter(harness: &dyn Harness) {
         .await
         .expect("send");
     let got = seen.wait_for(1, WAIT).await;
-    assert_eq!(got.len(), 1, "{}: succeeds on the third call", harness.name());
+    assert_eq!(
+        got.len(),
+        1,
+        "{}: succeeds on the third call",
+        harness.name()
+    );
     manager
         .send_event(&Flaky {
             failures: u32::MAX,
@@ -513,7 +534,10 @@ pub async fn retry_then_dead_letter(harness: &dyn Harness) {
     assert_eq!(letters.len(), 1, "{}: one dead letter", harness.name());
     let letter = &letters[0];
     let reason = letter.headers.get(header::DEAD_LETTER_REASON).unwrap_or("");
-    assert!(reason.contains("flaky failure on attempt 3"), "reason: {reason}");
+    assert!(
+        reason.contains("flaky failure on attempt 3"),
+        "reason: {reason}"
+    );
     assert_eq!(letter.headers.get(header::DEAD_LETTER_ATTEMPTS), Some("3"));
     assert_eq!(
         letter.headers.get(header::DEAD_LETTER_QUEUE),
@@ -538,8 +562,16 @@ pub async fn panic_is_retried_then_dead_lettered(harness: &dyn Harness) {
         .await
         .expect("send");
     let letters = dead_letters(&manager, &flaky_queue(&env), 1).await;
-    assert_eq!(letters.len(), 1, "{}: the panicking message is dead-lettered", harness.name());
-    let reason = letters[0].headers.get(header::DEAD_LETTER_REASON).unwrap_or("");
+    assert_eq!(
+        letters.len(),
+        1,
+        "{}: the panicking message is dead-lettered",
+        harness.name()
+    );
+    let reason = letters[0]
+        .headers
+        .get(header::DEAD_LETTER_REASON)
+        .unwrap_or("");
     assert!(reason.contains("panicked"), "reason: {reason}");
     manager
         .send_event(&Flaky {
@@ -548,12 +580,20 @@ pub async fn panic_is_retried_then_dead_lettered(harness: &dyn Harness) {
         })
         .await
         .expect("send");
-    assert_eq!(seen.wait_for(1, WAIT).await.len(), 1, "the consumer survives");
+    assert_eq!(
+        seen.wait_for(1, WAIT).await.len(),
+        1,
+        "the consumer survives"
+    );
     env.finish().await;
 }
 
 /// Sends raw bytes as event `E` through the provider, bypassing serialization.
-pub async fn send_raw<E: Event>(manager: &EventManager, body: &'static [u8], event_header: Option<&str>) {
+pub async fn send_raw<E: Event>(
+    manager: &EventManager,
+    body: &'static [u8],
+    event_header: Option<&str>,
+) {
     let address = manager.address_of(E::descriptor()).expect("address");
     let mut envelope = Envelope::new(&address, eventing::JSON, Bytes::from_static(body));
     if let Some(event) = event_header {
@@ -563,7 +603,11 @@ pub async fn send_raw<E: Event>(manager: &EventManager, body: &'static [u8], eve
         address: &address,
         durable: E::descriptor().durable(),
     };
-    manager.provider().publish(route, envelope).await.expect("raw publish");
+    manager
+        .provider()
+        .publish(route, envelope)
+        .await
+        .expect("raw publish");
 }
 
 /// A body that does not decode is dead-lettered at once with the decode error.
@@ -579,15 +623,28 @@ pub async fn undecodable_body_is_dead_lettered(harness: &dyn Harness) {
         })
         .await
         .expect("send");
-    assert_eq!(seen.wait_for(1, WAIT).await.len(), 1, "the good message is handled");
+    assert_eq!(
+        seen.wait_for(1, WAIT).await.len(),
+        1,
+        "the good message is handled"
+    );
     let letters = dead_letters(&manager, &flaky_queue(&env), 2).await;
-    assert_eq!(letters.len(), 2, "{}: both bad bodies are dead-lettered", harness.name());
+    assert_eq!(
+        letters.len(),
+        2,
+        "{}: both bad bodies are dead-lettered",
+        harness.name()
+    );
     for letter in &letters {
         let reason = letter.headers.get(header::DEAD_LETTER_REASON).unwrap_or("");
         assert!(reason.starts_with("undecodable body"), "reason: {reason}");
         assert_eq!(letter.headers.get(header::DEAD_LETTER_ATTEMPTS), Some("1"));
     }
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "bad bodies never reach the listener");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "bad bodies never reach the listener"
+    );
     env.finish().await;
 }
 
@@ -595,11 +652,22 @@ pub async fn undecodable_body_is_dead_lettered(harness: &dyn Harness) {
 pub async fn unknown_event_is_dead_lettered(harness: &dyn Harness) {
     let mut env = TestEnv::new(harness);
     let (manager, calls, _seen) = start_flaky(&mut env).await;
-    send_raw::<Flaky>(&manager, b"{\"failures\":0,\"panic\":false}", Some("NoSuchEvent")).await;
+    send_raw::<Flaky>(
+        &manager,
+        b"{\"failures\":0,\"panic\":false}",
+        Some("NoSuchEvent"),
+    )
+    .await;
     let letters = dead_letters(&manager, &flaky_queue(&env), 1).await;
     assert_eq!(letters.len(), 1, "{}: dead-lettered", harness.name());
-    let reason = letters[0].headers.get(header::DEAD_LETTER_REASON).unwrap_or("");
-    assert!(reason.contains("unknown event `NoSuchEvent`"), "reason: {reason}");
+    let reason = letters[0]
+        .headers
+        .get(header::DEAD_LETTER_REASON)
+        .unwrap_or("");
+    assert!(
+        reason.contains("unknown event `NoSuchEvent`"),
+        "reason: {reason}"
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 0);
     env.finish().await;
 }
@@ -660,8 +728,14 @@ pub async fn shutdown_drains(harness: &dyn Harness) {
     a.shutdown().await.expect("shutdown");
     let started = started_a.load(Ordering::SeqCst);
     let finished_by_a = seen.seen().len() as u32;
-    assert_eq!(started, finished_by_a, "every started call finished before shutdown returned");
-    assert!(finished_by_a < N, "shutdown did not wait for the whole backlog");
+    assert_eq!(
+        started, finished_by_a,
+        "every started call finished before shutdown returned"
+    );
+    assert!(
+        finished_by_a < N,
+        "shutdown did not wait for the whole backlog"
+    );
 
     let started_b = Arc::new(AtomicU32::new(0));
     let _b = env
@@ -675,7 +749,16 @@ pub async fn shutdown_drains(harness: &dyn Harness) {
     let mut numbers: Vec<u32> = got.iter().map(|s| s.event.n).collect();
     numbers.sort_unstable();
     numbers.dedup();
-    assert_eq!(numbers, (0..N).collect::<Vec<_>>(), "{}: nothing lost", harness.name());
-    assert_eq!(got.len() as u32, N, "nothing handled twice after a clean shutdown");
+    assert_eq!(
+        numbers,
+        (0..N).collect::<Vec<_>>(),
+        "{}: nothing lost",
+        harness.name()
+    );
+    assert_eq!(
+        got.len() as u32,
+        N,
+        "nothing handled twice after a clean shutdown"
+    );
     env.finish().await;
 }

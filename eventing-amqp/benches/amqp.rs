@@ -1,0 +1,673 @@
+//! End-to-end throughput and latency of eventing over AMQP against raw lapin, in one
+//! run against the broker at `EVENTING_AMQP_URL` (default
+//! `amqp://guest:guest@127.0.0.1:5672/%2f`):
+//!
+//! ```text
+//! cargo bench -p eventing-amqp --bench amqp
+//! BENCH_N=100000 BENCH_REPS=5 cargo bench -p eventing-amqp --bench amqp
+//! ```
+//!
+//! Three sides move the same JSON payload with the same prefetch and number of
+//! publishes in flight, each publishing on one connection and consuming on another:
+//!
+//! - `raw`: lapin at its best: bare messages (delivery mode and content type only),
+//!   acks with `multiple` every `BENCH_ACK_BATCH` deliveries;
+//! - `raw-format`: the same lapin code sending eventing's wire format (message id,
+//!   content type, timestamp, and a headers table with `event` and the exact
+//!   timestamp), to tell the cost of the format from the cost of the runtime;
+//! - `eventing`: an `EventManager` over eventing-amqp, `send_event` and a listener.
+//!
+//! Throughput is events per second from the first send to the last handled message;
+//! latency is one message at a time, from send to handled. Each figure is the median
+//! of `BENCH_REPS` runs. Settings: `BENCH_N` (50000), `BENCH_REPS` (3),
+//! `BENCH_SAMPLES` (2000), `BENCH_PREFETCH` (256), `BENCH_IN_FLIGHT` (64),
+//! `BENCH_CONCURRENCY` (32, the listener's), `BENCH_ACK_BATCH` (64); for profiling,
+//! `BENCH_SIDES` (`raw,raw-format,eventing`) and `BENCH_PHASES`
+//! (`transient,durable,latency`).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use eventing::{
+    Context, EventListener, EventManager, ListenerOptions, ListenerResult, event, event_listener,
+};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, Notify, mpsc};
+
+use eventing_amqp as _;
+
+/// The payload: about 60 bytes of JSON.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Payload {
+    id: u64,
+    name: String,
+    value: f64,
+    tag: String,
+}
+
+impl Payload {
+    fn new(id: u64) -> Self {
+        Self {
+            id: 1_000_000 + id,
+            name: "bench-event".into(),
+            value: 3.25,
+            tag: "abcdefgh".into(),
+        }
+    }
+}
+
+#[event(name = "bench.{run}.Transient")]
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Transient(Payload);
+
+#[event(name = "bench.{run}.Durable", durable = true)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Durable(Payload);
+
+#[event_listener(Transient, name = "Counter")]
+struct TransientCounter(Arc<Probe>);
+
+impl EventListener<Transient> for TransientCounter {
+    async fn on(&self, _: Transient, _: &Context) -> ListenerResult {
+        self.0.handled();
+        Ok(())
+    }
+}
+
+#[event_listener(Durable, name = "Counter")]
+struct DurableCounter(Arc<Probe>);
+
+impl EventListener<Durable> for DurableCounter {
+    async fn on(&self, _: Durable, _: &Context) -> ListenerResult {
+        self.0.handled();
+        Ok(())
+    }
+}
+
+/// Counts handled messages, or in latency mode reports each arrival.
+struct Probe {
+    count: AtomicU64,
+    target: AtomicU64,
+    done: Notify,
+    latency: AtomicBool,
+    arrivals: mpsc::Sender<Instant>,
+    received: Mutex<mpsc::Receiver<Instant>>,
+}
+
+impl Probe {
+    fn new() -> Arc<Self> {
+        let (arrivals, received) = mpsc::channel(16);
+        Arc::new(Self {
+            count: AtomicU64::new(0),
+            target: AtomicU64::new(u64::MAX),
+            done: Notify::new(),
+            latency: AtomicBool::new(false),
+            arrivals,
+            received: Mutex::new(received),
+        })
+    }
+
+    /// Records one message; true when the expected count is reached.
+    fn handled(&self) -> bool {
+        if self.latency.load(Ordering::Relaxed) {
+            let _ = self.arrivals.try_send(Instant::now());
+            return false;
+        }
+        let count = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+        let last = count == self.target.load(Ordering::Relaxed);
+        if last {
+            self.done.notify_one();
+        }
+        last
+    }
+
+    fn expect(&self, n: u64) {
+        self.latency.store(false, Ordering::SeqCst);
+        self.count.store(0, Ordering::SeqCst);
+        self.target.store(n, Ordering::SeqCst);
+    }
+
+    fn latency_mode(&self) {
+        self.latency.store(true, Ordering::SeqCst);
+    }
+}
+
+struct Settings {
+    url: String,
+    n: u64,
+    reps: usize,
+    samples: usize,
+    prefetch: u16,
+    in_flight: usize,
+    concurrency: usize,
+    ack_batch: u64,
+    sides: String,
+    phases: String,
+}
+
+fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+impl Settings {
+    fn from_env() -> Self {
+        Self {
+            url: std::env::var("EVENTING_AMQP_URL")
+                .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+            n: setting("BENCH_N", 50_000),
+            reps: setting("BENCH_REPS", 3).max(1),
+            samples: setting("BENCH_SAMPLES", 2000).max(10),
+            prefetch: setting("BENCH_PREFETCH", 256),
+            in_flight: setting("BENCH_IN_FLIGHT", 64).max(1),
+            concurrency: setting("BENCH_CONCURRENCY", 32).max(1),
+            ack_batch: setting("BENCH_ACK_BATCH", 64).max(1),
+            sides: setting("BENCH_SIDES", "raw,raw-format,eventing".to_string()),
+            phases: setting("BENCH_PHASES", "transient,durable,latency".to_string()),
+        }
+    }
+
+    fn side(&self, name: &str) -> bool {
+        self.sides.split(',').any(|s| s.trim() == name)
+    }
+
+    fn phase(&self, name: &str) -> bool {
+        self.phases.split(',').any(|s| s.trim() == name)
+    }
+}
+
+/// One side's figures, one entry per run.
+#[derive(Default)]
+struct Figures {
+    throughput: [Vec<f64>; 2],
+    p50: [Vec<f64>; 2],
+    p99: [Vec<f64>; 2],
+}
+
+enum Side {
+    Raw(Box<RawSide>),
+    Eventing(EventingSide),
+}
+
+impl Side {
+    async fn throughput(&self, settings: &Settings, durable: bool) -> f64 {
+        let (probe, n) = (self.probe(durable), settings.n);
+        let once = |n: u64| async move {
+            probe.expect(n);
+            let done = probe.done.notified();
+            let start = Instant::now();
+            in_flight(settings.in_flight, n, |i| self.send(i, durable)).await;
+            bounded(done).await;
+            n as f64 / start.elapsed().as_secs_f64()
+        };
+        once(n / 20 + 1).await; // warm-up
+        once(n).await
+    }
+
+    async fn latency(&self, settings: &Settings, durable: bool) -> Vec<Duration> {
+        let probe = self.probe(durable);
+        probe.latency_mode();
+        let mut received = probe.received.lock().await;
+        let warm_up = settings.samples / 10;
+        let mut samples = Vec::with_capacity(settings.samples);
+        for i in 0..settings.samples + warm_up {
+            let start = Instant::now();
+            self.send(i, durable).await;
+            let arrived = bounded(received.recv()).await.expect("arrival");
+            if i >= warm_up {
+                samples.push(arrived - start);
+            }
+        }
+        samples
+    }
+
+    fn probe(&self, durable: bool) -> &Probe {
+        let probes = match self {
+            Side::Raw(raw) => &raw.probes,
+            Side::Eventing(side) => &side.probes,
+        };
+        &probes[usize::from(durable)]
+    }
+
+    async fn send(&self, i: usize, durable: bool) {
+        match self {
+            Side::Raw(raw) => raw.publish(durable).await,
+            Side::Eventing(side) => side.send(i, durable).await,
+        }
+    }
+
+    async fn close(self) {
+        match self {
+            Side::Raw(raw) => (*raw).close().await,
+            Side::Eventing(side) => side.close().await,
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo bench -- --list` and test discovery
+    }
+    let settings = Settings::from_env();
+    let run = format!("{}-{}", std::process::id(), now_nanos());
+    let payload = serde_json::to_vec(&Payload::new(0)).expect("payload");
+    println!(
+        "eventing-amqp bench: {} events per run, median of {} runs, {}-byte JSON payload, \
+         prefetch {}, {} publishes in flight, listener concurrency {}, {} latency samples",
+        settings.n,
+        settings.reps,
+        payload.len(),
+        settings.prefetch,
+        settings.in_flight,
+        settings.concurrency,
+        settings.samples
+    );
+
+    let names = ["raw", "raw-format", "eventing"];
+    let mut sides = Vec::new();
+    for name in names {
+        let side = match name {
+            _ if !settings.side(name) => None,
+            "eventing" => Some(Side::Eventing(EventingSide::new(&settings, &run).await)),
+            _ => {
+                let format = name == "raw-format";
+                let raw = RawSide::new(&settings, &run, name, payload.clone(), format).await;
+                Some(Side::Raw(Box::new(raw)))
+            }
+        };
+        sides.push(side);
+    }
+    let mut figures: Vec<Figures> = names.iter().map(|_| Figures::default()).collect();
+    for rep in 0..settings.reps {
+        eprintln!("run {} of {}", rep + 1, settings.reps);
+        for durable in [false, true] {
+            if !settings.phase(if durable { "durable" } else { "transient" }) {
+                continue;
+            }
+            for (side, figures) in sides.iter().zip(&mut figures) {
+                if let Some(side) = side {
+                    let figure = side.throughput(&settings, durable).await;
+                    figures.throughput[usize::from(durable)].push(figure);
+                }
+            }
+        }
+        if settings.phase("latency") {
+            for durable in [false, true] {
+                for (side, figures) in sides.iter().zip(&mut figures) {
+                    if let Some(side) = side {
+                        let (p50, p99) = percentiles(side.latency(&settings, durable).await);
+                        figures.p50[usize::from(durable)].push(p50);
+                        figures.p99[usize::from(durable)].push(p99);
+                    }
+                }
+            }
+        }
+    }
+    for side in sides.into_iter().flatten() {
+        side.close().await;
+    }
+    print_table(&figures);
+}
+
+fn print_table(figures: &[Figures]) {
+    let [raw, format, eventing] = figures else {
+        return;
+    };
+    println!();
+    println!(
+        "{:<30} {:>10} {:>11} {:>10} {:>13} {:>13}",
+        "", "raw", "raw-format", "eventing", "eventing/raw", "ev/raw-format"
+    );
+    type Pick = fn(&Figures) -> &Vec<f64>;
+    let rows: [(&str, Pick); 6] = [
+        ("transient throughput (ev/s)", |f| &f.throughput[0]),
+        ("durable+confirm thr. (ev/s)", |f| &f.throughput[1]),
+        ("transient latency p50 (us)", |f| &f.p50[0]),
+        ("transient latency p99 (us)", |f| &f.p99[0]),
+        ("durable latency p50 (us)", |f| &f.p50[1]),
+        ("durable latency p99 (us)", |f| &f.p99[1]),
+    ];
+    for (name, pick) in rows {
+        let (r, f, e) = (
+            median(pick(raw)),
+            median(pick(format)),
+            median(pick(eventing)),
+        );
+        if r.is_nan() && f.is_nan() && e.is_nan() {
+            continue;
+        }
+        println!(
+            "{name:<30} {r:>10.0} {f:>11.0} {e:>10.0} {:>13.2} {:>13.2}",
+            e / r,
+            e / f
+        );
+    }
+    println!();
+    println!("targets: throughput eventing/raw >= 0.90, latency p99 eventing/raw <= 1.20");
+}
+
+// ---------------------------------------------------------------------------------
+// raw lapin
+
+struct RawSide {
+    publishing: Connection,
+    consuming: Connection,
+    transient: Channel,
+    confirmed: Channel,
+    exchanges: [String; 2],
+    queues: [String; 2],
+    probes: [Arc<Probe>; 2],
+    payload: Vec<u8>,
+    /// Sends eventing's wire format instead of bare messages.
+    format: bool,
+}
+
+impl RawSide {
+    async fn new(
+        settings: &Settings,
+        run: &str,
+        name: &str,
+        payload: Vec<u8>,
+        format: bool,
+    ) -> Self {
+        let connect = || Connection::connect(&settings.url, ConnectionProperties::default());
+        let publishing = connect().await.expect("connect raw");
+        let consuming = connect().await.expect("connect raw");
+        let transient = publishing.create_channel().await.expect("channel");
+        let confirmed = publishing.create_channel().await.expect("channel");
+        confirmed
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm_select");
+        let exchanges = [
+            format!("bench.{run}.{name}.Transient"),
+            format!("bench.{run}.{name}.Durable"),
+        ];
+        let queues = exchanges
+            .clone()
+            .map(|exchange| format!("{exchange}::Counter"));
+        let probes = [Probe::new(), Probe::new()];
+        for (i, durable) in [false, true].into_iter().enumerate() {
+            let options = ExchangeDeclareOptions {
+                durable,
+                ..ExchangeDeclareOptions::default()
+            };
+            let (exchange, queue) = (exchanges[i].as_str(), queues[i].as_str());
+            transient
+                .exchange_declare(
+                    exchange.into(),
+                    ExchangeKind::Fanout,
+                    options,
+                    FieldTable::default(),
+                )
+                .await
+                .expect("exchange");
+            transient
+                .queue_declare(
+                    queue.into(),
+                    QueueDeclareOptions::durable(),
+                    FieldTable::default(),
+                )
+                .await
+                .expect("queue");
+            transient
+                .queue_bind(
+                    queue.into(),
+                    exchange.into(),
+                    ShortString::default(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .expect("bind");
+            let channel = consuming.create_channel().await.expect("channel");
+            channel
+                .basic_qos(settings.prefetch, BasicQosOptions { global: false })
+                .await
+                .expect("qos");
+            let consumer = channel
+                .basic_consume(
+                    queue.into(),
+                    ShortString::default(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .expect("consume");
+            let probe = Arc::clone(&probes[i]);
+            tokio::spawn(raw_consume(consumer, channel, probe, settings.ack_batch));
+        }
+        Self {
+            publishing,
+            consuming,
+            transient,
+            confirmed,
+            exchanges,
+            queues,
+            probes,
+            payload,
+            format,
+        }
+    }
+
+    fn properties(&self, durable: bool) -> BasicProperties {
+        let mode = if durable { 2 } else { 1 };
+        let properties = BasicProperties::default()
+            .with_delivery_mode(mode)
+            .with_content_type("application/json".into());
+        if !self.format {
+            return properties;
+        }
+        let now = std::time::SystemTime::now();
+        let seconds = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let exact = humantime::format_rfc3339_micros(now).to_string();
+        let mut table = FieldTable::default();
+        let event = &self.exchanges[usize::from(durable)];
+        table.insert(
+            "event".into(),
+            AMQPValue::LongString(LongString::from(event.as_bytes())),
+        );
+        table.insert(
+            "x-eventing-timestamp".into(),
+            AMQPValue::LongString(LongString::from(exact)),
+        );
+        properties
+            .with_message_id(uuid::Uuid::new_v4().hyphenated().to_string().into())
+            .with_timestamp(seconds)
+            .with_headers(table)
+    }
+
+    async fn publish(&self, durable: bool) {
+        let channel = if durable {
+            &self.confirmed
+        } else {
+            &self.transient
+        };
+        let confirm = channel
+            .basic_publish(
+                self.exchanges[usize::from(durable)].as_str().into(),
+                ShortString::default(),
+                BasicPublishOptions::default(),
+                &self.payload,
+                self.properties(durable),
+            )
+            .await
+            .expect("publish");
+        let confirmation = confirm.await.expect("confirm");
+        assert!(!confirmation.is_nack(), "nacked");
+    }
+
+    async fn close(self) {
+        let _ = self.consuming.close(200, "done".into()).await;
+        for queue in &self.queues {
+            let options = QueueDeleteOptions::default();
+            let _ = self
+                .transient
+                .queue_delete(queue.as_str().into(), options)
+                .await;
+        }
+        for exchange in &self.exchanges {
+            let options = ExchangeDeleteOptions::default();
+            let _ = self
+                .transient
+                .exchange_delete(exchange.as_str().into(), options)
+                .await;
+        }
+        let _ = self.publishing.close(200, "done".into()).await;
+    }
+}
+
+/// The raw consumer: counts, and acks with `multiple` every `batch` deliveries (each
+/// delivery in latency mode, where one message is in flight at a time).
+async fn raw_consume(
+    mut consumer: lapin::Consumer,
+    channel: Channel,
+    probe: Arc<Probe>,
+    batch: u64,
+) {
+    let mut unacked = 0;
+    while let Some(Ok(delivery)) = consumer.next().await {
+        let tag = delivery.delivery_tag;
+        unacked += 1;
+        let latency = probe.latency.load(Ordering::Relaxed);
+        let last = probe.handled();
+        if latency || unacked >= batch || last {
+            let _ = channel
+                .basic_ack(tag, BasicAckOptions { multiple: true })
+                .await;
+            unacked = 0;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// eventing
+
+struct EventingSide {
+    manager: EventManager,
+    probes: [Arc<Probe>; 2],
+    events: Vec<(Transient, Durable)>,
+    url: String,
+}
+
+impl EventingSide {
+    async fn new(settings: &Settings, run: &str) -> Self {
+        let probes = [Probe::new(), Probe::new()];
+        let manager = EventManager::builder()
+            .url(settings.url.as_str())
+            .server_name("bench")
+            .var("run", run)
+            .only_bound_listeners()
+            .listener(TransientCounter(Arc::clone(&probes[0])))
+            .listener(DurableCounter(Arc::clone(&probes[1])))
+            .listener_options(ListenerOptions {
+                prefetch: settings.prefetch,
+                concurrency: settings.concurrency,
+                ..ListenerOptions::default()
+            })
+            .build()
+            .await
+            .expect("build the manager");
+        manager.start().await.expect("start the manager");
+        let events = (0..settings.n.max(settings.samples as u64))
+            .map(|i| (Transient(Payload::new(i)), Durable(Payload::new(i))))
+            .collect();
+        Self {
+            manager,
+            probes,
+            events,
+            url: settings.url.clone(),
+        }
+    }
+
+    async fn send(&self, i: usize, durable: bool) {
+        let (transient, durable_event) = &self.events[i % self.events.len()];
+        let sent = if durable {
+            self.manager.send_event(durable_event).await
+        } else {
+            self.manager.send_event(transient).await
+        };
+        sent.expect("send_event");
+    }
+
+    async fn close(self) {
+        let queues = self.manager.queues();
+        self.manager.shutdown().await.expect("shutdown");
+        let connection = Connection::connect(&self.url, ConnectionProperties::default())
+            .await
+            .expect("connect for cleanup");
+        let channel = connection.create_channel().await.expect("channel");
+        for queue in &queues {
+            for name in [queue.name.clone(), queue.dead_letter_queue()] {
+                let options = QueueDeleteOptions::default();
+                let _ = channel.queue_delete(name.as_str().into(), options).await;
+            }
+            let options = ExchangeDeleteOptions::default();
+            let _ = channel
+                .exchange_delete(queue.event.as_str().into(), options)
+                .await;
+        }
+        let _ = connection.close(200, "done".into()).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// helpers
+
+/// Runs `n` operations with at most `limit` in flight.
+async fn in_flight<F: Future<Output = ()>>(limit: usize, n: u64, mut op: impl FnMut(usize) -> F) {
+    let mut running = FuturesUnordered::new();
+    for i in 0..n {
+        if running.len() >= limit {
+            running.next().await;
+        }
+        running.push(op(i as usize));
+    }
+    while running.next().await.is_some() {}
+}
+
+async fn bounded<T>(future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(120), future)
+        .await
+        .expect("the broker stopped answering (120 s)")
+}
+
+fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
+    samples.sort_unstable();
+    let at = |q: f64| {
+        let index = ((samples.len() as f64 - 1.0) * q).round() as usize;
+        samples[index].as_secs_f64() * 1e6
+    };
+    (at(0.50), at(0.99))
+}
+
+fn median(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut values = values.to_vec();
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() % 1_000_000_000)
+}

@@ -1,0 +1,308 @@
+//! The provider's settings, parsed from a `stomp://` or `stomps://` URL.
+
+use std::fmt;
+use std::time::Duration;
+
+use url::Url;
+
+use crate::codec::CodecLimits;
+use crate::dialect::Dialect;
+use crate::error::StompError;
+
+/// The query parameters a STOMP URL may carry.
+const PARAMETERS: &str = "vhost, heartbeat, broker, declare, amqp_port, \
+                          connect_timeout, max_frame, tls_ca";
+
+/// Default STOMP port.
+pub const DEFAULT_PORT: u16 = 61613;
+/// Default STOMP-over-TLS port.
+pub const DEFAULT_TLS_PORT: u16 = 61614;
+
+/// Connection settings of the STOMP provider.
+///
+/// Built from a URL such as
+/// `stomp://guest:guest@127.0.0.1:61613?vhost=/&heartbeat=10000`:
+///
+/// | parameter | default | meaning |
+/// |---|---|---|
+/// | `vhost` | `/` | the `host` header of `CONNECT` (RabbitMQ's virtual host) |
+/// | `heartbeat` | `10000` | heart-beat period in ms, both ways; `0` turns them off |
+/// | `broker` | `rabbitmq` | destination and header mapping: `rabbitmq` or `artemis` |
+/// | `declare` | `amqp` | RabbitMQ: declare exchanges, competing queues and dead-letter queues over AMQP 0-9-1 (see [`RabbitAdmin`](crate::RabbitAdmin)); `none` expects them to exist |
+/// | `amqp_port` | `5672` (`5671` for `stomps`) | RabbitMQ's AMQP port, for `declare=amqp` |
+/// | `connect_timeout` | `10000` | ms for TCP, TLS and the `CONNECT` handshake |
+/// | `max_frame` | 16 MiB | largest frame read or written, in bytes |
+/// | `tls_ca` | none | a PEM file of extra trusted certificates (`stomps` only) |
+///
+/// The password is never shown by `Debug` or in errors.
+///
+/// ```
+/// use eventing_stomp::StompConfig;
+///
+/// let config = StompConfig::from_url("stomp://app:s3cret@broker:61613?vhost=prod&heartbeat=5000")?;
+/// assert_eq!(config.vhost, "prod");
+/// assert_eq!(config.heartbeat.as_millis(), 5000);
+/// assert!(!format!("{config:?}").contains("s3cret"));
+/// # Ok::<(), eventing_stomp::StompError>(())
+/// ```
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct StompConfig {
+    /// Broker host name or address.
+    pub host: String,
+    /// Broker STOMP port.
+    pub port: u16,
+    /// `stomps://`: TLS with rustls.
+    pub tls: bool,
+    /// The `login` header, if any.
+    pub login: Option<String>,
+    /// The `passcode` header, if any (never shown by `Debug`).
+    pub passcode: Option<String>,
+    /// The `host` header of `CONNECT`: the virtual host.
+    pub vhost: String,
+    /// The heart-beat period this client offers and asks for; zero turns them off.
+    pub heartbeat: Duration,
+    /// How destinations and headers are mapped for the broker.
+    pub dialect: Dialect,
+    /// RabbitMQ's AMQP 0-9-1 port, used only to declare exchanges and queues.
+    pub amqp_port: u16,
+    /// Whether to declare exchanges, competing queues and dead-letter queues over
+    /// AMQP 0-9-1 (RabbitMQ, `declare=amqp`); otherwise (`declare=none`) they
+    /// must exist.
+    pub declare_topology: bool,
+    /// Limit for TCP connect, TLS and the `CONNECT`/`CONNECTED` exchange.
+    pub connect_timeout: Duration,
+    /// Frame size limits in both directions.
+    pub limits: CodecLimits,
+    /// Extra trusted certificates (PEM file) for `stomps://`.
+    pub tls_ca: Option<String>,
+}
+
+impl StompConfig {
+    /// Parses a `stomp://` or `stomps://` URL. Errors never repeat the URL.
+    pub fn from_url(url: &str) -> Result<StompConfig, StompError> {
+        let parsed = Url::parse(url).map_err(|e| invalid(format!("not a URL ({e})")))?;
+        let tls = match parsed.scheme() {
+            "stomp" => false,
+            "stomps" => true,
+            other => {
+                return Err(invalid(format!(
+                    "scheme `{other}` is not stomp:// or stomps://"
+                )));
+            }
+        };
+        let host = parsed
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| invalid("no host".into()))?;
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host)
+            .to_string();
+        let login = match parsed.username() {
+            "" => None,
+            user => Some(decode(user, "user name")?),
+        };
+        let passcode = parsed
+            .password()
+            .map(|p| decode(p, "password"))
+            .transpose()?;
+        let mut config = StompConfig {
+            host,
+            port: parsed
+                .port()
+                .unwrap_or(if tls { DEFAULT_TLS_PORT } else { DEFAULT_PORT }),
+            tls,
+            login,
+            passcode,
+            vhost: "/".to_string(),
+            heartbeat: Duration::from_millis(10_000),
+            dialect: Dialect::RabbitMq,
+            amqp_port: if tls { 5671 } else { 5672 },
+            declare_topology: true,
+            connect_timeout: Duration::from_millis(10_000),
+            limits: CodecLimits::default(),
+            tls_ca: None,
+        };
+        for (name, value) in parsed.query_pairs() {
+            match &*name {
+                "vhost" => config.vhost = value.into_owned(),
+                "heartbeat" => config.heartbeat = Duration::from_millis(number(&name, &value)?),
+                "broker" => {
+                    config.dialect = match &*value {
+                        "rabbitmq" => Dialect::RabbitMq,
+                        "artemis" => Dialect::Artemis,
+                        _ => {
+                            return Err(invalid("`broker` must be `rabbitmq` or `artemis`".into()));
+                        }
+                    }
+                }
+                "amqp_port" => {
+                    config.amqp_port = u16::try_from(number(&name, &value)?)
+                        .map_err(|_| invalid("`amqp_port` is not a port number".into()))?;
+                }
+                "declare" => {
+                    config.declare_topology = match &*value {
+                        "amqp" => true,
+                        "none" => false,
+                        _ => return Err(invalid("`declare` must be `amqp` or `none`".into())),
+                    }
+                }
+                "connect_timeout" => {
+                    config.connect_timeout = Duration::from_millis(number(&name, &value)?.max(1));
+                }
+                "max_frame" => {
+                    let bytes = usize::try_from(number(&name, &value)?)
+                        .map_err(|_| invalid("`max_frame` is too large".into()))?;
+                    config.limits.max_frame_bytes = bytes.max(1024);
+                }
+                "tls_ca" => config.tls_ca = Some(value.into_owned()),
+                other => {
+                    return Err(invalid(format!(
+                        "unknown parameter `{other}` (known: {PARAMETERS})"
+                    )));
+                }
+            }
+        }
+        if config.tls_ca.is_some() && !tls {
+            return Err(invalid("`tls_ca` needs a stomps:// URL".into()));
+        }
+        Ok(config)
+    }
+
+    /// `host:port` for connecting.
+    pub(crate) fn endpoint(&self) -> String {
+        crate::transport::endpoint(&self.host, self.port)
+    }
+
+    /// The broker as it may appear in logs: scheme, host and port, no credentials.
+    pub fn display_endpoint(&self) -> String {
+        let scheme = if self.tls { "stomps" } else { "stomp" };
+        format!("{scheme}://{}", self.endpoint())
+    }
+}
+
+impl fmt::Debug for StompConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StompConfig")
+            .field("endpoint", &self.display_endpoint())
+            .field("login", &self.login)
+            .field("passcode", &self.passcode.as_ref().map(|_| "***"))
+            .field("vhost", &self.vhost)
+            .field("heartbeat", &self.heartbeat)
+            .field("dialect", &self.dialect)
+            .field("amqp_port", &self.amqp_port)
+            .field("declare_topology", &self.declare_topology)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("limits", &self.limits)
+            .field("tls_ca", &self.tls_ca)
+            .finish()
+    }
+}
+
+fn invalid(reason: String) -> StompError {
+    StompError::InvalidUrl { reason }
+}
+
+fn number(name: &str, value: &str) -> Result<u64, StompError> {
+    value
+        .parse()
+        .map_err(|_| invalid(format!("`{name}` must be a whole number")))
+}
+
+fn decode(text: &str, what: &str) -> Result<String, StompError> {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| invalid(format!("the {what} is not percent-encoded UTF-8")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let config = StompConfig::from_url("stomp://127.0.0.1").expect("valid");
+        assert_eq!(config.port, DEFAULT_PORT);
+        assert!(!config.tls);
+        assert_eq!(config.login, None);
+        assert_eq!(config.passcode, None);
+        assert_eq!(config.vhost, "/");
+        assert_eq!(config.heartbeat, Duration::from_secs(10));
+        assert_eq!(config.dialect, Dialect::RabbitMq);
+        assert_eq!(config.amqp_port, 5672);
+        assert_eq!(config.endpoint(), "127.0.0.1:61613");
+
+        let tls = StompConfig::from_url("stomps://broker.example").expect("valid");
+        assert_eq!(tls.port, DEFAULT_TLS_PORT);
+        assert_eq!(tls.amqp_port, 5671);
+        assert!(tls.tls);
+    }
+
+    #[test]
+    fn everything_set() {
+        let config = StompConfig::from_url(
+            "stomp://us%40er:p%3Ass+w@[::1]:1234/?vhost=%2Fprod&heartbeat=0&broker=artemis\
+             &amqp_port=5673&declare=none&connect_timeout=500&max_frame=65536",
+        )
+        .expect("valid");
+        assert_eq!(config.login.as_deref(), Some("us@er"));
+        assert_eq!(config.passcode.as_deref(), Some("p:ss+w"));
+        assert_eq!(config.host, "::1");
+        assert_eq!(config.endpoint(), "[::1]:1234");
+        assert_eq!(config.vhost, "/prod");
+        assert_eq!(config.heartbeat, Duration::ZERO);
+        assert_eq!(config.dialect, Dialect::Artemis);
+        assert_eq!(config.amqp_port, 5673);
+        assert!(!config.declare_topology);
+        assert_eq!(config.connect_timeout, Duration::from_millis(500));
+        assert_eq!(config.limits.max_frame_bytes, 65536);
+    }
+
+    #[test]
+    fn errors_do_not_repeat_the_url() {
+        for url in [
+            "amqp://guest:secret@h",
+            "stomp://guest:secret@h?nope=1",
+            "stomp://guest:secret@h?heartbeat=soon",
+            "stomp://guest:secret@h?broker=kafka",
+            "stomp://guest:secret@h?tls_ca=/x.pem",
+            "stomp://guest:secret@:61613",
+            "not a url secret",
+        ] {
+            let error = StompConfig::from_url(url).expect_err(url).to_string();
+            assert!(!error.contains("secret"), "{error}");
+        }
+        let error = StompConfig::from_url("stomp://h?nope=1").expect_err("unknown");
+        assert!(error.to_string().contains("known: vhost"), "{error}");
+    }
+
+    #[test]
+    fn debug_hides_the_password() {
+        let config =
+            StompConfig::from_url("stomps://guest:hunter2@h:1?tls_ca=/ca.pem").expect("valid");
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("***"), "{debug}");
+        assert!(debug.contains("stomps://h:1"), "{debug}");
+        assert_eq!(config.display_endpoint(), "stomps://h:1");
+    }
+
+    #[test]
+    fn redact_url_hides_credentials_of_stomp_urls() {
+        assert_eq!(
+            eventing::redact_url("stomp://guest:guest@127.0.0.1:61613?vhost=/"),
+            "stomp://***@127.0.0.1:61613?vhost=/"
+        );
+        assert_eq!(
+            eventing::redact_url("stomps://u:p%40ss@broker/?heartbeat=0"),
+            "stomps://***@broker/?heartbeat=0"
+        );
+        assert_eq!(
+            eventing::redact_url("stomp://127.0.0.1:61613"),
+            "stomp://127.0.0.1:61613"
+        );
+    }
+}

@@ -1,0 +1,690 @@
+//! How events, queues and envelope headers map onto one broker's STOMP.
+//!
+//! STOMP leaves destinations and most headers to the broker, so the mapping is
+//! chosen per broker with [`Dialect`]:
+//!
+//! | | RabbitMQ (`broker=rabbitmq`) | Artemis (`broker=artemis`) |
+//! |---|---|---|
+//! | send an event | `/exchange/<event>` (a fanout exchange, declared beforehand) | `<event>` with `destination-type:MULTICAST` |
+//! | a listener's queue | `/exchange/<event>` + `x-queue-name:<queue>` | `<event>::<queue>` (fully-qualified queue name) |
+//! | dead letters | `/amq/queue/<queue>.dlq` (declared beforehand) | `<queue>.dlq` with `destination-type:ANYCAST` |
+//!
+//! Envelope headers travel as frame headers. A header whose name the broker
+//! reserves (STOMP's own, and names a broker turns into message properties or
+//! acts upon, such as RabbitMQ's `expiration` or `user-id`) is sent as
+//! [`ESCAPE_PREFIX`]`<name>` and renamed back on receipt, so no pipeline header
+//! can change how the broker treats a message. On RabbitMQ the standard headers
+//! meet the AMQP provider's mapping: `message-id` travels as `amqp-message-id`
+//! (the AMQP `message_id` property), `content-type` as the `content_type`
+//! property, and `timestamp` exactly as sent under the escaped name (not also as
+//! the AMQP `timestamp` property: every header costs RabbitMQ's STOMP plugin
+//! noticeably, and the exact value is what both providers read). A `timestamp`
+//! property set by an AMQP client is read back, in whole seconds, when there is
+//! no exact value.
+
+use std::time::UNIX_EPOCH;
+
+use eventing::{Envelope, Headers, QueueSpec, header};
+
+use crate::frame::{Command, Frame};
+
+/// The prefix that carries an envelope header whose name the broker reserves.
+pub const ESCAPE_PREFIX: &str = "x-eventing-";
+
+/// Header names STOMP 1.2 gives a meaning in some frame.
+const STOMP_HEADERS: &[&str] = &[
+    "accept-version",
+    "ack",
+    "content-length",
+    "content-type",
+    "destination",
+    "heart-beat",
+    "host",
+    "id",
+    "login",
+    "message",
+    "message-id",
+    "passcode",
+    "receipt",
+    "receipt-id",
+    "redelivered",
+    "server",
+    "session",
+    "subscription",
+    "transaction",
+    "version",
+];
+
+/// Names RabbitMQ's STOMP plugin maps to AMQP properties (and so drops from the
+/// headers table, or validates: a non-numeric `timestamp` is a processing
+/// error, a foreign `user-id` is refused, `expiration` expires the message).
+const RABBITMQ_PROPERTIES: &[&str] = &[
+    "amqp-message-id",
+    "app-id",
+    "content-encoding",
+    "correlation-id",
+    "expiration",
+    "persistent",
+    "priority",
+    "reply-to",
+    "timestamp",
+    "type",
+    "user-id",
+];
+
+/// Names Artemis turns into message properties or acts upon.
+const ARTEMIS_PROPERTIES: &[&str] = &[
+    "correlation-id",
+    "destination-type",
+    "expires",
+    "persistent",
+    "priority",
+    "reply-to",
+    "subscription-type",
+    "timestamp",
+    "type",
+];
+
+/// Frame headers a broker adds to `MESSAGE` frames that are not envelope headers.
+const MESSAGE_ONLY: &[&str] = &[
+    "ack",
+    "content-length",
+    "destination",
+    "persistent",
+    "receipt",
+    "redelivered",
+    "subscription",
+];
+
+/// RabbitMQ's limit for AMQP short strings (`message_id`, `content_type`).
+const SHORT_STRING: usize = 255;
+
+/// A broker's STOMP conventions: destinations, subscription headers and
+/// header mapping.
+///
+/// ```
+/// use eventing::QueueSpec;
+/// use eventing_stomp::Dialect;
+///
+/// let queue = QueueSpec::new("Order", "Billing", true, false, "web-1");
+/// assert_eq!(Dialect::RabbitMq.send_destination("Order"), "/exchange/Order");
+/// assert_eq!(Dialect::RabbitMq.dead_letter_destination(&queue), "/amq/queue/Order::Billing.dlq");
+/// assert_eq!(Dialect::Artemis.subscribe_destination(&queue), "Order::Order::Billing");
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Dialect {
+    /// RabbitMQ's STOMP plugin: one fanout exchange per event, queues named by
+    /// `x-queue-name`.
+    #[default]
+    RabbitMq,
+    /// ActiveMQ Artemis: multicast addresses per event, anycast queues named by
+    /// fully-qualified queue names `<address>::<queue>`.
+    Artemis,
+}
+
+impl Dialect {
+    /// Whether event exchanges must be declared out of band before use (the
+    /// RabbitMQ STOMP plugin does not create `/exchange/` destinations).
+    pub fn needs_exchanges(self) -> bool {
+        matches!(self, Dialect::RabbitMq)
+    }
+
+    /// Where events named `event` are sent.
+    pub fn send_destination(self, event: &str) -> String {
+        match self {
+            Dialect::RabbitMq => format!("/exchange/{}", rabbit_segment(event)),
+            Dialect::Artemis => event.to_string(),
+        }
+    }
+
+    /// The destination a listener's queue is subscribed with.
+    pub fn subscribe_destination(self, queue: &QueueSpec) -> String {
+        match self {
+            Dialect::RabbitMq => self.send_destination(&queue.event),
+            Dialect::Artemis => format!("{}::{}", queue.event, queue.name),
+        }
+    }
+
+    /// Where dead letters of `queue` are sent (its `<queue>.dlq`).
+    pub fn dead_letter_destination(self, queue: &QueueSpec) -> String {
+        let dlq = queue.dead_letter_queue();
+        match self {
+            Dialect::RabbitMq => format!("/amq/queue/{}", rabbit_segment(&dlq)),
+            Dialect::Artemis => dlq,
+        }
+    }
+
+    /// A `SEND` of `envelope` for the event `event`: destination, routing
+    /// headers and the envelope's headers (no receipt).
+    pub fn send_frame(self, event: &str, envelope: &Envelope, durable: bool) -> Frame {
+        let destination = self.send_destination(event);
+        self.send_to(destination, "MULTICAST", envelope, durable)
+    }
+
+    /// A `SEND` of a dead letter of `queue`.
+    pub fn dead_letter_frame(self, queue: &QueueSpec, envelope: &Envelope) -> Frame {
+        let destination = self.dead_letter_destination(queue);
+        self.send_to(destination, "ANYCAST", envelope, true)
+    }
+
+    fn send_to(
+        self,
+        destination: String,
+        routing: &str,
+        envelope: &Envelope,
+        durable: bool,
+    ) -> Frame {
+        let mut frame = Frame {
+            command: Command::Send,
+            headers: Vec::with_capacity(envelope.headers.len() + 4),
+            body: envelope.body.clone(),
+        };
+        frame.push_header("destination", destination);
+        if self == Dialect::Artemis {
+            frame.push_header("destination-type", routing);
+        }
+        if durable {
+            frame.push_header("persistent", "true");
+        }
+        self.encode_headers(&envelope.headers, &mut frame.headers);
+        frame
+    }
+
+    /// Why the broker would reject `frame` (and close the session), if it
+    /// would: RabbitMQ stores header names as AMQP short strings.
+    pub(crate) fn unsendable(self, frame: &Frame) -> Option<String> {
+        if self != Dialect::RabbitMq {
+            return None;
+        }
+        frame
+            .headers
+            .iter()
+            .find(|(name, _)| name.len() > SHORT_STRING)
+            .map(|(name, _)| {
+                let start: String = name.chars().take(40).collect();
+                format!("header name `{start}...` is over {SHORT_STRING} bytes")
+            })
+    }
+
+    /// A `SUBSCRIBE` to `queue` with subscription `id`, individual client
+    /// acknowledgements and at most `prefetch` unacknowledged messages.
+    ///
+    /// On RabbitMQ, competing queues are durable (every queue is durable or
+    /// exclusive) and per-process queues exclusive to the connection, so they
+    /// disappear with their server.
+    pub fn subscribe_frame(self, queue: &QueueSpec, id: &str, prefetch: u16) -> Frame {
+        let mut frame = Frame::new(Command::Subscribe)
+            .header("id", id)
+            .header("destination", self.subscribe_destination(queue))
+            .header("ack", "client-individual");
+        match self {
+            Dialect::RabbitMq => {
+                let per_process = queue.per_process;
+                frame.push_header("x-queue-name", queue.name.clone());
+                frame.push_header("durable", bool_text(!per_process));
+                frame.push_header("auto-delete", bool_text(per_process));
+                frame.push_header("exclusive", bool_text(per_process));
+                frame.push_header("prefetch-count", prefetch.max(1).to_string());
+            }
+            Dialect::Artemis => {
+                frame.push_header("subscription-type", "MULTICAST");
+            }
+        }
+        frame
+    }
+
+    /// A `SUBSCRIBE` that reads (and, on disconnect, leaves) up to `limit`
+    /// dead letters of `queue`.
+    pub fn dead_letter_browse_frame(self, queue: &QueueSpec, id: &str, limit: u16) -> Frame {
+        let mut frame = Frame::new(Command::Subscribe)
+            .header("id", id)
+            .header("destination", self.dead_letter_destination(queue))
+            .header("ack", "client-individual");
+        match self {
+            Dialect::RabbitMq => frame.push_header("prefetch-count", limit.max(1).to_string()),
+            Dialect::Artemis => {
+                frame.push_header("subscription-type", "ANYCAST");
+                frame.push_header("browser", "true");
+            }
+        }
+        frame
+    }
+
+    /// Whether an envelope header called `name` travels as
+    /// [`ESCAPE_PREFIX`]`<name>`: STOMP 1.2's own header names, the names the
+    /// broker maps to message properties or acts upon, and names that already
+    /// start with the prefix.
+    ///
+    /// ```
+    /// use eventing_stomp::Dialect;
+    ///
+    /// assert!(Dialect::RabbitMq.reserves("reply-to"));
+    /// assert!(Dialect::RabbitMq.reserves("receipt"));
+    /// assert!(Dialect::RabbitMq.reserves("x-eventing-x"));
+    /// assert!(!Dialect::RabbitMq.reserves("session-id"));
+    /// ```
+    pub fn reserves(self, name: &str) -> bool {
+        let properties = match self {
+            Dialect::RabbitMq => RABBITMQ_PROPERTIES,
+            Dialect::Artemis => ARTEMIS_PROPERTIES,
+        };
+        name.starts_with(ESCAPE_PREFIX)
+            || STOMP_HEADERS.contains(&name)
+            || properties.contains(&name)
+    }
+
+    /// Appends the frame headers that carry `headers`.
+    pub fn encode_headers(self, headers: &Headers, out: &mut Vec<(String, String)>) {
+        for (name, value) in headers.iter() {
+            if self == Dialect::RabbitMq {
+                match name {
+                    header::MESSAGE_ID if value.len() <= SHORT_STRING => {
+                        out.push(("amqp-message-id".into(), value.into()));
+                        continue;
+                    }
+                    header::CONTENT_TYPE if value.len() <= SHORT_STRING => {
+                        out.push((name.into(), value.into()));
+                        continue;
+                    }
+                    _ => {}
+                }
+            } else if name == header::CONTENT_TYPE {
+                out.push((name.into(), value.into()));
+                continue;
+            }
+            if self.reserves(name) {
+                out.push((format!("{ESCAPE_PREFIX}{name}"), value.into()));
+            } else {
+                out.push((name.into(), value.into()));
+            }
+        }
+    }
+
+    /// The envelope a `MESSAGE` frame carries: the headers as they were sent
+    /// (standard ones first), without what the broker added.
+    pub fn envelope_of(self, frame: Frame) -> Envelope {
+        let mut fields: Vec<(String, String)> = Vec::with_capacity(frame.headers.len());
+        let mut broker_message_id = false;
+        let mut fallback_message_id = None;
+        let mut fallback_timestamp = None;
+        for (mut name, value) in frame.headers {
+            if MESSAGE_ONLY.contains(&name.as_str()) {
+                continue;
+            }
+            match (self, name.as_str()) {
+                (_, "message-id") => {
+                    // The broker's own id comes first; RabbitMQ puts a `message-id`
+                    // of the AMQP headers table after it.
+                    if broker_message_id && self == Dialect::RabbitMq {
+                        fallback_message_id.get_or_insert(value);
+                    }
+                    broker_message_id = true;
+                }
+                (Dialect::RabbitMq, "amqp-message-id") => {
+                    add(&mut fields, header::MESSAGE_ID.into(), value)
+                }
+                (Dialect::RabbitMq, header::TIMESTAMP)
+                    if value.bytes().all(|b| b.is_ascii_digit()) =>
+                {
+                    // The AMQP `timestamp` property, in seconds.
+                    fallback_timestamp.get_or_insert(value);
+                }
+                (Dialect::Artemis, "expires" | "priority" | "timestamp") => {}
+                _ => {
+                    if name.starts_with(ESCAPE_PREFIX) {
+                        name.drain(..ESCAPE_PREFIX.len());
+                    }
+                    add(&mut fields, name, value);
+                }
+            }
+        }
+        if let Some(id) = fallback_message_id {
+            add(&mut fields, header::MESSAGE_ID.into(), id);
+        }
+        if let Some(seconds) = fallback_timestamp.and_then(|s| s.parse::<u64>().ok()) {
+            let time = UNIX_EPOCH + std::time::Duration::from_secs(seconds);
+            let text = humantime::format_rfc3339_seconds(time).to_string();
+            add(&mut fields, header::TIMESTAMP.into(), text);
+        }
+        let mut headers = Headers::with_capacity(fields.len());
+        for standard in [
+            header::MESSAGE_ID,
+            header::EVENT,
+            header::TIMESTAMP,
+            header::CONTENT_TYPE,
+        ] {
+            if let Some((_, value)) = take(&mut fields, standard) {
+                headers.insert(standard, value);
+            }
+        }
+        for (name, value) in fields {
+            headers.insert(name, value);
+        }
+        Envelope {
+            headers,
+            body: frame.body,
+        }
+    }
+}
+
+/// Adds a header unless one of that name is there: the first occurrence wins.
+fn add(fields: &mut Vec<(String, String)>, name: String, value: String) {
+    if !fields.iter().any(|(n, _)| *n == name) {
+        fields.push((name, value));
+    }
+}
+
+fn take(fields: &mut Vec<(String, String)>, name: &str) -> Option<(String, String)> {
+    let index = fields.iter().position(|(n, _)| n == name)?;
+    Some(fields.remove(index))
+}
+
+fn bool_text(value: bool) -> &'static str {
+    if value { "true" } else { "false" }
+}
+
+/// A name inside a RabbitMQ destination: `/` is written `%2F`.
+fn rabbit_segment(name: &str) -> String {
+    name.replace('/', "%2F")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn spec(per_process: bool) -> QueueSpec {
+        QueueSpec::new("shop.Order", "Billing", true, per_process, "web-1")
+    }
+
+    fn envelope() -> Envelope {
+        let mut envelope = Envelope::new("shop.Order", eventing::JSON, Bytes::from_static(b"{}"));
+        envelope.headers.insert(header::SESSION_ID, "s-42");
+        envelope
+            .headers
+            .insert("x-stamp", "line1\nline2:colon\\back\rcr");
+        envelope.headers.insert("correlation-id", "corr-1");
+        envelope.headers.insert("expiration", "60000");
+        envelope.headers.insert("receipt", "not mine");
+        envelope
+            .headers
+            .insert("x-eventing-odd", "prefixed already");
+        envelope.headers.insert("empty", "");
+        envelope
+    }
+
+    fn sorted(headers: &Headers) -> Vec<(String, String)> {
+        let mut all: Vec<_> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// What RabbitMQ makes of a SEND: its headers minus the ones it turns into
+    /// properties, then its own headers first and the properties last.
+    fn as_rabbitmq_delivers(send: &Frame) -> Frame {
+        let mut message = Frame::new(Command::Message)
+            .header("subscription", "0")
+            .header("destination", send.get("destination").unwrap_or(""))
+            .header("message-id", "T_0@@session-1@@7")
+            .header("redelivered", "false")
+            .header("ack", "T_0@@session-1@@7");
+        for (name, value) in send.headers.iter().rev() {
+            if !RABBITMQ_PROPERTIES.contains(&name.as_str())
+                && !["destination", "content-type"].contains(&name.as_str())
+            {
+                message.push_header(name.clone(), value.clone());
+            }
+        }
+        for name in ["amqp-message-id", "timestamp", "persistent", "content-type"] {
+            if let Some(value) = send.get(name) {
+                message.push_header(name, value);
+            }
+        }
+        message.body = send.body.clone();
+        message
+    }
+
+    #[test]
+    fn rabbitmq_destinations_and_subscription() {
+        let d = Dialect::RabbitMq;
+        assert!(d.needs_exchanges());
+        assert_eq!(d.send_destination("shop.Order"), "/exchange/shop.Order");
+        assert_eq!(d.send_destination("a/b"), "/exchange/a%2Fb");
+        let competing = spec(false);
+        assert_eq!(d.subscribe_destination(&competing), "/exchange/shop.Order");
+        assert_eq!(
+            d.dead_letter_destination(&competing),
+            "/amq/queue/shop.Order::Billing.dlq"
+        );
+        let frame = d.subscribe_frame(&competing, "7", 50);
+        assert_eq!(frame.command, Command::Subscribe);
+        for (name, value) in [
+            ("id", "7"),
+            ("destination", "/exchange/shop.Order"),
+            ("ack", "client-individual"),
+            ("x-queue-name", "shop.Order::Billing"),
+            ("durable", "true"),
+            ("auto-delete", "false"),
+            ("exclusive", "false"),
+            ("prefetch-count", "50"),
+        ] {
+            assert_eq!(frame.get(name), Some(value), "{name}");
+        }
+        let per_process = d.subscribe_frame(&spec(true), "8", 0);
+        assert_eq!(
+            per_process.get("x-queue-name"),
+            Some("shop.Order::Billing-web-1")
+        );
+        assert_eq!(per_process.get("durable"), Some("false"));
+        assert_eq!(per_process.get("auto-delete"), Some("true"));
+        assert_eq!(per_process.get("exclusive"), Some("true"));
+        assert_eq!(per_process.get("prefetch-count"), Some("1"));
+        let browse = d.dead_letter_browse_frame(&competing, "dl", 10);
+        assert_eq!(
+            browse.get("destination"),
+            Some("/amq/queue/shop.Order::Billing.dlq")
+        );
+        assert_eq!(browse.get("prefetch-count"), Some("10"));
+    }
+
+    #[test]
+    fn artemis_destinations_use_fully_qualified_queue_names() {
+        let d = Dialect::Artemis;
+        assert!(!d.needs_exchanges());
+        let queue = spec(false);
+        assert_eq!(d.send_destination("shop.Order"), "shop.Order");
+        assert_eq!(
+            d.subscribe_destination(&queue),
+            "shop.Order::shop.Order::Billing"
+        );
+        assert_eq!(d.dead_letter_destination(&queue), "shop.Order::Billing.dlq");
+        let frame = d.subscribe_frame(&queue, "1", 10);
+        assert_eq!(frame.get("subscription-type"), Some("MULTICAST"));
+        assert_eq!(frame.get("x-queue-name"), None);
+        let send = d.send_frame("shop.Order", &envelope(), true);
+        assert_eq!(send.get("destination"), Some("shop.Order"));
+        assert_eq!(send.get("destination-type"), Some("MULTICAST"));
+        assert_eq!(send.get("persistent"), Some("true"));
+        let letter = d.dead_letter_frame(&queue, &envelope());
+        assert_eq!(letter.get("destination-type"), Some("ANYCAST"));
+        let browse = d.dead_letter_browse_frame(&queue, "dl", 10);
+        assert_eq!(browse.get("browser"), Some("true"));
+    }
+
+    #[test]
+    fn rabbitmq_send_frame_escapes_reserved_names() {
+        let envelope = envelope();
+        let frame = Dialect::RabbitMq.send_frame("shop.Order", &envelope, true);
+        assert_eq!(frame.get("destination"), Some("/exchange/shop.Order"));
+        assert_eq!(frame.get("persistent"), Some("true"));
+        assert_eq!(frame.get("amqp-message-id"), Some(envelope.message_id()));
+        assert_eq!(
+            frame.get("message-id"),
+            None,
+            "RabbitMQ refuses message-id on SEND"
+        );
+        assert_eq!(frame.get("content-type"), Some(eventing::JSON));
+        let sent = envelope.headers.get(header::TIMESTAMP).expect("timestamp");
+        assert_eq!(frame.get("x-eventing-timestamp"), Some(sent));
+        assert_eq!(
+            frame.get("timestamp"),
+            None,
+            "RabbitMQ wants whole seconds there"
+        );
+        assert_eq!(frame.get("event"), Some("shop.Order"));
+        assert_eq!(frame.get("x-eventing-correlation-id"), Some("corr-1"));
+        assert_eq!(frame.get("x-eventing-expiration"), Some("60000"));
+        assert_eq!(frame.get("expiration"), None);
+        assert_eq!(frame.get("x-eventing-receipt"), Some("not mine"));
+        assert_eq!(frame.get("receipt"), None);
+        assert_eq!(
+            frame.get("x-eventing-x-eventing-odd"),
+            Some("prefixed already")
+        );
+        assert_eq!(frame.get("x-stamp"), Some("line1\nline2:colon\\back\rcr"));
+        assert_eq!(frame.body, envelope.body);
+        let transient = Dialect::RabbitMq.send_frame("shop.Order", &envelope, false);
+        assert_eq!(transient.get("persistent"), None);
+    }
+
+    #[test]
+    fn rabbitmq_headers_round_trip() {
+        let envelope = envelope();
+        let mut send = Dialect::RabbitMq.send_frame("shop.Order", &envelope, true);
+        send.push_header("receipt", "r-1");
+        let back = Dialect::RabbitMq.envelope_of(as_rabbitmq_delivers(&send));
+        assert_eq!(sorted(&back.headers), sorted(&envelope.headers));
+        let first: Vec<&str> = back.headers.iter().take(4).map(|(n, _)| n).collect();
+        assert_eq!(
+            first,
+            [
+                header::MESSAGE_ID,
+                header::EVENT,
+                header::TIMESTAMP,
+                header::CONTENT_TYPE
+            ]
+        );
+        assert_eq!(back.body, envelope.body);
+    }
+
+    #[test]
+    fn overlong_header_names_are_caught_before_sending() {
+        let mut envelope = envelope();
+        let frame = Dialect::RabbitMq.send_frame("E", &envelope, false);
+        assert_eq!(Dialect::RabbitMq.unsendable(&frame), None);
+        envelope.headers.insert("n".repeat(256), "v");
+        let frame = Dialect::RabbitMq.send_frame("E", &envelope, false);
+        let reason = Dialect::RabbitMq.unsendable(&frame).expect("refused");
+        assert!(reason.contains("over 255 bytes"), "{reason}");
+        assert_eq!(Dialect::Artemis.unsendable(&frame), None);
+    }
+
+    #[test]
+    fn long_standard_values_still_round_trip() {
+        let mut envelope = Envelope::default();
+        envelope.headers.insert(header::MESSAGE_ID, "m".repeat(300));
+        envelope
+            .headers
+            .insert(header::CONTENT_TYPE, "t".repeat(300));
+        envelope.headers.insert(header::TIMESTAMP, "yesterday");
+        let send = Dialect::RabbitMq.send_frame("E", &envelope, false);
+        assert_eq!(send.get("amqp-message-id"), None);
+        assert_eq!(send.get("timestamp"), None);
+        let back = Dialect::RabbitMq.envelope_of(as_rabbitmq_delivers(&send));
+        assert_eq!(sorted(&back.headers), sorted(&envelope.headers));
+    }
+
+    #[test]
+    fn messages_from_the_amqp_provider() {
+        // The AMQP provider sends message_id, content_type and timestamp as
+        // properties and the rest, `timestamp` included, in the headers table.
+        let message = Frame::new(Command::Message)
+            .header("subscription", "0")
+            .header("destination", "/exchange/E")
+            .header("message-id", "T_0@@session-1@@1")
+            .header("redelivered", "true")
+            .header("ack", "T_0@@session-1@@1")
+            .header("timestamp", "2024-05-01T10:00:00.123456Z")
+            .header("event", "E")
+            .header("correlation-id", "c-1")
+            .header("persistent", "true")
+            .header("amqp-message-id", "id-1")
+            .header("timestamp", "1714557600")
+            .header("content-type", "application/json");
+        let envelope = Dialect::RabbitMq.envelope_of(message);
+        let expected: Headers = [
+            ("message-id", "id-1"),
+            ("event", "E"),
+            ("timestamp", "2024-05-01T10:00:00.123456Z"),
+            ("content-type", "application/json"),
+            ("correlation-id", "c-1"),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(envelope.headers, expected);
+    }
+
+    #[test]
+    fn foreign_messages_keep_what_they_have() {
+        let bare = Frame::new(Command::Message)
+            .header("subscription", "0")
+            .header("message-id", "T_0@@s@@1")
+            .header("ack", "T_0@@s@@1")
+            .header("timestamp", "0")
+            .with_body("not json");
+        let envelope = Dialect::RabbitMq.envelope_of(bare);
+        assert_eq!(envelope.headers.get(header::MESSAGE_ID), None);
+        assert_eq!(
+            envelope.headers.get(header::TIMESTAMP),
+            Some("1970-01-01T00:00:00Z")
+        );
+        assert_eq!(envelope.headers.len(), 1);
+        assert_eq!(&envelope.body[..], b"not json");
+
+        // A long message id from the AMQP provider's headers table comes second.
+        let long = Frame::new(Command::Message)
+            .header("message-id", "T_0@@s@@2")
+            .header("message-id", "from-the-table");
+        let envelope = Dialect::RabbitMq.envelope_of(long);
+        assert_eq!(envelope.message_id(), "from-the-table");
+    }
+
+    #[test]
+    fn artemis_headers_round_trip() {
+        let envelope = envelope();
+        let send = Dialect::Artemis.send_frame("shop.Order", &envelope, true);
+        assert_eq!(send.get("message-id"), None);
+        assert_eq!(
+            send.get("x-eventing-message-id"),
+            Some(envelope.message_id())
+        );
+        assert_eq!(
+            send.get("x-eventing-timestamp"),
+            envelope.headers.get(header::TIMESTAMP)
+        );
+        assert_eq!(send.get("timestamp"), None);
+        assert_eq!(send.get("x-eventing-correlation-id"), Some("corr-1"));
+        assert_eq!(send.get("amqp-message-id"), None);
+        // Artemis adds its own message-id, timestamp, expires, priority...
+        let mut message = Frame::new(Command::Message)
+            .header("subscription", "1")
+            .header("message-id", "12345")
+            .header("destination", "shop.Order")
+            .header("expires", "0")
+            .header("priority", "4")
+            .header("timestamp", "1714557600000")
+            .header("persistent", "true")
+            .header("ack", "12345");
+        for (name, value) in &send.headers {
+            if !["destination", "destination-type", "persistent"].contains(&name.as_str()) {
+                message.push_header(name.clone(), value.clone());
+            }
+        }
+        let back = Dialect::Artemis.envelope_of(message);
+        assert_eq!(sorted(&back.headers), sorted(&envelope.headers));
+    }
+}

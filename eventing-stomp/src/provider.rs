@@ -1,0 +1,440 @@
+//! The [`Provider`] implementation.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use eventing::{
+    BoxFuture, ConsumeOptions, Consumer, Envelope, Error, Provider, ProviderConfig, QueueSpec,
+    Route,
+};
+use parking_lot::Mutex;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::admin::RabbitAdmin;
+use crate::codec::FrameError;
+use crate::config::StompConfig;
+use crate::connection::{Connection, Options};
+use crate::consumer::{SUBSCRIPTION_ID, StompConsumer};
+use crate::dialect::Dialect;
+use crate::error::{PROVIDER, StompError};
+use crate::transport::Transport;
+
+/// The publishing session: up to 1024 frames queued before `publish` waits.
+const PUBLISHER: Options = Options {
+    role: "publisher",
+    capacity: 1024,
+};
+/// A short-lived session that reads dead letters.
+const DEAD_LETTER_READER: Options = Options {
+    role: "dead-letter reader",
+    capacity: 16,
+};
+/// How long the dead-letter queue of a per-process queue outlives its last use
+/// (the AMQP provider's `PER_PROCESS_DEAD_LETTER_TTL`).
+pub const PER_PROCESS_DEAD_LETTER_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long `dead_letters` waits for one more message before it stops reading.
+const BROWSE_IDLE: Duration = Duration::from_millis(300);
+
+/// The STOMP 1.2 provider. Cloning shares the sessions.
+///
+/// It keeps one session for sending (reopened on the next send after it was
+/// lost) and opens one per subscription. On RabbitMQ it declares the event
+/// exchanges, competing queues and dead-letter queues over AMQP 0-9-1 (see
+/// [`RabbitAdmin`]), because the STOMP plugin cannot.
+#[derive(Clone)]
+pub struct StompProvider {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for StompProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StompProvider")
+            .field("config", &self.inner.config)
+            .field("server_name", &self.inner.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Inner {
+    config: StompConfig,
+    transport: Transport,
+    server_name: String,
+    send_timeout: Duration,
+    publisher: Mutex<Option<Connection>>,
+    /// The consumers' sessions, closed by `close`.
+    sessions: Mutex<Vec<Connection>>,
+    reconnect: tokio::sync::Mutex<()>,
+    /// Exchanges declared by this provider.
+    exchanges: Mutex<HashSet<String>>,
+    /// Queues (and dead-letter queues) declared by this provider.
+    queues: Mutex<HashSet<String>>,
+    closed: AtomicBool,
+}
+
+impl StompProvider {
+    /// Connects to the broker the URL names and opens the publishing session,
+    /// so wrong credentials or an unreachable broker fail here.
+    pub async fn connect(config: ProviderConfig) -> eventing::Result<StompProvider> {
+        let stomp = StompConfig::from_url(&config.url)?;
+        StompProvider::with_config(stomp, config.server_name, config.send_timeout).await
+    }
+
+    /// Like [`connect`](Self::connect) with settings already parsed.
+    pub async fn with_config(
+        config: StompConfig,
+        server_name: impl Into<String>,
+        send_timeout: Duration,
+    ) -> eventing::Result<StompProvider> {
+        let transport = Transport::new(&config)?;
+        let publisher = Connection::open(&config, &transport, PUBLISHER).await?;
+        tracing::info!(broker = %config.display_endpoint(), dialect = ?config.dialect, "STOMP provider connected");
+        Ok(StompProvider {
+            inner: Arc::new(Inner {
+                config,
+                transport,
+                server_name: server_name.into(),
+                send_timeout,
+                publisher: Mutex::new(Some(publisher)),
+                sessions: Mutex::new(Vec::new()),
+                reconnect: tokio::sync::Mutex::new(()),
+                exchanges: Mutex::new(HashSet::new()),
+                queues: Mutex::new(HashSet::new()),
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &StompConfig {
+        &self.inner.config
+    }
+}
+
+impl Inner {
+    pub(crate) fn dialect(&self) -> Dialect {
+        self.config.dialect
+    }
+
+    fn declares(&self) -> bool {
+        self.config.dialect.needs_exchanges() && self.config.declare_topology
+    }
+
+    /// The publishing session, reopened with backoff (until `deadline`) if it
+    /// was lost.
+    async fn publisher(&self, deadline: Instant) -> Result<Connection, StompError> {
+        if let Some(conn) = self.current_publisher() {
+            return Ok(conn);
+        }
+        let _one_at_a_time = self.reconnect.lock().await;
+        if let Some(conn) = self.current_publisher() {
+            return Ok(conn);
+        }
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if self.closed.load(Ordering::Relaxed) {
+                return Err(StompError::Closed {
+                    reason: "the provider was closed".into(),
+                });
+            }
+            match Connection::open(&self.config, &self.transport, PUBLISHER).await {
+                Ok(conn) => {
+                    tracing::info!(broker = %conn.label(), "STOMP publishing session reopened");
+                    *self.publisher.lock() = Some(conn.clone());
+                    return Ok(conn);
+                }
+                Err(error) if error.is_transient() && Instant::now() + backoff < deadline => {
+                    tracing::debug!(%error, ?backoff, "STOMP broker unavailable; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    fn current_publisher(&self) -> Option<Connection> {
+        self.publisher
+            .lock()
+            .clone()
+            .filter(|conn| !conn.is_closed())
+    }
+
+    async fn admin(&self) -> Result<RabbitAdmin, StompError> {
+        RabbitAdmin::open(&self.config, &self.transport).await
+    }
+
+    /// Declares the exchange of `address` once per provider (RabbitMQ).
+    async fn ensure_exchange(&self, address: &str, durable: bool) -> Result<(), StompError> {
+        if !self.declares() || self.exchanges.lock().contains(address) {
+            return Ok(());
+        }
+        let mut admin = self.admin().await?;
+        let result = admin.declare_exchange(address, durable).await;
+        admin.close().await;
+        result?;
+        self.exchanges.lock().insert(address.to_string());
+        Ok(())
+    }
+
+    /// Declares the exchanges, the competing queues bound to them and the
+    /// dead-letter queues of `queues` that this provider has not declared yet.
+    /// Per-process queues are declared by their `SUBSCRIBE` (exclusive to it).
+    async fn declare_all(&self, queues: &[QueueSpec]) -> Result<(), StompError> {
+        if !self.declares() {
+            return Ok(());
+        }
+        let todo: Vec<&QueueSpec> = {
+            let declared = self.queues.lock();
+            let exchanges = self.exchanges.lock();
+            queues
+                .iter()
+                .filter(|q| !declared.contains(&q.name) || !exchanges.contains(&q.event))
+                .collect()
+        };
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let mut admin = self.admin().await?;
+        let result = self.declare_with(&mut admin, &todo).await;
+        admin.close().await;
+        result
+    }
+
+    async fn declare_with(
+        &self,
+        admin: &mut RabbitAdmin,
+        queues: &[&QueueSpec],
+    ) -> Result<(), StompError> {
+        for queue in queues {
+            if !self.exchanges.lock().contains(&queue.event) {
+                admin.declare_exchange(&queue.event, queue.durable).await?;
+                self.exchanges.lock().insert(queue.event.clone());
+            }
+            if !queue.per_process {
+                // As its SUBSCRIBE will: durable, no arguments.
+                admin.declare_queue(&queue.name, true, false, None).await?;
+                admin.bind_queue(&queue.name, &queue.event).await?;
+            }
+            let dlq = queue.dead_letter_queue();
+            if !admin.queue_exists(&dlq).await? {
+                // As the AMQP provider does: the dead letters of a per-process
+                // queue go away some time after their server.
+                let expires = queue.per_process.then_some(PER_PROCESS_DEAD_LETTER_TTL);
+                admin.declare_queue(&dlq, true, false, expires).await?;
+            }
+            tracing::debug!(event = %queue.event, queue = %queue.name, "declared");
+            self.queues.lock().insert(queue.name.clone());
+        }
+        Ok(())
+    }
+
+    /// Sends a dead letter of `queue` persistently and waits for its receipt.
+    pub(crate) async fn send_dead_letter(
+        &self,
+        queue: &QueueSpec,
+        envelope: &Envelope,
+    ) -> eventing::Result<()> {
+        let deadline = Instant::now() + self.send_timeout;
+        let frame = self.dialect().dead_letter_frame(queue, envelope);
+        if let Some(reason) = self.dialect().unsendable(&frame) {
+            return Err(StompError::Unsendable { reason }.into());
+        }
+        let conn = self.publisher(deadline).await?;
+        let wait = deadline.saturating_duration_since(Instant::now());
+        conn.request(frame, wait, "waiting for the RECEIPT of a dead letter")
+            .await
+            .map_err(|error| refused(error, &queue.dead_letter_queue(), envelope))
+    }
+
+    async fn publish(&self, route: Route<'_>, envelope: Envelope) -> eventing::Result<()> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(Error::Unavailable {
+                provider: PROVIDER,
+                reason: "the provider was closed".into(),
+            });
+        }
+        let deadline = Instant::now() + self.send_timeout;
+        self.ensure_exchange(route.address, route.durable).await?;
+        let frame = self
+            .dialect()
+            .send_frame(route.address, &envelope, route.durable);
+        if let Some(reason) = self.dialect().unsendable(&frame) {
+            return Err(StompError::Unsendable { reason }.into());
+        }
+        let conn = self.publisher(deadline).await?;
+        if route.durable {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            conn.request(frame, wait, "waiting for the broker's RECEIPT")
+                .await
+                .map_err(|error| refused(error, route.address, &envelope))
+        } else {
+            conn.send(&frame)
+                .await
+                .map_err(|error| refused(error, route.address, &envelope))
+        }
+    }
+
+    async fn subscribe(
+        self: &Arc<Self>,
+        queue: &QueueSpec,
+        options: ConsumeOptions,
+    ) -> eventing::Result<Box<dyn Consumer>> {
+        self.declare_all(std::slice::from_ref(queue)).await?;
+        let prefetch = options.prefetch.max(1);
+        // At most `prefetch` deliveries are unsettled, so at most that many ACK
+        // or NACK frames wait for the writer: it never makes an acker wait.
+        let capacity = 2 * usize::from(prefetch) + 16;
+        let options = Options {
+            role: "consumer",
+            capacity,
+        };
+        let conn = Connection::open(&self.config, &self.transport, options).await?;
+        let rx = conn.subscription(SUBSCRIPTION_ID, usize::from(prefetch) + 16);
+        let frame = self
+            .dialect()
+            .subscribe_frame(queue, SUBSCRIPTION_ID, prefetch);
+        if let Err(error) = conn.request(frame, self.send_timeout, "SUBSCRIBE").await {
+            conn.close().await;
+            return Err(error.into());
+        }
+        {
+            let mut sessions = self.sessions.lock();
+            sessions.retain(|session| !session.is_closed());
+            sessions.push(conn.clone());
+        }
+        tracing::debug!(event = %queue.event, queue = %queue.name, prefetch, "subscribed");
+        Ok(Box::new(StompConsumer::new(
+            conn,
+            rx,
+            Arc::clone(self),
+            queue.clone(),
+        )))
+    }
+
+    async fn dead_letters(
+        &self,
+        queue: &QueueSpec,
+        limit: usize,
+    ) -> eventing::Result<Vec<Envelope>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = limit.min(usize::from(u16::MAX));
+        let conn = Connection::open(&self.config, &self.transport, DEAD_LETTER_READER).await?;
+        let id = "dead-letters";
+        let mut rx = conn.subscription(id, limit + 16);
+        let frame = self.dialect().dead_letter_browse_frame(
+            queue,
+            id,
+            u16::try_from(limit).unwrap_or(u16::MAX),
+        );
+        let letters = match conn
+            .request(frame, self.send_timeout, "SUBSCRIBE to dead letters")
+            .await
+        {
+            Ok(()) => {
+                let mut letters = Vec::new();
+                let deadline = Instant::now() + self.send_timeout;
+                while letters.len() < limit {
+                    let idle = BROWSE_IDLE.min(deadline.saturating_duration_since(Instant::now()));
+                    match tokio::time::timeout(idle, rx.recv()).await {
+                        Ok(Some(frame)) => letters.push(self.dialect().envelope_of(frame)),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                Ok(letters)
+            }
+            // No dead-letter queue yet: no dead letters.
+            Err(StompError::Broker(error)) if error.message == "not_found" => Ok(Vec::new()),
+            Err(error) => Err(error.into()),
+        };
+        // Unacknowledged, they return to the queue in their order.
+        conn.close().await;
+        letters
+    }
+
+    /// Closes the publishing session and every consumer session (their
+    /// unacknowledged messages return to the queues), waiting for each.
+    async fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        let mut sessions = std::mem::take(&mut *self.sessions.lock());
+        sessions.extend(self.publisher.lock().take());
+        futures_util::future::join_all(sessions.iter().map(Connection::close)).await;
+    }
+}
+
+/// The runtime's error for a failed send: a broker `ERROR` is a refusal.
+fn refused(error: StompError, address: &str, envelope: &Envelope) -> Error {
+    match error {
+        StompError::Broker(broker) => Error::Refused {
+            provider: PROVIDER,
+            address: address.to_string(),
+            message_id: envelope.message_id().to_string(),
+            reason: broker.to_string(),
+        },
+        StompError::Encode(frame) => match &*frame {
+            FrameError::FrameTooLarge { limit, size } => Error::TooLarge {
+                address: address.to_string(),
+                size: *size,
+                limit: *limit,
+            },
+            _ => StompError::Encode(frame).into(),
+        },
+        other => other.into(),
+    }
+}
+
+impl Provider for StompProvider {
+    fn name(&self) -> &'static str {
+        PROVIDER
+    }
+
+    fn declare<'a>(&'a self, queues: &'a [QueueSpec]) -> BoxFuture<'a, eventing::Result<()>> {
+        Box::pin(async move { self.inner.declare_all(queues).await.map_err(Error::from) })
+    }
+
+    fn publish<'a>(
+        &'a self,
+        route: Route<'a>,
+        envelope: Envelope,
+    ) -> BoxFuture<'a, eventing::Result<()>> {
+        Box::pin(self.inner.publish(route, envelope))
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        queue: &'a QueueSpec,
+        options: ConsumeOptions,
+    ) -> BoxFuture<'a, eventing::Result<Box<dyn Consumer>>> {
+        let span = tracing::debug_span!("subscribe", event = %queue.event, queue = %queue.name);
+        Box::pin(self.inner.subscribe(queue, options).instrument(span))
+    }
+
+    fn dead_letters<'a>(
+        &'a self,
+        queue: &'a QueueSpec,
+        limit: usize,
+    ) -> BoxFuture<'a, eventing::Result<Vec<Envelope>>> {
+        Box::pin(self.inner.dead_letters(queue, limit))
+    }
+
+    fn close(&self) -> BoxFuture<'_, eventing::Result<()>> {
+        Box::pin(async move {
+            self.inner.close().await;
+            Ok(())
+        })
+    }
+}
+
+/// The factory registered for `stomp://` and `stomps://`.
+fn connect(config: ProviderConfig) -> eventing::ConnectFuture {
+    Box::pin(async move {
+        let provider = StompProvider::connect(config).await?;
+        Ok(Arc::new(provider) as Arc<dyn Provider>)
+    })
+}
+
+eventing::register_provider!(["stomp", "stomps"], connect);

@@ -1,0 +1,119 @@
+//! The AMQP and STOMP providers on one RabbitMQ: an event sent through one arrives
+//! at a listener of the other, headers intact.
+#![cfg(all(feature = "amqp", feature = "stomp"))]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use eventing::{
+    BoxError, Envelope, EnvelopePipeline, EventDescriptor, EventManagerBuilder, SessionPipeline,
+};
+use eventing_tests::amqp::AmqpHarness;
+use eventing_tests::stomp::StompHarness;
+use eventing_tests::suite::{Ping, PingListener, Recorder};
+use eventing_tests::{Harness, TestEnv};
+
+/// Adds headers that need care on both protocols and remembers what it sent.
+struct Stamp {
+    sent: Arc<Mutex<Vec<HashMap<String, String>>>>,
+}
+
+impl EnvelopePipeline for Stamp {
+    fn name(&self) -> &'static str {
+        "interop-stamp"
+    }
+
+    fn send(&self, envelope: &mut Envelope, _: &EventDescriptor) -> Result<(), BoxError> {
+        let headers = &mut envelope.headers;
+        headers.insert("x-stamp", "line1\nline2:colon\\back\rcr");
+        // Names RabbitMQ's STOMP plugin maps to AMQP properties.
+        headers.insert("correlation-id", "corr-7");
+        headers.insert("reply-to", "nobody");
+        headers.insert("empty", "");
+        let sent = envelope
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.sent.lock().expect("lock").push(sent);
+        Ok(())
+    }
+}
+
+/// `from` sends a durable event with a session; a listener behind `to` gets
+/// exactly the headers that were sent.
+async fn headers_cross(from: &str, to: &str) {
+    let amqp = AmqpHarness::from_env();
+    let stomp = StompHarness::from_env();
+    let url = |name: &str| match name {
+        "amqp" => amqp.url(""),
+        _ => stomp.url(""),
+    };
+    // Cleanup goes through the STOMP harness (AMQP 0-9-1 deletes), whoever declared.
+    let mut env = TestEnv::new(&stomp);
+    let seen = Recorder::new();
+    let _listener = env
+        .start(
+            env.builder("listener")
+                .url(url(to))
+                .pipeline(SessionPipeline)
+                .listener(PingListener {
+                    seen: Arc::clone(&seen),
+                    server: to.into(),
+                }),
+        )
+        .await;
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let builder: EventManagerBuilder = env
+        .builder("sender")
+        .url(url(from))
+        .pipeline(SessionPipeline)
+        .pipeline(Stamp {
+            sent: Arc::clone(&sent),
+        });
+    let sender = env.start(builder).await;
+    eventing::with_session("session-42", async {
+        sender
+            .send_event(&Ping {
+                n: 1,
+                text: "héllo".into(),
+            })
+            .await
+    })
+    .await
+    .expect("send");
+
+    let got = seen.wait_for(1, Duration::from_secs(20)).await;
+    // Clean up first, so a failed assertion leaves nothing on the broker.
+    env.finish().await;
+
+    assert_eq!(got.len(), 1, "{from} -> {to}: the event arrives");
+    assert_eq!(got[0].event.text, "héllo");
+    let sent = sent.lock().expect("lock")[0].clone();
+    let mut expected: Vec<_> = sent.into_iter().collect();
+    expected.sort();
+    let mut received: Vec<_> = got[0].headers.clone().into_iter().collect();
+    received.sort();
+    assert_eq!(
+        received, expected,
+        "{from} -> {to}: the same headers, nothing more"
+    );
+    assert_eq!(got[0].session.as_deref(), Some("session-42"));
+}
+
+/// Sent through the AMQP provider, received by a STOMP listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_to_stomp() {
+    tokio::time::timeout(Duration::from_secs(60), headers_cross("amqp", "stomp"))
+        .await
+        .expect("timed out");
+}
+
+/// Sent through the STOMP provider, received by an AMQP listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stomp_to_amqp() {
+    tokio::time::timeout(Duration::from_secs(60), headers_cross("stomp", "amqp"))
+        .await
+        .expect("timed out");
+}
