@@ -108,6 +108,13 @@ impl Harness for AmqpHarness {
             }
         })
     }
+
+    fn restart_broker(&self) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            restart_broker_app(self).await;
+            true
+        })
+    }
 }
 
 /// One row of `rabbitmqctl list_queues`.

@@ -37,14 +37,6 @@ use tokio::time::Instant;
 
 use crate::harness::{Harness, TestEnv};
 
-/// The variable that turns on the cases too heavy for CI (`EVENTING_FAULT_TESTS=full`).
-pub const FULL_VARIABLE: &str = "EVENTING_FAULT_TESTS";
-
-/// Whether `EVENTING_FAULT_TESTS=full` is set.
-pub fn full() -> bool {
-    std::env::var(FULL_VARIABLE).is_ok_and(|v| v == "full")
-}
-
 /// The longest any one fault test may run, cleanup excluded.
 pub const CASE_LIMIT: Duration = Duration::from_secs(170);
 
@@ -511,6 +503,8 @@ pub struct SendStream {
     pub sent: Arc<AtomicU64>,
     /// Sends that failed with `Unavailable` or `Timeout` and were retried.
     pub retried: Arc<AtomicU64>,
+    /// The longest one send attempt took, in milliseconds.
+    pub slowest_ms: Arc<AtomicU64>,
     tasks: Vec<JoinHandle<Result<(), String>>>,
 }
 
@@ -526,6 +520,7 @@ impl SendStream {
     ) -> SendStream {
         let sent = Arc::new(AtomicU64::new(0));
         let retried = Arc::new(AtomicU64::new(0));
+        let slowest_ms = Arc::new(AtomicU64::new(0));
         let next = Arc::new(AtomicU64::new(ids.start));
         let began = Instant::now();
         let tasks = (0..pace.concurrency.max(1))
@@ -533,6 +528,7 @@ impl SendStream {
                 let manager = manager.clone();
                 let (sent, retried, next) =
                     (Arc::clone(&sent), Arc::clone(&retried), Arc::clone(&next));
+                let slowest_ms = Arc::clone(&slowest_ms);
                 let ids = ids.clone();
                 tokio::spawn(async move {
                     loop {
@@ -547,7 +543,11 @@ impl SendStream {
                         }
                         let message = make(id);
                         loop {
-                            match send_one(&manager, &message).await {
+                            let attempt = Instant::now();
+                            let result = send_one(&manager, &message).await;
+                            let took = u64::try_from(attempt.elapsed().as_millis());
+                            slowest_ms.fetch_max(took.unwrap_or(u64::MAX), Ordering::SeqCst);
+                            match result {
                                 Ok(()) => break,
                                 Err(
                                     error @ (Error::Unavailable { .. } | Error::Timeout { .. }),
@@ -574,6 +574,7 @@ impl SendStream {
         SendStream {
             sent,
             retried,
+            slowest_ms,
             tasks,
         }
     }
@@ -654,6 +655,18 @@ fn options(prefetch: u16, concurrency: usize) -> ListenerOptions {
 // ---------------------------------------------------------------------------------
 // 1. broker restart during a stream
 
+/// The sender's `send_timeout` in the restart test.
+const RESTART_SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A sender streams durable events while a consumer handles them; in the middle
 /// the broker restarts. Sends that fail during the outage are retried; every id is
 /// handled at least once, the consumer resubscribes by itself and ends healthy.
@@ -676,7 +689,7 @@ async fn restart_body(env: &mut TestEnv<'_>) -> Result<(), String> {
         )
         .await;
     let sender = env
-        .start(env.builder("sender").send_timeout(Duration::from_secs(5)))
+        .start(env.builder("sender").send_timeout(RESTART_SEND_TIMEOUT))
         .await;
     // Paced so the stream is still running when the broker goes down and when it
     // is back: 4 s on the in-process broker, 12 s on a real one.
@@ -699,6 +712,19 @@ async fn restart_body(env: &mut TestEnv<'_>) -> Result<(), String> {
         "{TEST}: the stream did not get going ({} sent)",
         stream.sent()
     );
+    // Watches the consumer's health through the outage.
+    let unhealthy_seen = Arc::new(AtomicBool::new(false));
+    let watcher = AbortOnDrop(tokio::spawn({
+        let (consumer, seen) = (consumer.clone(), Arc::clone(&unhealthy_seen));
+        async move {
+            loop {
+                if !consumer.health().healthy {
+                    seen.store(true, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }));
     let sent_before = stream.sent();
     let restart_began = Instant::now();
     let restarted = env.harness.restart_broker().await;
@@ -712,7 +738,10 @@ async fn restart_body(env: &mut TestEnv<'_>) -> Result<(), String> {
         "broker restart"
     );
     let retried = Arc::clone(&stream.retried);
+    let slowest_ms = Arc::clone(&stream.slowest_ms);
     let sent_result = stream.join().await;
+    drop(watcher);
+    let slowest = Duration::from_millis(slowest_ms.load(Ordering::SeqCst));
     let complete = all_completed(&[&tally], 0..n, Duration::from_secs(90)).await;
     let healthy_again = eventually(Duration::from_secs(30), Duration::from_millis(50), || {
         consumer.health().healthy
@@ -741,6 +770,7 @@ async fn restart_body(env: &mut TestEnv<'_>) -> Result<(), String> {
         elapsed = ?began.elapsed(),
         ?outage,
         retried_sends = retried.load(Ordering::SeqCst),
+        ?slowest,
         reconnects = stats.reconnects,
         ?stats,
         "{TEST} done"
@@ -764,7 +794,15 @@ async fn restart_body(env: &mut TestEnv<'_>) -> Result<(), String> {
             stats.reconnects >= 1,
             "{TEST}: the consumer never noticed the restart (reconnects = 0)"
         );
+        check!(
+            unhealthy_seen.load(Ordering::SeqCst),
+            "{TEST}: health() never showed the consumer reconnecting during the outage"
+        );
     }
+    check!(
+        slowest <= RESTART_SEND_TIMEOUT + Duration::from_secs(3),
+        "{TEST}: a send took {slowest:?}, past the send timeout of {RESTART_SEND_TIMEOUT:?}"
+    );
     check!(
         healthy_again,
         "{TEST}: the consumer is not healthy after the restart: {:?}",

@@ -83,10 +83,22 @@ static MEMORY_BROKERS: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
 /// Restarts the RabbitMQ application on this machine (`rabbitmqctl stop_app`, then
 /// `start_app`, as `scripts/broker.sh restart` does; needs root or the rabbitmq
-/// user) and waits until every port in `ports` accepts TCP connections again.
-/// Returns how long the broker was away. Tries hard to leave the broker running:
-/// `start_app` is retried if it fails.
-pub async fn restart_rabbitmq_app(ports: &[u16], limit: Duration) -> Result<Duration, String> {
+/// user) and waits until every port in `ports` of `host` accepts TCP connections
+/// again. Returns how long that took, or `None` without doing anything if it cannot
+/// restart that broker: `host` is not this machine, or `rabbitmqctl` is not
+/// installed. Tries hard to leave the broker running: `start_app` is retried.
+pub async fn restart_rabbitmq_app(
+    host: &str,
+    ports: &[u16],
+    limit: Duration,
+) -> Result<Option<Duration>, String> {
+    let local = matches!(host, "127.0.0.1" | "localhost" | "::1" | "[::1]");
+    let installed = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| dir.join("rabbitmqctl").is_file())
+    });
+    if !local || !installed {
+        return Ok(None);
+    }
     let began = tokio::time::Instant::now();
     let deadline = began + limit;
     rabbitmqctl_status(&["stop_app"], deadline).await?;
@@ -101,7 +113,7 @@ pub async fn restart_rabbitmq_app(ports: &[u16], limit: Duration) -> Result<Dura
     started?;
     for &port in ports {
         loop {
-            let connect = tokio::net::TcpStream::connect(("127.0.0.1", port));
+            let connect = tokio::net::TcpStream::connect((host, port));
             if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), connect).await {
                 break;
             }
@@ -111,7 +123,7 @@ pub async fn restart_rabbitmq_app(ports: &[u16], limit: Duration) -> Result<Dura
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    Ok(began.elapsed())
+    Ok(Some(began.elapsed()))
 }
 
 /// Runs `rabbitmqctl -q <args>` until `deadline`; its stderr on failure.

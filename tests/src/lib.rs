@@ -57,8 +57,14 @@ macro_rules! conformance_tests {
 /// nothing when run normally). Invoke it once per module.
 #[macro_export]
 macro_rules! faults_tests {
+    (ignored = $reason:literal, $harness:expr) => {
+        $crate::faults_tests!(@all [ignore = $reason] $harness);
+    };
     ($harness:expr) => {
-        $crate::faults_tests!(@cases $harness;
+        $crate::faults_tests!(@all [] $harness);
+    };
+    (@all $attrs:tt $harness:expr) => {
+        $crate::faults_tests!(@cases $attrs $harness;
             broker_restart_during_stream,
             killed_consumer,
             poison_messages,
@@ -73,18 +79,20 @@ macro_rules! faults_tests {
             $crate::faults::child_main();
         }
     };
-    (@cases $harness:expr; $($case:ident),+ $(,)?) => {
-        $(
-            #[test]
-            fn $case() {
-                let _one_at_a_time = $crate::faults::serial();
-                let harness = $harness;
-                let ctx = $crate::faults::Ctx::new(module_path!());
-                $crate::faults::block_on(
-                    stringify!($case),
-                    $crate::faults::$case(&harness, &ctx),
-                );
-            }
-        )+
+    (@cases $attrs:tt $harness:expr; $($case:ident),+ $(,)?) => {
+        $( $crate::faults_tests!(@one $attrs $harness; $case); )+
+    };
+    (@one [$($attr:meta)?] $harness:expr; $case:ident) => {
+        #[test]
+        $(#[$attr])?
+        fn $case() {
+            let _one_at_a_time = $crate::faults::serial();
+            let harness = $harness;
+            let ctx = $crate::faults::Ctx::new(module_path!());
+            $crate::faults::block_on(
+                stringify!($case),
+                $crate::faults::$case(&harness, &ctx),
+            );
+        }
     };
 }

@@ -96,13 +96,16 @@ impl Harness for StompHarness {
 
     /// `rabbitmqctl stop_app && rabbitmqctl start_app`, then waits until the STOMP
     /// and AMQP ports answer and a STOMP session can be opened (at most 120 s).
+    /// False if the broker is not on this machine or `rabbitmqctl` is missing.
     fn restart_broker(&self) -> BoxFuture<'_, bool> {
         Box::pin(async move {
             let config = self.config();
             let limit = Duration::from_secs(120);
             let ports = [config.port, config.amqp_port];
-            if let Err(error) = crate::harness::restart_rabbitmq_app(&ports, limit).await {
-                panic!("restarting RabbitMQ failed: {error}");
+            match crate::harness::restart_rabbitmq_app(&config.host, &ports, limit).await {
+                Ok(Some(_)) => {}
+                Ok(None) => return false,
+                Err(error) => panic!("restarting RabbitMQ failed: {error}"),
             }
             wait_for_stomp(&config, limit).await;
             true

