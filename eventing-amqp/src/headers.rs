@@ -31,47 +31,8 @@ pub(crate) const PERSISTENT: u8 = 2;
 /// AMQP `delivery_mode` of messages kept in memory only.
 pub(crate) const TRANSIENT: u8 = 1;
 
-/// The prefix of a header whose name is reserved (the same as eventing-stomp's).
-pub(crate) const ESCAPE_PREFIX: &str = "x-eventing-";
-
-/// STOMP 1.2's header names.
-const STOMP_HEADERS: &[&str] = &[
-    "accept-version",
-    "ack",
-    "content-length",
-    "content-type",
-    "destination",
-    "heart-beat",
-    "host",
-    "id",
-    "login",
-    "message",
-    "message-id",
-    "passcode",
-    "receipt",
-    "receipt-id",
-    "redelivered",
-    "server",
-    "session",
-    "subscription",
-    "transaction",
-    "version",
-];
-
-/// Names RabbitMQ's STOMP plugin maps to AMQP properties or acts upon.
-const STOMP_PLUGIN_PROPERTIES: &[&str] = &[
-    "amqp-message-id",
-    "app-id",
-    "content-encoding",
-    "correlation-id",
-    "expiration",
-    "persistent",
-    "priority",
-    "reply-to",
-    "timestamp",
-    "type",
-    "user-id",
-];
+/// The prefix of a header whose name is reserved (shared with eventing-stomp).
+pub(crate) use eventing::header::wire::ESCAPE_PREFIX;
 
 /// Frame headers of a STOMP `SEND` that RabbitMQ's STOMP plugin copies into the
 /// headers table.
@@ -79,9 +40,7 @@ const STOMP_FRAME_ONLY: &[&str] = &["content-length", "receipt"];
 
 /// Whether an envelope header called `name` travels as [`ESCAPE_PREFIX`]`<name>`.
 fn reserved(name: &str) -> bool {
-    name.starts_with(ESCAPE_PREFIX)
-        || STOMP_HEADERS.contains(&name)
-        || STOMP_PLUGIN_PROPERTIES.contains(&name)
+    eventing::header::wire::reserved_on_rabbitmq(name)
 }
 
 /// The AMQP properties that carry `envelope`'s headers.

@@ -29,48 +29,8 @@ use eventing::{Envelope, Headers, QueueSpec, header};
 use crate::frame::{Command, Frame};
 
 /// The prefix that carries an envelope header whose name the broker reserves.
-pub const ESCAPE_PREFIX: &str = "x-eventing-";
-
-/// Header names STOMP 1.2 gives a meaning in some frame.
-const STOMP_HEADERS: &[&str] = &[
-    "accept-version",
-    "ack",
-    "content-length",
-    "content-type",
-    "destination",
-    "heart-beat",
-    "host",
-    "id",
-    "login",
-    "message",
-    "message-id",
-    "passcode",
-    "receipt",
-    "receipt-id",
-    "redelivered",
-    "server",
-    "session",
-    "subscription",
-    "transaction",
-    "version",
-];
-
-/// Names RabbitMQ's STOMP plugin maps to AMQP properties (and so drops from the
-/// headers table, or validates: a non-numeric `timestamp` is a processing
-/// error, a foreign `user-id` is refused, `expiration` expires the message).
-const RABBITMQ_PROPERTIES: &[&str] = &[
-    "amqp-message-id",
-    "app-id",
-    "content-encoding",
-    "correlation-id",
-    "expiration",
-    "persistent",
-    "priority",
-    "reply-to",
-    "timestamp",
-    "type",
-    "user-id",
-];
+pub use eventing::header::wire::ESCAPE_PREFIX;
+use eventing::header::wire::{RABBITMQ_STOMP_PROPERTIES as RABBITMQ_PROPERTIES, STOMP_HEADERS};
 
 /// Names Artemis turns into message properties or acts upon.
 const ARTEMIS_PROPERTIES: &[&str] = &[

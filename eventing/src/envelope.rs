@@ -29,6 +29,73 @@ pub mod header {
     pub const DEAD_LETTER_QUEUE: &str = "x-dead-letter-queue";
     /// The listener that gave up on the message.
     pub const DEAD_LETTER_LISTENER: &str = "x-dead-letter-listener";
+    /// How headers cross brokers that reserve some names: the convention the AMQP
+    /// and STOMP providers share, so an event sent through one arrives through the
+    /// other with the same headers.
+    pub mod wire {
+        /// An envelope header whose name a broker reserves travels as
+        /// `x-eventing-<name>` and is renamed back on receipt.
+        pub const ESCAPE_PREFIX: &str = "x-eventing-";
+
+        /// Header names STOMP 1.2 gives a meaning in some frame.
+        pub const STOMP_HEADERS: &[&str] = &[
+            "accept-version",
+            "ack",
+            "content-length",
+            "content-type",
+            "destination",
+            "heart-beat",
+            "host",
+            "id",
+            "login",
+            "message",
+            "message-id",
+            "passcode",
+            "receipt",
+            "receipt-id",
+            "redelivered",
+            "server",
+            "session",
+            "subscription",
+            "transaction",
+            "version",
+        ];
+
+        /// Names RabbitMQ's STOMP plugin maps to AMQP properties (and so drops
+        /// from the headers table, or validates: a non-numeric `timestamp` is a
+        /// processing error, a foreign `user-id` is refused, `expiration` expires
+        /// the message).
+        pub const RABBITMQ_STOMP_PROPERTIES: &[&str] = &[
+            "amqp-message-id",
+            "app-id",
+            "content-encoding",
+            "correlation-id",
+            "expiration",
+            "persistent",
+            "priority",
+            "reply-to",
+            "timestamp",
+            "type",
+            "user-id",
+        ];
+
+        /// Whether a header called `name` travels escaped on RabbitMQ (STOMP's own
+        /// names, the plugin's property names, and names already escaped).
+        ///
+        /// ```
+        /// use eventing::header::wire::reserved_on_rabbitmq;
+        /// assert!(reserved_on_rabbitmq("reply-to"));
+        /// assert!(reserved_on_rabbitmq("receipt"));
+        /// assert!(reserved_on_rabbitmq("x-eventing-x"));
+        /// assert!(!reserved_on_rabbitmq("session-id"));
+        /// ```
+        pub fn reserved_on_rabbitmq(name: &str) -> bool {
+            name.starts_with(ESCAPE_PREFIX)
+                || STOMP_HEADERS.contains(&name)
+                || RABBITMQ_STOMP_PROPERTIES.contains(&name)
+        }
+    }
+
     /// The headers dead-lettering adds, which a replay removes.
     pub const DEAD_LETTER_HEADERS: [&str; 4] = [
         DEAD_LETTER_REASON,
