@@ -148,40 +148,7 @@ pub async fn queue_names(filter: &str) -> Vec<String> {
     names
 }
 
-/// Runs `rabbitmqctl -q <args>` (needs root or the rabbitmq user) and returns its
-/// output; panics with its stderr if it fails.
-pub async fn rabbitmqctl(args: &[&str]) -> String {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let run = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("rabbitmqctl")
-            .arg("-q")
-            .args(&args)
-            .output()
-    });
-    let output = tokio::time::timeout(Duration::from_secs(120), run)
-        .await
-        .expect("rabbitmqctl timed out")
-        .expect("rabbitmqctl task")
-        .expect("run rabbitmqctl");
-    assert!(
-        output.status.success(),
-        "rabbitmqctl failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// True if something accepts TCP connections on `127.0.0.1:port`.
-pub async fn port_open(port: u16) -> bool {
-    matches!(
-        tokio::time::timeout(
-            Duration::from_secs(2),
-            tokio::net::TcpStream::connect(("127.0.0.1", port)),
-        )
-        .await,
-        Ok(Ok(_))
-    )
-}
+pub use crate::harness::{port_open, rabbitmqctl};
 
 /// Restarts the broker application (`rabbitmqctl stop_app` then `start_app`, as
 /// `scripts/broker.sh restart` does) and returns once STOMP answers a `CONNECT`
