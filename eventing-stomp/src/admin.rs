@@ -226,30 +226,29 @@ impl RabbitAdmin {
 
     /// Deletes an exchange; a missing one is not an error.
     pub async fn delete_exchange(&mut self, name: &str) -> Result<(), StompError> {
-        let mut args = Args::default();
-        args.u16(0);
-        args.short(name)?;
-        args.u8(0);
-        match self
-            .call(format!("delete exchange {name:?}"), EXCHANGE, 20, args)
-            .await
-        {
-            Ok(_)
-            | Err(StompError::TopologyRefused {
-                code: NOT_FOUND, ..
-            }) => Ok(()),
-            Err(other) => Err(other),
-        }
+        self.delete("exchange", EXCHANGE, 20, name).await
     }
 
     /// Deletes a queue and its messages; a missing one is not an error.
     pub async fn delete_queue(&mut self, name: &str) -> Result<(), StompError> {
+        self.delete("queue", QUEUE, 40, name).await
+    }
+
+    /// `exchange.delete` or `queue.delete` (same arguments: reserved, name, no flags),
+    /// treating NOT_FOUND as done.
+    async fn delete(
+        &mut self,
+        kind: &str,
+        class: u16,
+        method: u16,
+        name: &str,
+    ) -> Result<(), StompError> {
         let mut args = Args::default();
         args.u16(0);
         args.short(name)?;
         args.u8(0);
         match self
-            .call(format!("delete queue {name:?}"), QUEUE, 40, args)
+            .call(format!("delete {kind} {name:?}"), class, method, args)
             .await
         {
             Ok(_)

@@ -263,3 +263,21 @@ pub async fn port_open(port: u16) -> bool {
         Ok(Ok(_))
     )
 }
+
+/// The names of `queues` and of their dead-letter queues.
+pub fn with_dead_letter_queues(queues: &[QueueSpec]) -> Vec<String> {
+    queues
+        .iter()
+        .flat_map(|q| [q.name.clone(), q.dead_letter_queue()])
+        .collect()
+}
+
+/// Runs a broker clean-up, giving up with a warning after 20 s.
+pub async fn bounded_cleanup(cleanup: impl std::future::Future<Output = ()>) {
+    if tokio::time::timeout(Duration::from_secs(20), cleanup)
+        .await
+        .is_err()
+    {
+        tracing::warn!("cleanup timed out; queues may be left on the broker");
+    }
+}

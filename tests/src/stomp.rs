@@ -79,18 +79,8 @@ impl Harness for StompHarness {
 
     fn cleanup<'a>(&'a self, queues: &'a [QueueSpec], events: &'a [String]) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            let mut names = Vec::with_capacity(queues.len() * 2);
-            for queue in queues {
-                names.push(queue.name.clone());
-                names.push(queue.dead_letter_queue());
-            }
-            let cleanup = self.delete(&names, events);
-            if tokio::time::timeout(Duration::from_secs(20), cleanup)
-                .await
-                .is_err()
-            {
-                tracing::warn!("cleanup timed out; queues may be left on the broker");
-            }
+            let names = crate::harness::with_dead_letter_queues(queues);
+            crate::harness::bounded_cleanup(self.delete(&names, events)).await;
         })
     }
 
