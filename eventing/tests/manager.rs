@@ -530,3 +530,53 @@ async fn dead_letters_can_be_listed_and_replayed() {
     );
     manager.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test]
+async fn oversized_body_is_dead_lettered_on_receive() {
+    let broker = MemoryProvider::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let receiver = EventManager::builder()
+        .provider(broker.clone())
+        .var("env", "big")
+        .max_body_size(8)
+        .only_bound_listeners()
+        .listener(Picky {
+            fail: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            calls: Arc::clone(&calls),
+        })
+        .build()
+        .await
+        .expect("build receiver");
+    receiver.start().await.expect("start");
+    // The sender allows more than the receiver: `{"n":123456789}` is 15 bytes.
+    let sender = EventManager::builder()
+        .provider(broker.clone())
+        .var("env", "big")
+        .build()
+        .await
+        .expect("build sender");
+    sender
+        .send_event(&Placed { n: 123_456_789 })
+        .await
+        .expect("send");
+    sender.send_event(&Placed { n: 1 }).await.expect("send");
+    assert!(
+        eventually(|| receiver.stats().dead_lettered == 1 && receiver.stats().handled == 1).await
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the listener saw only the small one"
+    );
+    let letters = receiver
+        .dead_letters("orders.big.Placed::Picky", 10)
+        .await
+        .expect("list");
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        letters[0].headers.get(eventing::header::DEAD_LETTER_REASON),
+        Some("body of 15 bytes exceeds the limit of 8 bytes (max_body_size)")
+    );
+    assert_eq!(letters[0].body.len(), 15, "the dead letter keeps the body");
+    receiver.shutdown().await.expect("shutdown");
+}

@@ -216,7 +216,9 @@ impl EventManagerBuilder {
         self
     }
 
-    /// The largest body `send_event` accepts (default 8 MiB).
+    /// The largest body (default 8 MiB): `send_event` refuses a larger one with
+    /// `Error::TooLarge`, and a larger message received is dead-lettered with the
+    /// reason, without being decoded or handed to a listener.
     pub fn max_body_size(mut self, bytes: usize) -> Self {
         self.max_body = bytes;
         self

@@ -32,6 +32,9 @@ pub(super) struct Active {
     pub(super) stats: Arc<Counters>,
     pub(super) provider: Arc<dyn Provider>,
     pub(super) reconnect: RetryPolicy,
+    /// Larger bodies are dead-lettered without decoding (the manager's
+    /// `max_body_size`, the limit its sends observe).
+    pub(super) max_body: usize,
     pub(super) state: AtomicU8,
     /// The event versions the listener accepts.
     pub(super) accepts: Option<semver::VersionReq>,
@@ -291,9 +294,17 @@ struct Handling {
 
 impl Handling {
     /// The reason to dead-letter the message without calling the listener, if any:
-    /// another event's message, or a receiving pipeline refusing it.
+    /// a body over the size limit, another event's message, a version outside the
+    /// listener's range, or a receiving pipeline refusing it.
     fn refuse(&mut self) -> Option<String> {
         let active = &self.active;
+        let size = self.original.body.len();
+        if size > active.max_body {
+            return Some(format!(
+                "body of {size} bytes exceeds the limit of {} bytes (max_body_size)",
+                active.max_body
+            ));
+        }
         if let Some(sent_to) = self.original.headers.get(header::EVENT) {
             if sent_to != active.queue.event {
                 return Some(format!(

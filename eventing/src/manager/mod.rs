@@ -315,6 +315,7 @@ impl EventManager {
                 stats: Arc::clone(&self.inner.stats),
                 provider: Arc::clone(&self.inner.provider),
                 reconnect: self.inner.reconnect.clone(),
+                max_body: self.inner.max_body,
                 state: AtomicU8::new(consume::CONSUMING),
                 metrics,
                 accepts: descriptor
