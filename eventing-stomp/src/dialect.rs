@@ -115,6 +115,22 @@ impl Dialect {
         }
     }
 
+    /// Where a message for one queue only is sent: the queue itself (RabbitMQ's
+    /// default exchange, Artemis's fully qualified queue name), not the event's
+    /// address that every queue of the event is bound to.
+    pub fn queue_destination(self, queue: &QueueSpec) -> String {
+        match self {
+            Dialect::RabbitMq => format!("/amq/queue/{}", rabbit_segment(&queue.name)),
+            Dialect::Artemis => self.subscribe_destination(queue),
+        }
+    }
+
+    /// A persistent `SEND` of `envelope` to `queue` alone (a replayed dead letter).
+    pub fn replay_frame(self, queue: &QueueSpec, envelope: &Envelope) -> Frame {
+        let destination = self.queue_destination(queue);
+        self.send_to(destination, "ANYCAST", envelope, true)
+    }
+
     /// A `SEND` of `envelope` for the event `event`: destination, routing
     /// headers and the envelope's headers (no receipt).
     pub fn send_frame(self, event: &str, envelope: &Envelope, durable: bool) -> Frame {
@@ -197,6 +213,22 @@ impl Dialect {
     /// A `SUBSCRIBE` that reads (and, on disconnect, leaves) up to `limit`
     /// dead letters of `queue`.
     pub fn dead_letter_browse_frame(self, queue: &QueueSpec, id: &str, limit: u16) -> Frame {
+        self.dead_letter_subscription(queue, id, limit, true)
+    }
+
+    /// A `SUBSCRIBE` that takes up to `limit` dead letters of `queue` at a time,
+    /// each removed once it is acknowledged (for replaying them).
+    pub fn dead_letter_take_frame(self, queue: &QueueSpec, id: &str, limit: u16) -> Frame {
+        self.dead_letter_subscription(queue, id, limit, false)
+    }
+
+    fn dead_letter_subscription(
+        self,
+        queue: &QueueSpec,
+        id: &str,
+        limit: u16,
+        browse: bool,
+    ) -> Frame {
         let mut frame = Frame::new(Command::Subscribe)
             .header("id", id)
             .header("destination", self.dead_letter_destination(queue))
@@ -205,7 +237,9 @@ impl Dialect {
             Dialect::RabbitMq => frame.push_header("prefetch-count", limit.max(1).to_string()),
             Dialect::Artemis => {
                 frame.push_header("subscription-type", "ANYCAST");
-                frame.push_header("browser", "true");
+                if browse {
+                    frame.push_header("browser", "true");
+                }
             }
         }
         frame
@@ -449,6 +483,15 @@ mod tests {
             Some("/amq/queue/shop.Order::Billing.dlq")
         );
         assert_eq!(browse.get("prefetch-count"), Some("10"));
+        let take = d.dead_letter_take_frame(&competing, "dl", 5);
+        assert_eq!(take.get("destination"), browse.get("destination"));
+        assert_eq!(take.get("prefetch-count"), Some("5"));
+        let replay = d.replay_frame(&competing, &envelope());
+        assert_eq!(
+            replay.get("destination"),
+            Some("/amq/queue/shop.Order::Billing")
+        );
+        assert_eq!(replay.get("persistent"), Some("true"));
     }
 
     #[test]
@@ -462,6 +505,17 @@ mod tests {
             "shop.Order::shop.Order::Billing"
         );
         assert_eq!(d.dead_letter_destination(&queue), "shop.Order::Billing.dlq");
+        let browse = d.dead_letter_browse_frame(&queue, "dl", 10);
+        assert_eq!(browse.get("browser"), Some("true"));
+        let take = d.dead_letter_take_frame(&queue, "dl", 10);
+        assert_eq!(take.get("browser"), None, "taking consumes");
+        assert_eq!(take.get("subscription-type"), Some("ANYCAST"));
+        let replay = d.replay_frame(&queue, &envelope());
+        assert_eq!(
+            replay.get("destination"),
+            Some("shop.Order::shop.Order::Billing")
+        );
+        assert_eq!(replay.get("destination-type"), Some("ANYCAST"));
         let frame = d.subscribe_frame(&queue, "1", 10);
         assert_eq!(frame.get("subscription-type"), Some("MULTICAST"));
         assert_eq!(frame.get("x-queue-name"), None);

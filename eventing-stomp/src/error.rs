@@ -123,6 +123,13 @@ pub enum StompError {
         /// The limit.
         after: Duration,
     },
+    /// The broker sent a frame the protocol does not allow here (such as a
+    /// `MESSAGE` of a client-acknowledged subscription without an `ack` header).
+    #[error("the broker broke the STOMP protocol: {reason}")]
+    Protocol {
+        /// What was wrong.
+        reason: String,
+    },
     /// Declaring topology over AMQP 0-9-1 failed (RabbitMQ exchanges).
     #[error("declaring topology over AMQP at {endpoint}: {reason}")]
     Topology {

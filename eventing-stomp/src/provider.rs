@@ -20,6 +20,7 @@ use crate::connection::{Connection, Options};
 use crate::consumer::{SUBSCRIPTION_ID, StompConsumer};
 use crate::dialect::Dialect;
 use crate::error::{PROVIDER, StompError};
+use crate::frame::{Command, Frame};
 use crate::transport::Transport;
 
 /// The publishing session: up to 1024 frames queued before `publish` waits.
@@ -356,6 +357,107 @@ impl Inner {
         letters
     }
 
+    /// Moves up to `limit` dead letters of `queue` back onto `queue` alone: each is
+    /// sent persistently without its dead-letter headers, and acknowledged on the
+    /// dead-letter queue only after the broker's receipt, so a failure part way
+    /// leaves the rest (at worst one duplicate) on the dead-letter queue.
+    async fn replay_dead_letters(
+        &self,
+        queue: &QueueSpec,
+        limit: usize,
+    ) -> eventing::Result<usize> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let deadline = Instant::now() + self.send_timeout;
+        if self.declares() {
+            // RabbitMQ confirms a message sent to a queue that does not exist (and
+            // drops it): make sure the queue is there first.
+            self.declare_all(std::slice::from_ref(queue)).await?;
+            let mut admin = self.admin().await?;
+            let exists = admin.queue_exists(&queue.name).await;
+            admin.close().await;
+            if !exists? {
+                return Err(Error::State(
+                    "the queue to replay onto does not exist (a per-process queue whose server is not running)",
+                ));
+            }
+        }
+        let window = u16::try_from(limit).unwrap_or(u16::MAX).min(256);
+        let reader = Connection::open(&self.config, &self.transport, DEAD_LETTER_READER).await?;
+        let id = "replay";
+        let mut rx = reader.subscription(id, usize::from(window) + 16);
+        let frame = self.dialect().dead_letter_take_frame(queue, id, window);
+        let moved = match reader
+            .request(frame, self.send_timeout, "SUBSCRIBE to dead letters")
+            .await
+        {
+            Ok(()) => {
+                self.replay_from(&reader, &mut rx, queue, limit, deadline)
+                    .await
+            }
+            Err(StompError::Broker(error)) if error.message == "not_found" => Ok(0),
+            Err(error) => Err(error.into()),
+        };
+        // Letters received but not acknowledged return to the dead-letter queue.
+        reader.close().await;
+        moved
+    }
+
+    async fn replay_from(
+        &self,
+        reader: &Connection,
+        rx: &mut tokio::sync::mpsc::Receiver<Frame>,
+        queue: &QueueSpec,
+        limit: usize,
+        deadline: Instant,
+    ) -> eventing::Result<usize> {
+        let mut moved = 0;
+        while moved < limit {
+            let idle = BROWSE_IDLE.min(deadline.saturating_duration_since(Instant::now()));
+            let frame = match tokio::time::timeout(idle, rx.recv()).await {
+                Ok(Some(frame)) => frame,
+                Ok(None) | Err(_) => break,
+            };
+            let Some(ack) = frame.get("ack").map(str::to_owned) else {
+                return Err(StompError::Protocol {
+                    reason: "a MESSAGE of a client-individual subscription has no `ack` header"
+                        .into(),
+                }
+                .into());
+            };
+            let mut letter = self.dialect().envelope_of(frame);
+            for name in eventing::header::DEAD_LETTER_HEADERS {
+                letter.headers.remove(name);
+            }
+            let send = self.dialect().replay_frame(queue, &letter);
+            if let Some(reason) = self.dialect().unsendable(&send) {
+                return Err(StompError::Unsendable { reason }.into());
+            }
+            let publisher = self.publisher(deadline).await?;
+            let wait = deadline.saturating_duration_since(Instant::now());
+            publisher
+                .request(
+                    send,
+                    wait,
+                    "waiting for the RECEIPT of a replayed dead letter",
+                )
+                .await
+                .map_err(|error| refused(error, &queue.name, &letter))?;
+            let wait = deadline.saturating_duration_since(Instant::now());
+            reader
+                .request(
+                    Frame::new(Command::Ack).header("id", ack),
+                    wait,
+                    "acknowledging a replayed dead letter",
+                )
+                .await?;
+            moved += 1;
+        }
+        tracing::info!(queue = %queue.name, moved, "replayed dead letters");
+        Ok(moved)
+    }
+
     /// Closes the publishing session and every consumer session (their
     /// unacknowledged messages return to the queues), waiting for each.
     async fn close(&self) {
@@ -419,6 +521,14 @@ impl Provider for StompProvider {
         limit: usize,
     ) -> BoxFuture<'a, eventing::Result<Vec<Envelope>>> {
         Box::pin(self.inner.dead_letters(queue, limit))
+    }
+
+    fn replay_dead_letters<'a>(
+        &'a self,
+        queue: &'a QueueSpec,
+        limit: usize,
+    ) -> BoxFuture<'a, eventing::Result<usize>> {
+        Box::pin(self.inner.replay_dead_letters(queue, limit))
     }
 
     fn close(&self) -> BoxFuture<'_, eventing::Result<()>> {

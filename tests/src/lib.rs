@@ -25,6 +25,7 @@ macro_rules! conformance_tests {
             competing_consumers,
             per_process_broadcast,
             retry_then_dead_letter,
+            dead_letters_are_replayed,
             panic_is_retried_then_dead_lettered,
             undecodable_body_is_dead_lettered,
             unknown_event_is_dead_lettered,

@@ -550,6 +550,114 @@ pub async fn retry_then_dead_letter(harness: &dyn Harness) {
     env.finish().await;
 }
 
+/// An event whose listener fails while a switch is on.
+#[event(name = "suite.{env}.Replayed", durable = true)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Replayed {
+    /// Sequence number.
+    pub n: u32,
+}
+
+/// Fails every call while `failing` is set.
+#[event_listener(Replayed, name = "Replayer")]
+pub struct ReplayListener {
+    /// While true, every call fails.
+    pub failing: Arc<std::sync::atomic::AtomicBool>,
+    /// Successful calls.
+    pub seen: Arc<Recorder<Replayed>>,
+}
+
+impl EventListener<Replayed> for ReplayListener {
+    async fn on(&self, event: Replayed, ctx: &Context) -> ListenerResult {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(format!("refusing {} for now", event.n).into());
+        }
+        self.seen.record(event, ctx, "");
+        Ok(())
+    }
+}
+
+/// Dead letters can be replayed through the API: a limited number at a time, back
+/// onto their queue only, without the dead-letter headers, and then handled.
+pub async fn dead_letters_are_replayed(harness: &dyn Harness) {
+    let mut env = TestEnv::new(harness);
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let seen = Recorder::new();
+    let builder = env.builder("a").listener(ReplayListener {
+        failing: Arc::clone(&failing),
+        seen: Arc::clone(&seen),
+    });
+    let manager = env.start(builder).await;
+    let queue = format!("suite.{}.Replayed::Replayer", env.env);
+    for n in 0..3 {
+        manager.send_event(&Replayed { n }).await.expect("send");
+    }
+    let letters = dead_letters(&manager, &queue, 3).await;
+    assert_eq!(letters.len(), 3, "{}: three dead letters", harness.name());
+    failing.store(false, Ordering::SeqCst);
+
+    let moved = manager
+        .replay_dead_letters(&queue, 2)
+        .await
+        .expect("replay two");
+    assert_eq!(moved, 2, "{}: replays no more than asked", harness.name());
+    let got = seen.wait_for(2, WAIT).await;
+    assert_eq!(
+        got.len(),
+        2,
+        "{}: the replayed two are handled",
+        harness.name()
+    );
+    let left = dead_letters(&manager, &queue, 1).await;
+    assert_eq!(
+        left.len(),
+        1,
+        "{}: one left on the dead-letter queue",
+        harness.name()
+    );
+
+    let moved = manager
+        .replay_dead_letters(&queue, 10)
+        .await
+        .expect("replay the rest");
+    assert_eq!(moved, 1, "{}", harness.name());
+    let got = seen.wait_for(3, WAIT).await;
+    let mut numbers: Vec<u32> = got.iter().map(|s| s.event.n).collect();
+    numbers.sort_unstable();
+    assert_eq!(
+        numbers,
+        vec![0, 1, 2],
+        "{}: each handled once",
+        harness.name()
+    );
+    for handled in &got {
+        for name in header::DEAD_LETTER_HEADERS {
+            assert!(
+                !handled.headers.contains_key(name),
+                "{}: a replayed message still has `{name}`",
+                harness.name()
+            );
+        }
+    }
+    assert!(
+        manager
+            .dead_letters(&queue, 10)
+            .await
+            .expect("list")
+            .is_empty(),
+        "{}: the dead-letter queue is empty",
+        harness.name()
+    );
+    assert_eq!(
+        manager
+            .replay_dead_letters(&queue, 10)
+            .await
+            .expect("replay none"),
+        0
+    );
+    env.finish().await;
+}
+
 /// A panic in `on` is caught, retried and dead-lettered; the consumer keeps going.
 pub async fn panic_is_retried_then_dead_lettered(harness: &dyn Harness) {
     let mut env = TestEnv::new(harness);
