@@ -184,6 +184,28 @@ impl RabbitAdmin {
         Ok(())
     }
 
+    /// How many ready messages the queue named `name` holds, or `None` if it does
+    /// not exist (a passive declaration; `declare-ok` carries the count).
+    pub async fn queue_depth(&mut self, name: &str) -> Result<Option<u32>, StompError> {
+        let mut args = Args::default();
+        args.u16(0);
+        args.short(name)?;
+        args.u8(1); // passive
+        args.table(Table::default());
+        match self
+            .call(format!("check queue {name:?}"), QUEUE, 10, args)
+            .await
+        {
+            Ok(reply) => message_count(&reply)
+                .map(Some)
+                .ok_or_else(|| self.protocol("a queue.declare-ok too short for its counts")),
+            Err(StompError::TopologyRefused {
+                code: NOT_FOUND, ..
+            }) => Ok(None),
+            Err(other) => Err(other),
+        }
+    }
+
     /// Whether a queue named `name` exists (a passive declaration).
     pub async fn queue_exists(&mut self, name: &str) -> Result<bool, StompError> {
         let mut args = Args::default();
@@ -534,9 +556,28 @@ impl Table {
     }
 }
 
+/// The message count of a `queue.declare-ok`: the queue name (a short string),
+/// then the count as a big-endian u32.
+fn message_count(reply: &[u8]) -> Option<u32> {
+    let name_len = usize::from(*reply.first()?);
+    let count = reply.get(1 + name_len..1 + name_len + 4)?;
+    Some(u32::from_be_bytes(count.try_into().ok()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn declare_ok_message_count() {
+        let mut reply = vec![3];
+        reply.extend_from_slice(b"q.x");
+        reply.extend_from_slice(&7u32.to_be_bytes());
+        reply.extend_from_slice(&1u32.to_be_bytes());
+        assert_eq!(message_count(&reply), Some(7));
+        assert_eq!(message_count(&reply[..5]), None, "cut short");
+        assert_eq!(message_count(&[]), None);
+    }
 
     #[test]
     fn close_reason_is_parsed() {

@@ -21,13 +21,29 @@
 //! once. It never reserves more than [`CodecLimits::max_frame_bytes`] for a
 //! frame. Any error leaves the stream in an unknown position: close the
 //! connection (a STOMP server sends `ERROR` and closes).
+//!
+//! A client cannot close the connection over a `MESSAGE` it cannot read: the
+//! broker would deliver the same message again, forever. A [`RecoveringCodec`]
+//! ([`StompCodec::recovering`]) reads past such a message instead, as long as
+//! its frame boundaries are sound (a known command, a well-formed
+//! `content-length`, the final NUL): header lines that are malformed or past
+//! the limits are left out (the ones that route, settle and identify a message
+//! are kept even past the limits), a body over [`CodecLimits::max_frame_bytes`]
+//! is skipped as it arrives, never buffered, and it yields a
+//! [`Received::Rejected`] that says what was wrong, so the caller can
+//! dead-letter and acknowledge the message.
 
 use std::borrow::Cow;
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::frame::{self, Command, EscapeError, Frame};
+
+mod recovery;
+
+use recovery::Recovery;
+pub use recovery::{Received, RecoveringCodec, Rejected, Rejection};
 
 /// The header that gives the length of the body in bytes.
 pub const CONTENT_LENGTH: &str = "content-length";
@@ -220,6 +236,7 @@ pub enum FrameError {
 pub struct StompCodec {
     limits: CodecLimits,
     state: State,
+    recover: bool,
 }
 
 impl StompCodec {
@@ -233,7 +250,27 @@ impl StompCodec {
         StompCodec {
             limits,
             state: State::default(),
+            recover: false,
         }
+    }
+
+    /// This codec as a decoder that reads past a `MESSAGE` it cannot take
+    /// whole and yields it as [`Received::Rejected`], instead of failing.
+    ///
+    /// A `MESSAGE` over [`CodecLimits::max_frame_bytes`] has its body skipped
+    /// as it arrives (by its `content-length`, or up to its NUL) without
+    /// buffering it; a header line longer than [`CodecLimits::max_header_bytes`]
+    /// is skipped the same way; malformed header lines (no `:`, an undefined
+    /// escape, not UTF-8) and lines past [`CodecLimits::max_headers`] or the
+    /// header section limit are left out, except those that route, settle and
+    /// identify the message. Memory stays bounded by the limits. Errors that
+    /// lose the frame boundaries (an unknown command, an invalid
+    /// `content-length`, no NUL after the body) are still errors, and other
+    /// commands are decoded as by [`StompCodec`].
+    pub fn recovering(mut self) -> RecoveringCodec {
+        self.recover = true;
+        self.state = State::default();
+        RecoveringCodec::new(self)
     }
 
     /// The limits in force.
@@ -316,7 +353,7 @@ impl StompCodec {
     }
 
     /// One decoding step; on error the caller resets the state.
-    fn decode_step(&mut self, src: &mut BytesMut) -> Result<Option<Incoming>, FrameError> {
+    fn decode_step(&mut self, src: &mut BytesMut) -> Result<Option<Received>, FrameError> {
         let limits = self.limits;
         loop {
             match &mut self.state {
@@ -326,13 +363,13 @@ impl StompCodec {
                             None => return Ok(None),
                             Some(b'\n') => {
                                 src.advance(1);
-                                return Ok(Some(Incoming::Heartbeat));
+                                return Ok(Some(Received::Heartbeat));
                             }
                             Some(b'\r') => match src.get(1) {
                                 None => return Ok(None),
                                 Some(b'\n') => {
                                     src.advance(2);
-                                    return Ok(Some(Incoming::Heartbeat));
+                                    return Ok(Some(Received::Heartbeat));
                                 }
                                 Some(_) => {}
                             },
@@ -351,27 +388,58 @@ impl StompCodec {
                     let line = strip_cr(slice(src, 0, lf));
                     let command = Command::from_bytes(line).ok_or_else(|| unknown_command(line))?;
                     check_head_size(lf + 1, &limits)?;
+                    // A recovered MESSAGE is read line by line, each line taken
+                    // off the buffer once read, so nothing of it piles up.
+                    let recovery = (self.recover && command == Command::Message)
+                        .then(|| Recovery::start(src, lf + 1));
+                    let start = if recovery.is_some() { 0 } else { lf + 1 };
                     self.state = State::Headers(Headers {
                         command,
                         // Room for a typical MESSAGE without regrowing.
                         headers: Vec::with_capacity(16),
-                        line_start: lf + 1,
-                        scanned: lf + 1,
+                        line_start: start,
+                        scanned: start,
+                        recovery,
                     });
                 }
                 State::Headers(head) => {
+                    if let Some(recovery) = &mut head.recovery {
+                        if !recovery.skip_long_line(src, &limits) {
+                            return Ok(None);
+                        }
+                    }
                     let Some(lf) = find(src, head.scanned, b'\n') else {
                         head.scanned = src.len().max(head.scanned);
-                        check_head_size(src.len(), &limits)?;
+                        match &mut head.recovery {
+                            None => check_head_size(src.len(), &limits)?,
+                            Some(recovery) => {
+                                if recovery.start_skipping(src, &limits) {
+                                    head.scanned = 0;
+                                }
+                            }
+                        }
                         return Ok(None);
                     };
+                    if let Some(recovery) = &mut head.recovery {
+                        let escaped = head.command.escapes_headers();
+                        let blank =
+                            recovery.read_line(src, lf, escaped, &mut head.headers, &limits);
+                        head.scanned = 0;
+                        if blank {
+                            let headers = std::mem::take(&mut head.headers);
+                            let recovery = head.recovery.take();
+                            let body = Body::new(head.command, headers, 0, recovery, &limits)?;
+                            self.state = State::Body(body);
+                        }
+                        continue;
+                    }
                     check_head_size(lf + 1, &limits)?;
                     let line = strip_cr(slice(src, head.line_start, lf));
                     head.line_start = lf + 1;
                     head.scanned = lf + 1;
                     if line.is_empty() {
                         let headers = std::mem::take(&mut head.headers);
-                        let body = Body::new(head.command, headers, lf + 1, &limits)?;
+                        let body = Body::new(head.command, headers, lf + 1, None, &limits)?;
                         self.state = State::Body(body);
                     } else {
                         let count = head.headers.len() + 1;
@@ -381,27 +449,94 @@ impl StompCodec {
                                 count,
                             });
                         }
-                        let header = parse_header(line, head.command.escapes_headers(), count + 1)?;
+                        let line_no = count + 1;
+                        let header = parse_header(line, head.command.escapes_headers())
+                            .map_err(|error| error.at(line_no))?;
                         head.headers.push(header);
                     }
                 }
                 State::Body(body) => {
-                    let Some(nul) = body.find_end(src, &limits)? else {
-                        return Ok(None);
+                    let end = match body.step(src, &limits)? {
+                        BodyStep::Pending => return Ok(None),
+                        BodyStep::End(nul) => Some(nul),
+                        BodyStep::Skipped => None,
                     };
                     let command = body.command;
                     let headers = std::mem::take(&mut body.headers);
                     let head_len = body.head_len;
+                    let recovery = body.recovery.take();
                     self.state = State::default();
-                    let raw = src.split_to(nul + 1).freeze();
-                    return Ok(Some(Incoming::Frame(Frame {
+                    let (body, tail) = match end {
+                        Some(nul) => {
+                            let raw = src.split_to(nul + 1).freeze();
+                            (raw.slice(head_len..nul), nul + 1)
+                        }
+                        None => (Bytes::new(), 0),
+                    };
+                    let frame = Frame {
                         command,
                         headers,
-                        body: raw.slice(head_len..nul),
-                    })));
+                        body,
+                    };
+                    return Ok(Some(match recovery {
+                        None => Received::Frame(frame),
+                        Some(recovery) => recovery.finish(frame, tail, end.is_none(), &limits),
+                    }));
                 }
             }
         }
+    }
+
+    /// Bytes of the unfinished item: those buffered plus those of a recovered
+    /// `MESSAGE` already read past.
+    fn unfinished(&self, buf: &BytesMut) -> usize {
+        let consumed = match &self.state {
+            State::Command { .. } => 0,
+            State::Headers(head) => head.recovery.as_ref().map_or(0, |r| r.consumed),
+            State::Body(body) => body.recovery.as_ref().map_or(0, |r| r.consumed),
+        };
+        consumed + buf.len()
+    }
+}
+
+impl StompCodec {
+    /// One decoding step; resets the state on error.
+    fn decode_item(&mut self, src: &mut BytesMut) -> Result<Option<Received>, FrameError> {
+        let result = self.decode_step(src);
+        if result.is_err() {
+            self.state = State::default();
+        }
+        result
+    }
+
+    /// As [`Decoder::decode_eof`]: input that ends inside an item is an error.
+    fn decode_item_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Received>, FrameError> {
+        match self.decode_item(buf)? {
+            Some(item) => Ok(Some(item)),
+            None if buf.is_empty() && matches!(self.state, State::Command { .. }) => Ok(None),
+            None => {
+                let buffered = self.unfinished(buf);
+                self.state = State::default();
+                Err(FrameError::UnexpectedEof { buffered })
+            }
+        }
+    }
+}
+
+/// Without recovery (the only way a [`StompCodec`] decodes) nothing is
+/// rejected; a rejected item would be the error of its first problem.
+fn strict(item: Option<Received>) -> Result<Option<Incoming>, FrameError> {
+    match item {
+        None => Ok(None),
+        Some(Received::Frame(frame)) => Ok(Some(Incoming::Frame(frame))),
+        Some(Received::Heartbeat) => Ok(Some(Incoming::Heartbeat)),
+        Some(Received::Rejected(rejected)) => Err(rejected.problems.into_iter().next().map_or(
+            FrameError::HeadersTooLarge {
+                limit: 0,
+                size: rejected.size,
+            },
+            FrameError::from,
+        )),
     }
 }
 
@@ -410,24 +545,11 @@ impl Decoder for StompCodec {
     type Error = FrameError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Incoming>, FrameError> {
-        let result = self.decode_step(src);
-        if result.is_err() {
-            self.state = State::default();
-        }
-        result
+        strict(self.decode_item(src)?)
     }
 
     fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Incoming>, FrameError> {
-        match self.decode(buf)? {
-            Some(item) => Ok(Some(item)),
-            None if buf.is_empty() => Ok(None),
-            None => {
-                self.state = State::default();
-                Err(FrameError::UnexpectedEof {
-                    buffered: buf.len(),
-                })
-            }
-        }
+        strict(self.decode_item_eof(buf)?)
     }
 }
 
@@ -490,15 +612,20 @@ struct Headers {
     line_start: usize,
     /// Bytes already searched for LF.
     scanned: usize,
+    /// Set for a `MESSAGE` read with recovery: then each line is taken off the
+    /// buffer once read, and `line_start` stays 0.
+    recovery: Option<Recovery>,
 }
 
 #[derive(Debug)]
 struct Body {
     command: Command,
     headers: Vec<(String, String)>,
-    /// Length of the header section, blank line included: where the body starts.
+    /// Where the body starts in the buffer: after the header section, or 0 when
+    /// a recovered `MESSAGE`'s header section was already taken off.
     head_len: usize,
     end: BodyEnd,
+    recovery: Option<Recovery>,
 }
 
 #[derive(Debug)]
@@ -510,6 +637,27 @@ enum BodyEnd {
         /// Bytes already searched for NUL.
         scanned: usize,
     },
+    /// Skipping the body of a recovered `MESSAGE` over the frame limit, as
+    /// given by its `content-length`; the NUL follows.
+    SkipLength {
+        /// The `content-length`.
+        length: usize,
+        /// Body bytes still to skip.
+        remaining: usize,
+    },
+    /// Skipping the body of a recovered `MESSAGE` over the frame limit up to
+    /// its NUL.
+    SkipNul,
+}
+
+/// Where the body of the current frame stands.
+enum BodyStep {
+    /// More input is needed.
+    Pending,
+    /// The frame ends with the NUL at this offset of the buffer.
+    End(usize),
+    /// A recovered `MESSAGE`'s body was skipped, NUL included.
+    Skipped,
 }
 
 impl Body {
@@ -517,6 +665,7 @@ impl Body {
         command: Command,
         headers: Vec<(String, String)>,
         head_len: usize,
+        recovery: Option<Recovery>,
         limits: &CodecLimits,
     ) -> Result<Body, FrameError> {
         let content_length = headers
@@ -524,16 +673,26 @@ impl Body {
             .find(|(name, _)| name == CONTENT_LENGTH)
             .map(|(_, value)| parse_content_length(value))
             .transpose()?;
+        let consumed = recovery.as_ref().map_or(0, |r| r.consumed);
         let end = match content_length {
             Some(len) => {
-                let size = head_len.saturating_add(len).saturating_add(1);
-                if size > limits.max_frame_bytes {
+                let size = consumed
+                    .saturating_add(head_len)
+                    .saturating_add(len)
+                    .saturating_add(1);
+                if size <= limits.max_frame_bytes {
+                    BodyEnd::Length(len)
+                } else if recovery.is_some() {
+                    BodyEnd::SkipLength {
+                        length: len,
+                        remaining: len,
+                    }
+                } else {
                     return Err(FrameError::FrameTooLarge {
                         limit: limits.max_frame_bytes,
                         size,
                     });
                 }
-                BodyEnd::Length(len)
             }
             None => BodyEnd::Nul { scanned: head_len },
         };
@@ -542,44 +701,102 @@ impl Body {
             headers,
             head_len,
             end,
+            recovery,
         })
     }
 
-    /// The offset of the NUL that ends the frame, once it is buffered.
-    fn find_end(
-        &mut self,
-        src: &mut BytesMut,
-        limits: &CodecLimits,
-    ) -> Result<Option<usize>, FrameError> {
-        match &mut self.end {
+    /// Takes `n` bytes of a recovered frame off the buffer.
+    fn take(&mut self, src: &mut BytesMut, n: usize) {
+        match &mut self.recovery {
+            Some(recovery) => recovery.take(src, n),
+            None => src.advance(n),
+        }
+    }
+
+    /// Bytes of the frame already taken off the buffer.
+    fn consumed(&self) -> usize {
+        self.recovery.as_ref().map_or(0, |r| r.consumed)
+    }
+
+    /// Looks for the end of the body in what is buffered.
+    fn step(&mut self, src: &mut BytesMut, limits: &CodecLimits) -> Result<BodyStep, FrameError> {
+        let consumed = self.consumed();
+        match self.end {
             BodyEnd::Length(len) => {
                 // Checked against max_frame_bytes in `Body::new`, cannot overflow.
-                let nul = self.head_len + *len;
+                let nul = self.head_len + len;
                 match src.get(nul) {
                     None => {
                         src.reserve(nul + 1 - src.len());
-                        Ok(None)
+                        Ok(BodyStep::Pending)
                     }
-                    Some(0) => Ok(Some(nul)),
+                    Some(0) => Ok(BodyStep::End(nul)),
                     Some(&found) => Err(FrameError::MissingNul {
-                        content_length: *len,
+                        content_length: len,
                         found,
                     }),
                 }
             }
-            BodyEnd::Nul { scanned } => match find(src, *scanned, 0) {
-                Some(nul) if nul >= limits.max_frame_bytes => Err(FrameError::FrameTooLarge {
-                    limit: limits.max_frame_bytes,
-                    size: nul + 1,
-                }),
-                Some(nul) => Ok(Some(nul)),
-                None if src.len() >= limits.max_frame_bytes => Err(FrameError::FrameTooLarge {
-                    limit: limits.max_frame_bytes,
-                    size: src.len() + 1,
-                }),
+            BodyEnd::Nul { scanned } => match find(src, scanned, 0) {
+                Some(nul) if consumed + nul >= limits.max_frame_bytes => {
+                    if self.recovery.is_none() {
+                        return Err(FrameError::FrameTooLarge {
+                            limit: limits.max_frame_bytes,
+                            size: nul + 1,
+                        });
+                    }
+                    self.take(src, nul + 1);
+                    Ok(BodyStep::Skipped)
+                }
+                Some(nul) => Ok(BodyStep::End(nul)),
+                None if consumed + src.len() >= limits.max_frame_bytes => {
+                    if self.recovery.is_none() {
+                        return Err(FrameError::FrameTooLarge {
+                            limit: limits.max_frame_bytes,
+                            size: src.len() + 1,
+                        });
+                    }
+                    let len = src.len();
+                    self.take(src, len);
+                    self.end = BodyEnd::SkipNul;
+                    Ok(BodyStep::Pending)
+                }
                 None => {
-                    *scanned = src.len().max(*scanned);
-                    Ok(None)
+                    self.end = BodyEnd::Nul {
+                        scanned: src.len().max(scanned),
+                    };
+                    Ok(BodyStep::Pending)
+                }
+            },
+            BodyEnd::SkipLength { length, remaining } => {
+                let skip = remaining.min(src.len());
+                self.take(src, skip);
+                let remaining = remaining - skip;
+                self.end = BodyEnd::SkipLength { length, remaining };
+                if remaining > 0 {
+                    return Ok(BodyStep::Pending);
+                }
+                match src.first() {
+                    None => Ok(BodyStep::Pending),
+                    Some(0) => {
+                        self.take(src, 1);
+                        Ok(BodyStep::Skipped)
+                    }
+                    Some(&found) => Err(FrameError::MissingNul {
+                        content_length: length,
+                        found,
+                    }),
+                }
+            }
+            BodyEnd::SkipNul => match find(src, 0, 0) {
+                Some(nul) => {
+                    self.take(src, nul + 1);
+                    Ok(BodyStep::Skipped)
+                }
+                None => {
+                    let len = src.len();
+                    self.take(src, len);
+                    Ok(BodyStep::Pending)
                 }
             },
         }
@@ -628,31 +845,51 @@ fn snippet(bytes: &[u8]) -> String {
     text
 }
 
-fn parse_header(
-    line: &[u8],
-    escaped: bool,
-    line_no: usize,
-) -> Result<(String, String), FrameError> {
-    let colon = memchr::memchr(b':', line).ok_or(FrameError::MissingColon { line: line_no })?;
+/// What is wrong with one header line.
+enum HeaderError {
+    MissingColon,
+    InvalidUtf8,
+    InvalidEscape(EscapeError),
+}
+
+impl HeaderError {
+    /// The decoding error for line number `line`.
+    fn at(self, line: usize) -> FrameError {
+        match self {
+            HeaderError::MissingColon => FrameError::MissingColon { line },
+            HeaderError::InvalidUtf8 => FrameError::InvalidUtf8 { line },
+            HeaderError::InvalidEscape(source) => FrameError::InvalidEscape { line, source },
+        }
+    }
+
+    /// The same, for a recovered `MESSAGE`.
+    fn rejection(self, line: usize) -> Rejection {
+        match self {
+            HeaderError::MissingColon => Rejection::MissingColon { line },
+            HeaderError::InvalidUtf8 => Rejection::InvalidUtf8 { line },
+            HeaderError::InvalidEscape(source) => Rejection::InvalidEscape { line, source },
+        }
+    }
+}
+
+fn parse_header(line: &[u8], escaped: bool) -> Result<(String, String), HeaderError> {
+    let colon = memchr::memchr(b':', line).ok_or(HeaderError::MissingColon)?;
     // One UTF-8 check for the line; `:` is ASCII, so both parts are valid too.
-    let text = std::str::from_utf8(line).map_err(|_| FrameError::InvalidUtf8 { line: line_no })?;
+    let text = std::str::from_utf8(line).map_err(|_| HeaderError::InvalidUtf8)?;
     let (name, value) = (
         text.get(..colon).unwrap_or_default(),
         text.get(colon + 1..).unwrap_or_default(),
     );
-    Ok((
-        header_text(name, escaped, line_no)?,
-        header_text(value, escaped, line_no)?,
-    ))
+    Ok((header_text(name, escaped)?, header_text(value, escaped)?))
 }
 
-fn header_text(text: &str, escaped: bool, line: usize) -> Result<String, FrameError> {
+fn header_text(text: &str, escaped: bool) -> Result<String, HeaderError> {
     if !escaped {
         return Ok(text.to_owned());
     }
     frame::unescape(text)
         .map(Cow::into_owned)
-        .map_err(|source| FrameError::InvalidEscape { line, source })
+        .map_err(HeaderError::InvalidEscape)
 }
 
 fn parse_content_length(value: &str) -> Result<usize, FrameError> {

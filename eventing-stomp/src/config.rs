@@ -31,7 +31,7 @@ pub const DEFAULT_TLS_PORT: u16 = 61614;
 /// | `declare` | `amqp` | RabbitMQ: declare exchanges, competing queues and dead-letter queues over AMQP 0-9-1 (see [`RabbitAdmin`](crate::RabbitAdmin)); `none` expects them to exist |
 /// | `amqp_port` | `5672` (`5671` for `stomps`) | RabbitMQ's AMQP port, for `declare=amqp` |
 /// | `connect_timeout` | `10000` | ms for TCP, TLS and the `CONNECT` handshake |
-/// | `max_frame` | 16 MiB | largest frame read or written, in bytes |
+/// | `max_frame` | 16 MiB | largest frame read or written, in bytes (at least 1024); a received message over it is dead-lettered without its body, with the reason |
 /// | `tls_ca` | none | a PEM file of extra trusted certificates (`stomps` only) |
 ///
 /// The password is never shown by `Debug` or in errors.

@@ -9,22 +9,31 @@
 //! heart-beats: silence past the window, an `ERROR` frame without a pending
 //! receipt, EOF or an I/O error closes the session, fails every pending receipt
 //! and ends every subscription.
+//!
+//! The decoder reads past what it cannot take whole ([`StompCodec::recovering`]):
+//! a `MESSAGE` over the limits or with malformed header lines reaches its
+//! subscription as [`Inbound::Rejected`]
+//! (without its body when the frame was too large), so the subscriber can
+//! dead-letter and acknowledge it. Closing the session instead would only make
+//! the broker deliver it again, forever.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
-use crate::codec::{FrameError, Incoming, StompCodec};
+use crate::codec::{CodecLimits, FrameError, Received, RecoveringCodec, Rejected, StompCodec};
 use crate::config::StompConfig;
 use crate::error::{BrokerError, StompError};
 use crate::frame::{Command, Frame};
@@ -50,12 +59,22 @@ struct Shared {
     label: String,
     codec: StompCodec,
     receipts: Mutex<HashMap<String, oneshot::Sender<ReceiptResult>>>,
-    subscriptions: Mutex<HashMap<String, mpsc::Sender<Frame>>>,
+    subscriptions: Mutex<HashMap<String, mpsc::Sender<Inbound>>>,
     closed: CancellationToken,
     /// A polite close (`DISCONNECT`) is under way.
     closing: AtomicBool,
     reason: Mutex<Option<StompError>>,
     next_receipt: AtomicU64,
+}
+
+/// What a subscription receives.
+#[derive(Debug)]
+pub(crate) enum Inbound {
+    /// A `MESSAGE` frame.
+    Message(Frame),
+    /// A `MESSAGE` the decoder could not take whole: what was wrong, the
+    /// headers it could read, and the body unless the frame was over the limit.
+    Rejected(Rejected),
 }
 
 /// How a session is used.
@@ -117,7 +136,14 @@ impl Connection {
         let label = format!("{} ({role})", config.display_endpoint());
         let (read, mut write) = transport.open(&config.host, config.port).await?;
         let codec = StompCodec::with_limits(config.limits);
-        let mut framed = FramedRead::new(read, StompCodec::with_limits(config.limits));
+        let decoder = StompCodec::with_limits(config.limits).recovering();
+        let mut framed = FramedRead::new(
+            Counted {
+                inner: read,
+                bytes: 0,
+            },
+            decoder,
+        );
         let heartbeats = tokio::time::timeout(
             config.connect_timeout,
             handshake(config, &codec, &mut write, &mut framed),
@@ -155,6 +181,11 @@ impl Connection {
         self.shared.closed.is_cancelled()
     }
 
+    /// Waits until the session is over.
+    pub(crate) async fn closed(&self) {
+        self.shared.closed.cancelled().await;
+    }
+
     /// Why the session ended, once it has.
     pub(crate) fn close_reason(&self) -> Option<StompError> {
         self.shared.reason.lock().clone()
@@ -164,6 +195,11 @@ impl Connection {
         self.close_reason().unwrap_or_else(|| StompError::Closed {
             reason: "the writer stopped".into(),
         })
+    }
+
+    /// This session's frame limits.
+    pub(crate) fn limits(&self) -> CodecLimits {
+        *self.shared.codec.limits()
     }
 
     /// Encodes a frame with this session's limits.
@@ -250,7 +286,7 @@ impl Connection {
     }
 
     /// Routes `MESSAGE` frames of subscription `id` to the returned channel.
-    pub(crate) fn subscription(&self, id: &str, capacity: usize) -> mpsc::Receiver<Frame> {
+    pub(crate) fn subscription(&self, id: &str, capacity: usize) -> mpsc::Receiver<Inbound> {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         if !self.is_closed() {
             self.shared.subscriptions.lock().insert(id.to_string(), tx);
@@ -323,7 +359,7 @@ async fn handshake(
     config: &StompConfig,
     codec: &StompCodec,
     write: &mut WriteHalf,
-    framed: &mut FramedRead<ReadHalf, StompCodec>,
+    framed: &mut FramedRead<Counted, RecoveringCodec>,
 ) -> Result<Heartbeats, StompError> {
     let endpoint = config.endpoint();
     let millis = config.heartbeat.as_millis();
@@ -355,8 +391,16 @@ async fn handshake(
     write.flush().await.map_err(io)?;
     loop {
         match framed.next().await {
-            Some(Ok(Incoming::Heartbeat)) => continue,
-            Some(Ok(Incoming::Frame(frame))) => match frame.command {
+            Some(Ok(Received::Heartbeat)) => continue,
+            Some(Ok(Received::Rejected(rejected))) => {
+                return Err(StompError::Closed {
+                    reason: format!(
+                        "expected CONNECTED, got an unreadable {}",
+                        rejected.frame.command
+                    ),
+                });
+            }
+            Some(Ok(Received::Frame(frame))) => match frame.command {
                 Command::Connected => {
                     if frame.get("version") != Some("1.2") {
                         return Err(StompError::Closed {
@@ -469,21 +513,52 @@ fn drain(rx: &mut mpsc::Receiver<Bytes>, buf: &mut BytesMut) {
     }
 }
 
+/// The broker's side of a session, counting the bytes that arrive: any byte
+/// shows the broker is alive, also while a large body (or one being skipped)
+/// streams in without completing an item.
+struct Counted {
+    inner: ReadHalf,
+    bytes: u64,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = poll {
+            let read = buf.filled().len().saturating_sub(before);
+            self.bytes = self.bytes.wrapping_add(read as u64);
+        }
+        poll
+    }
+}
+
 async fn read_loop(
-    mut framed: FramedRead<ReadHalf, StompCodec>,
+    mut framed: FramedRead<Counted, RecoveringCodec>,
     shared: Arc<Shared>,
     window: Option<Duration>,
 ) {
-    // Checked twice per window; two silent checks in a row mean the broker has
-    // been silent for at least the whole window.
+    // Checked twice per window; two checks in a row without a byte from the
+    // broker mean it has been silent for at least the whole window.
     let mut check = ticker(window.map(|w| w / 2));
     let mut silent = 0u8;
+    let mut received = framed.get_ref().bytes;
     let error = loop {
         let item = tokio::select! {
             biased;
             _ = shared.closed.cancelled() => break None,
             item = framed.next() => item,
             () = tick(&mut check) => {
+                let now = framed.get_ref().bytes;
+                if now != received {
+                    received = now;
+                    silent = 0;
+                    continue;
+                }
                 silent += 1;
                 if silent >= 2 {
                     break window.map(|after| StompError::HeartbeatTimeout { after });
@@ -493,11 +568,15 @@ async fn read_loop(
         };
         silent = 0;
         match item {
-            Some(Ok(Incoming::Heartbeat)) => {}
-            Some(Ok(Incoming::Frame(frame))) => {
+            Some(Ok(Received::Heartbeat)) => {}
+            Some(Ok(Received::Frame(frame))) => {
                 if let Err(error) = dispatch(&shared, frame).await {
                     break Some(error);
                 }
+            }
+            Some(Ok(Received::Rejected(rejected))) => {
+                let id = rejected.frame.get("subscription").map(str::to_owned);
+                route(&shared, id.as_deref(), Inbound::Rejected(rejected)).await;
             }
             Some(Err(FrameError::Io(e))) => {
                 break Some(StompError::Closed {
@@ -524,23 +603,8 @@ async fn read_loop(
 async fn dispatch(shared: &Shared, frame: Frame) -> Result<(), StompError> {
     match frame.command {
         Command::Message => {
-            let sender = frame
-                .get("subscription")
-                .and_then(|id| shared.subscriptions.lock().get(id).cloned());
-            let Some(sender) = sender else {
-                tracing::debug!(broker = %shared.label, "MESSAGE for no active subscription; left unacknowledged");
-                return Ok(());
-            };
-            match sender.try_send(frame) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(frame)) => {
-                    // More than the prefetch in flight: hold the reader (TCP
-                    // back-pressure) until the consumer catches up.
-                    let _ = sender.send(frame).await;
-                }
-                // A cancelled consumer: the message goes back when the session closes.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
-            }
+            let id = frame.get("subscription").map(str::to_owned);
+            route(shared, id.as_deref(), Inbound::Message(frame)).await;
         }
         Command::Receipt => {
             let done = frame
@@ -568,6 +632,47 @@ async fn dispatch(shared: &Shared, frame: Frame) -> Result<(), StompError> {
         }
     }
     Ok(())
+}
+
+/// Hands a `MESSAGE` to its subscription. One whose `subscription` header
+/// could not be read goes to the session's only subscription, if it has one
+/// (every session of this crate has at most one).
+async fn route(shared: &Shared, id: Option<&str>, item: Inbound) {
+    let sender = {
+        let subscriptions = shared.subscriptions.lock();
+        match (id, &item) {
+            (Some(id), _) => subscriptions.get(id).cloned(),
+            (None, Inbound::Rejected(_)) if subscriptions.len() == 1 => {
+                subscriptions.values().next().cloned()
+            }
+            (None, _) => None,
+        }
+    };
+    let Some(sender) = sender else {
+        match item {
+            Inbound::Message(_) => tracing::debug!(
+                broker = %shared.label,
+                "MESSAGE for no active subscription; left unacknowledged"
+            ),
+            Inbound::Rejected(rejected) => tracing::error!(
+                broker = %shared.label,
+                size = rejected.size,
+                reason = %rejected,
+                "unreadable MESSAGE for no active subscription; left unacknowledged"
+            ),
+        }
+        return;
+    };
+    match sender.try_send(item) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(item)) => {
+            // More than the prefetch in flight: hold the reader (TCP
+            // back-pressure) until the consumer catches up.
+            let _ = sender.send(item).await;
+        }
+        // A cancelled consumer: the message goes back when the session closes.
+        Err(mpsc::error::TrySendError::Closed(_)) => {}
+    }
 }
 
 #[cfg(test)]

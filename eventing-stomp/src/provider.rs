@@ -1,8 +1,8 @@
 //! The [`Provider`] implementation.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use eventing::{
@@ -16,7 +16,7 @@ use tracing::Instrument;
 use crate::admin::RabbitAdmin;
 use crate::codec::FrameError;
 use crate::config::StompConfig;
-use crate::connection::{Connection, Options};
+use crate::connection::{Connection, Inbound, Options};
 use crate::consumer::{SUBSCRIPTION_ID, StompConsumer};
 use crate::dialect::Dialect;
 use crate::error::{PROVIDER, StompError};
@@ -73,6 +73,13 @@ pub(crate) struct Inner {
     /// Queues (and dead-letter queues) declared by this provider.
     queues: Mutex<HashSet<String>>,
     closed: AtomicBool,
+    /// Unreadable messages dead-lettered by consumers, and held for want of an
+    /// `ack` id (see the `consumer` module).
+    unreadable_dead_lettered: AtomicU64,
+    unreadable_held: AtomicU64,
+    /// Queues whose sessions got stuck on messages they could neither read nor
+    /// acknowledge: how many times in a row, and until when not to subscribe.
+    stuck: Mutex<HashMap<String, (u32, Instant)>>,
 }
 
 impl StompProvider {
@@ -104,6 +111,9 @@ impl StompProvider {
                 exchanges: Mutex::new(HashSet::new()),
                 queues: Mutex::new(HashSet::new()),
                 closed: AtomicBool::new(false),
+                unreadable_dead_lettered: AtomicU64::new(0),
+                unreadable_held: AtomicU64::new(0),
+                stuck: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -112,11 +122,58 @@ impl StompProvider {
     pub fn config(&self) -> &StompConfig {
         &self.inner.config
     }
+
+    /// Messages this provider's consumers could not read whole (over
+    /// `max_frame`, headers over the limits or malformed) and dead-lettered
+    /// themselves, with the reason, before acknowledging them. The runtime never
+    /// saw them, so they are not in `EventManager::stats()`.
+    pub fn unreadable_dead_lettered(&self) -> u64 {
+        self.inner.unreadable_dead_lettered.load(Ordering::Relaxed)
+    }
+
+    /// Messages without a readable `ack` header (unreadable ones whose `ack`
+    /// line was unreadable too, or a `MESSAGE` sent without one), which can be
+    /// neither acknowledged nor dead-lettered, so they were left unacknowledged
+    /// on their session (counted each time one arrives). Never seen on
+    /// RabbitMQ, which writes `ack` among the first header lines.
+    pub fn unreadable_held(&self) -> u64 {
+        self.inner.unreadable_held.load(Ordering::Relaxed)
+    }
 }
 
 impl Inner {
     pub(crate) fn dialect(&self) -> Dialect {
         self.config.dialect
+    }
+
+    pub(crate) fn count_unreadable_dead_lettered(&self) {
+        self.unreadable_dead_lettered
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_unreadable_held(&self) {
+        self.unreadable_held.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Notes that a session of `queue` got stuck on messages it can neither
+    /// read nor acknowledge; returns how long subscribing to it is refused.
+    pub(crate) fn hold_queue(&self, queue: &str) -> Duration {
+        let mut stuck = self.stuck.lock();
+        let entry = stuck
+            .entry(queue.to_string())
+            .or_insert((0, Instant::now()));
+        entry.0 = entry.0.saturating_add(1);
+        let wait = crate::consumer::stuck_wait(entry.0);
+        entry.1 = Instant::now() + wait;
+        wait
+    }
+
+    /// A session of `queue` received a readable message: subscribe freely again.
+    pub(crate) fn release_queue(&self, queue: &str) {
+        let mut stuck = self.stuck.lock();
+        if !stuck.is_empty() {
+            stuck.remove(queue);
+        }
     }
 
     fn declares(&self) -> bool {
@@ -283,6 +340,16 @@ impl Inner {
         queue: &QueueSpec,
         options: ConsumeOptions,
     ) -> eventing::Result<Box<dyn Consumer>> {
+        if let Some(left) = self.stuck_for(&queue.name) {
+            return Err(Error::Unavailable {
+                provider: PROVIDER,
+                reason: format!(
+                    "queue `{}` is held up by messages this client can neither read nor \
+                     acknowledge (see the error log); not subscribing for another {left:?}",
+                    queue.name
+                ),
+            });
+        }
         self.declare_all(std::slice::from_ref(queue)).await?;
         let prefetch = options.prefetch.max(1);
         // At most `prefetch` deliveries are unsettled, so at most that many ACK
@@ -312,7 +379,16 @@ impl Inner {
             rx,
             Arc::clone(self),
             queue.clone(),
+            prefetch,
         )))
+    }
+
+    /// How long subscribing to `queue` is still refused after it got stuck.
+    fn stuck_for(&self, queue: &str) -> Option<Duration> {
+        let stuck = self.stuck.lock();
+        let (_, until) = stuck.get(queue)?;
+        let left = until.saturating_duration_since(Instant::now());
+        (!left.is_zero()).then_some(left)
     }
 
     async fn dead_letters(
@@ -342,7 +418,11 @@ impl Inner {
                 while letters.len() < limit {
                     let idle = BROWSE_IDLE.min(deadline.saturating_duration_since(Instant::now()));
                     match tokio::time::timeout(idle, rx.recv()).await {
-                        Ok(Some(frame)) => letters.push(self.dialect().envelope_of(frame)),
+                        Ok(Some(Inbound::Message(frame))) => {
+                            letters.push(self.dialect().envelope_of(frame));
+                        }
+                        Ok(Some(Inbound::Rejected(rejected))) => letters
+                            .push(crate::consumer::unreadable_letter(self.dialect(), rejected)),
                         Ok(None) | Err(_) => break,
                     }
                 }
@@ -361,28 +441,39 @@ impl Inner {
     /// sent persistently without its dead-letter headers, and acknowledged on the
     /// dead-letter queue only after the broker's receipt, so a failure part way
     /// leaves the rest (at worst one duplicate) on the dead-letter queue.
+    ///
+    /// Only the letters there when it starts are moved: one that fails again and
+    /// comes back to the dead-letter queue meanwhile stays there.
     async fn replay_dead_letters(
         &self,
         queue: &QueueSpec,
         limit: usize,
     ) -> eventing::Result<usize> {
-        if limit == 0 {
-            return Ok(0);
-        }
-        let deadline = Instant::now() + self.send_timeout;
-        if self.declares() {
+        let mut limit = limit;
+        if self.declares() && limit > 0 {
             // RabbitMQ confirms a message sent to a queue that does not exist (and
             // drops it): make sure the queue is there first.
             self.declare_all(std::slice::from_ref(queue)).await?;
             let mut admin = self.admin().await?;
-            let exists = admin.queue_exists(&queue.name).await;
+            let checked = async {
+                let exists = admin.queue_exists(&queue.name).await?;
+                let depth = admin.queue_depth(&queue.dead_letter_queue()).await?;
+                Ok::<_, StompError>((exists, depth))
+            }
+            .await;
             admin.close().await;
-            if !exists? {
+            let (exists, depth) = checked?;
+            if !exists {
                 return Err(Error::State(
                     "the queue to replay onto does not exist (a per-process queue whose server is not running)",
                 ));
             }
+            limit = limit.min(depth.map_or(0, |n| n as usize));
         }
+        if limit == 0 {
+            return Ok(0);
+        }
+        let deadline = Instant::now() + self.send_timeout;
         let window = u16::try_from(limit).unwrap_or(u16::MAX).min(256);
         let reader = Connection::open(&self.config, &self.transport, DEAD_LETTER_READER).await?;
         let id = "replay";
@@ -407,16 +498,22 @@ impl Inner {
     async fn replay_from(
         &self,
         reader: &Connection,
-        rx: &mut tokio::sync::mpsc::Receiver<Frame>,
+        rx: &mut tokio::sync::mpsc::Receiver<Inbound>,
         queue: &QueueSpec,
         limit: usize,
         deadline: Instant,
     ) -> eventing::Result<usize> {
-        let mut moved = 0;
-        while moved < limit {
+        let mut replayed = HashSet::new();
+        while replayed.len() < limit {
             let idle = BROWSE_IDLE.min(deadline.saturating_duration_since(Instant::now()));
             let frame = match tokio::time::timeout(idle, rx.recv()).await {
-                Ok(Some(frame)) => frame,
+                Ok(Some(Inbound::Message(frame))) => frame,
+                Ok(Some(Inbound::Rejected(rejected))) => {
+                    // Not readable whole: it cannot be sent again as it was, so it
+                    // stays on the dead-letter queue (returned when the reader closes).
+                    tracing::warn!(queue = %queue.name, size = rejected.size, "a dead letter this client cannot read whole is left in place");
+                    continue;
+                }
                 Ok(None) | Err(_) => break,
             };
             let Some(ack) = frame.get("ack").map(str::to_owned) else {
@@ -427,6 +524,11 @@ impl Inner {
                 .into());
             };
             let mut letter = self.dialect().envelope_of(frame);
+            if replayed.contains(letter.message_id()) {
+                // Replayed by this call, failed again, dead-lettered again: it
+                // stays (unacknowledged, it returns when the reader closes).
+                break;
+            }
             for name in eventing::header::DEAD_LETTER_HEADERS {
                 letter.headers.remove(name);
             }
@@ -452,10 +554,10 @@ impl Inner {
                     "acknowledging a replayed dead letter",
                 )
                 .await?;
-            moved += 1;
+            replayed.insert(letter.message_id().to_string());
         }
-        tracing::info!(queue = %queue.name, moved, "replayed dead letters");
-        Ok(moved)
+        tracing::info!(queue = %queue.name, moved = replayed.len(), "replayed dead letters");
+        Ok(replayed.len())
     }
 
     /// Closes the publishing session and every consumer session (their

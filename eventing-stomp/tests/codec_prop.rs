@@ -1,9 +1,13 @@
 //! Property tests of the STOMP codec: arbitrary input never panics or breaks
 //! the limits, and encoded frames decode back to themselves however the bytes
-//! are split.
+//! are split. The same for the recovering decoder, which also never buffers
+//! more than the limits allow and agrees with the strict one wherever the
+//! strict one succeeds.
 
 use bytes::{Bytes, BytesMut};
-use eventing_stomp::codec::{CONTENT_LENGTH, CodecLimits, Incoming, Outgoing, StompCodec};
+use eventing_stomp::codec::{
+    CONTENT_LENGTH, CodecLimits, Incoming, Outgoing, Received, RecoveringCodec, StompCodec,
+};
 use eventing_stomp::frame::{Command, Frame};
 use proptest::prelude::*;
 use tokio_util::codec::{Decoder, Encoder};
@@ -51,13 +55,46 @@ fn feed(codec: &mut StompCodec, parts: &[Vec<u8>]) -> (Vec<Incoming>, bool) {
     }
 }
 
+/// Like [`feed`] for a recovering decoder; also returns the largest buffer
+/// left after a decode.
+fn feed_recovering(codec: &mut RecoveringCodec, parts: &[Vec<u8>]) -> (Vec<Received>, bool, usize) {
+    let mut buf = BytesMut::new();
+    let mut items = Vec::new();
+    let mut peak = 0;
+    for part in parts {
+        buf.extend_from_slice(part);
+        loop {
+            match codec.decode(&mut buf) {
+                Ok(Some(item)) => items.push(item),
+                Ok(None) => break,
+                Err(_) => return (items, true, peak),
+            }
+        }
+        peak = peak.max(buf.len());
+    }
+    loop {
+        match codec.decode_eof(&mut buf) {
+            Ok(Some(item)) => items.push(item),
+            Ok(None) => return (items, false, peak),
+            Err(_) => return (items, true, peak),
+        }
+    }
+}
+
 /// Bytes shaped like STOMP frames, with the odd mistake, so that decoding gets
 /// past the command line often.
 fn stompish() -> impl Strategy<Value = Vec<u8>> {
+    stompish_with(0)
+}
+
+/// [`stompish`] with `MESSAGE` as the command of about `messages` in 10 frames
+/// more, and bodies up to twice the frame limit.
+fn stompish_with(messages: u32) -> impl Strategy<Value = Vec<u8>> {
     let eol = prop::sample::select(vec![&b"\n"[..], b"\n", b"\n", b"\r\n", b"\r"]);
     let command = prop_oneof![
         8 => prop::sample::select(Command::ALL.to_vec())
             .prop_map(|command| command.as_str().as_bytes().to_vec()),
+        messages => Just(b"MESSAGE".to_vec()),
         1 => prop::collection::vec(any::<u8>(), 0..14),
     ];
     let words = vec![
@@ -90,6 +127,7 @@ fn stompish() -> impl Strategy<Value = Vec<u8>> {
     let body = prop_oneof![
         prop::collection::vec(any::<u8>(), 0..40),
         (0usize..600).prop_map(|n| vec![b'b'; n]),
+        (0usize..1100).prop_map(|n| vec![b'c'; n]),
     ];
     let frame = (
         prop::collection::vec(eol.clone(), 0..3),
@@ -204,6 +242,34 @@ fn expected(item: &Outgoing) -> Incoming {
     }
 }
 
+/// Header names the recovering decoder keeps past the limits (at most one each).
+const ESSENTIAL: usize = 8;
+
+/// What the recovering decoder yields respects [`LIMITS`]; a rejected message
+/// may keep up to [`ESSENTIAL`] more headers.
+fn check_recovered(item: &Received) -> Result<(), TestCaseError> {
+    match item {
+        Received::Frame(frame) => check_limits(frame),
+        Received::Heartbeat => Ok(()),
+        Received::Rejected(rejected) => {
+            let frame = &rejected.frame;
+            prop_assert_eq!(frame.command, Command::Message);
+            prop_assert!(frame.headers.len() <= LIMITS.max_headers + ESSENTIAL);
+            prop_assert!(frame.body.len() < LIMITS.max_frame_bytes);
+            prop_assert_eq!(
+                rejected.body_dropped,
+                rejected.size > LIMITS.max_frame_bytes
+            );
+            if rejected.body_dropped {
+                prop_assert!(frame.body.is_empty());
+            }
+            prop_assert!(!rejected.problems.is_empty());
+            prop_assert!(!rejected.to_string().is_empty());
+            Ok(())
+        }
+    }
+}
+
 /// A decoded frame respects [`LIMITS`]. Unescaped text is never longer than
 /// its escaped form, so `name:value\n` bounds each header line from below.
 fn check_limits(frame: &Frame) -> Result<(), TestCaseError> {
@@ -243,6 +309,104 @@ proptest! {
         let whole = feed(&mut StompCodec::with_limits(LIMITS), std::slice::from_ref(&input));
         let split = feed(&mut StompCodec::with_limits(LIMITS), &chunks(&input, &cuts));
         prop_assert_eq!(whole, split);
+    }
+
+    #[test]
+    fn recovering_never_panics_nor_exceeds_limits(
+        input in prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..600),
+            stompish_with(24),
+            mutated(),
+        ],
+        cuts in prop::collection::vec(any::<usize>(), 0..8),
+    ) {
+        let mut codec = StompCodec::with_limits(LIMITS).recovering();
+        let (items, _, peak) = feed_recovering(&mut codec, &chunks(&input, &cuts));
+        for item in &items {
+            check_recovered(item)?;
+        }
+        // What stays buffered is one frame within the limit, or one header
+        // line within its limit, plus the last read.
+        let longest_part = chunks(&input, &cuts).iter().map(Vec::len).max().unwrap_or(0);
+        prop_assert!(peak <= LIMITS.max_frame_bytes + longest_part);
+    }
+
+    #[test]
+    fn recovering_split_input_decodes_like_whole_input(
+        input in prop_oneof![stompish_with(24), mutated()],
+        cuts in prop::collection::vec(any::<usize>(), 0..8),
+    ) {
+        let whole = feed_recovering(
+            &mut StompCodec::with_limits(LIMITS).recovering(),
+            std::slice::from_ref(&input),
+        );
+        let split = feed_recovering(
+            &mut StompCodec::with_limits(LIMITS).recovering(),
+            &chunks(&input, &cuts),
+        );
+        prop_assert_eq!((whole.0, whole.1), (split.0, split.1));
+    }
+
+    #[test]
+    fn recovering_agrees_with_strict_where_strict_succeeds(
+        input in prop_oneof![stompish_with(24), mutated()],
+        cuts in prop::collection::vec(any::<usize>(), 0..8),
+    ) {
+        let parts = chunks(&input, &cuts);
+        let (strict, strict_failed) = feed(&mut StompCodec::with_limits(LIMITS), &parts);
+        let (recovered, recovered_failed, _) =
+            feed_recovering(&mut StompCodec::with_limits(LIMITS).recovering(), &parts);
+        let strict: Vec<Received> = strict.into_iter().map(Received::from).collect();
+        if strict_failed {
+            // Up to the strict error, the same items.
+            prop_assert!(recovered.len() >= strict.len());
+            prop_assert_eq!(&recovered[..strict.len()], &strict[..]);
+        } else {
+            prop_assert!(!recovered_failed);
+            prop_assert_eq!(recovered, strict);
+        }
+    }
+
+    #[test]
+    fn oversized_messages_are_skipped_and_the_stream_goes_on(
+        body in 0usize..3000,
+        with_length in any::<bool>(),
+        ack in "[a-z0-9@_-]{1,20}",
+        cuts in prop::collection::vec(any::<usize>(), 0..12),
+    ) {
+        let mut wire = format!("MESSAGE\nsubscription:0\nack:{ack}\n").into_bytes();
+        if with_length {
+            wire.extend_from_slice(format!("content-length:{body}\n").as_bytes());
+        }
+        wire.push(b'\n');
+        wire.extend(std::iter::repeat_n(b'p', body));
+        wire.push(0);
+        let size = wire.len();
+        wire.extend_from_slice(b"\nMESSAGE\nsubscription:0\nack:next\n\nok\0");
+        let (items, failed, _) = feed_recovering(
+            &mut StompCodec::with_limits(LIMITS).recovering(),
+            &chunks(&wire, &cuts),
+        );
+        prop_assert!(!failed);
+        prop_assert_eq!(items.len(), 3, "{:?}", items);
+        match &items[0] {
+            Received::Frame(frame) => {
+                prop_assert!(size <= LIMITS.max_frame_bytes);
+                prop_assert_eq!(frame.body.len(), body);
+            }
+            Received::Rejected(rejected) => {
+                prop_assert!(size > LIMITS.max_frame_bytes);
+                prop_assert_eq!(rejected.size, size);
+                prop_assert!(rejected.body_dropped);
+                prop_assert_eq!(rejected.frame.get("ack"), Some(ack.as_str()));
+            }
+            Received::Heartbeat => prop_assert!(false, "not a heart-beat"),
+        }
+        prop_assert_eq!(&items[1], &Received::Heartbeat);
+        match &items[2] {
+            Received::Frame(frame) => prop_assert_eq!(frame.get("ack"), Some("next")),
+            other => prop_assert!(false, "{:?}", other),
+        }
     }
 
     #[test]
