@@ -42,8 +42,9 @@
 //! listeners) is bound to it, with a durable `<queue>.dlq` beside it. Durable events
 //! use durable exchanges and queues and persistent messages, and `send_event`
 //! returns only after the broker's publisher confirm (a nack is
-//! [`Error::Refused`](eventing::Error::Refused), no confirm in time is
-//! [`Error::Timeout`](eventing::Error::Timeout)). Per-process queues are exclusive:
+//! [`Error::Refused`](eventing::Error::Refused); a connected broker that gives no
+//! confirm within the send timeout is [`Error::Timeout`](eventing::Error::Timeout);
+//! never `Ok` without the confirm). Per-process queues are exclusive:
 //! the broker deletes them when their manager's connection closes. Competing queues
 //! of non-durable events are durable queues holding transient messages (RabbitMQ 4
 //! deprecates transient non-exclusive queues).
@@ -62,6 +63,12 @@
 //! take messages, and on a shared connection that would also hold back the
 //! consumers' acknowledgements until their prefetch windows fill and they stall.
 //!
+//! Unless the URL sets `frame_max`, the provider asks for 32 KiB frames rather
+//! than RabbitMQ's 128 KiB: lapin keeps a receive and a send buffer of 32 frames
+//! per connection, so that is at most 2 MiB per connection instead of 8 MiB (which
+//! lapin fills with zeros as soon as it learns the broker's frame size, making it
+//! resident at once). Larger bodies travel as more frames.
+//!
 //! # Delivery
 //!
 //! Prefetch is `basic.qos` on each consumer's channel. Acknowledgements are batched
@@ -73,15 +80,52 @@
 //!
 //! A lost connection ends the consumers' streams (the runtime subscribes again, with
 //! backoff); the next declaration, subscription or send opens a new connection.
-//! Sends while the broker is away fail with
-//! [`Error::Unavailable`](eventing::Error::Unavailable) (at most one connection
-//! attempt per 250 ms is made for all of them) and can be retried. Messages of a
-//! per-process queue sent while its server was disconnected are lost with the
-//! exclusive queue; competing queues keep theirs.
+//!
+//! A send (and a dead letter) that fails because the connection or its channel went
+//! away (I/O errors, a missed heartbeat, the broker closing the connection, as with
+//! 320 CONNECTION_FORCED when it shuts down, a channel closed under the publish, or
+//! an exchange deleted under it) is made again on a new channel or connection,
+//! with exponential backoff from 20 ms to 1 s and jitter, for as long as the send
+//! timeout ([`ProviderConfig::send_timeout`](eventing::ProviderConfig), set with
+//! `EventManagerBuilder::send_timeout`) allows, less a small margin; then it fails
+//! with [`Error::Unavailable`](eventing::Error::Unavailable) and the last reason.
+//! While the broker is away, at most one connection attempt per 250 ms is made for
+//! all of them. Errors that would come back the same (access refused, a message
+//! over the broker's size limit, a name too long) fail at once. A publish whose
+//! confirm was lost with the connection may have reached the broker, so a send
+//! retried here or by the caller can be stored twice: at least once, as everywhere
+//! else. Messages of a per-process queue sent while its server was disconnected are
+//! lost with the exclusive queue; competing queues keep theirs.
+//!
+//! # Dead letters
+//!
+//! `dead_letters` reads `<queue>.dlq` with `basic.get` and puts the messages back
+//! unacknowledged, so the listing leaves the queue as it was.
+//! `replay_dead_letters` takes them one at a time the same way, removes the
+//! `x-dead-letter-*` headers, publishes each persistently to the queue itself
+//! through the default exchange (so other listeners of the event do not get it
+//! again), waits for the broker's confirm and only then acknowledges it in the
+//! dead-letter queue; it moves at most as many as the dead-letter queue held when
+//! it began. A failure leaves the rest in the dead-letter queue (and says how many
+//! moved, [`AmqpError::ReplayInterrupted`]); a missing queue is
+//! [`AmqpError::Unroutable`].
+//!
+//! A received body over the manager's `max_body_size` is dead-lettered by the
+//! runtime with the reason, before decoding; lapin reassembles a message of any
+//! size the broker accepts (RabbitMQ's `max_message_size`, 128 MiB by default).
+//!
+//! # Quorum queues
+//!
+//! `?queue_type=quorum` declares competing queues and their `<queue>.dlq` as
+//! RabbitMQ quorum queues (replicated in a cluster) with `x-delivery-limit`
+//! (`?delivery_limit=N`, default 20): past it the broker dead-letters the message
+//! to `<queue>.dlq` itself, and listing dead letters gives the reason. Per-process
+//! queues stay classic (quorum queues cannot be exclusive).
 //!
 //! # Features
 //!
-//! - `rustls`: `amqps://` through rustls (ring, the system's root certificates).
+//! - `rustls`: `amqps://` through rustls (ring, the system's root certificates;
+//!   `?tls_ca=<pem file>` adds a private CA).
 
 mod ack;
 mod consume;
@@ -90,6 +134,7 @@ mod headers;
 mod link;
 mod provider;
 mod publish;
+mod replay;
 mod topology;
 mod url;
 

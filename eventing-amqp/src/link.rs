@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use eventing::{Error, Result};
+use lapin::tcp::OwnedTLSConfig;
 use lapin::uri::AMQPUri;
 use lapin::{Connection, ConnectionProperties};
 use parking_lot::{Mutex, RwLock};
@@ -21,10 +22,22 @@ use crate::error::PROVIDER;
 const RETRY_AFTER: Duration = Duration::from_millis(250);
 /// How long `close` waits for the broker.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest frame asked for when the URL does not set `frame_max`.
+///
+/// lapin keeps a receive and a send buffer of 32 frames for each connection. Left
+/// to the broker (RabbitMQ: 128 KiB), it grows them to 4 MiB each when the
+/// connection is tuned, writing zeros, so every connection holds 8 MiB of resident
+/// memory (16 MiB for a provider's two). At 32 KiB they take at most 2 MiB per
+/// connection, paged in as they are used; larger bodies are split into more
+/// frames. (With a broker that leaves frame_max unlimited, lapin would size the
+/// buffers for 4 GiB frames.)
+pub(crate) const DEFAULT_FRAME_MAX: u32 = 32 * 1024;
 
 /// A connection slot.
 pub(crate) struct Link {
     uri: AMQPUri,
+    /// Extra trusted certificates for `amqps://` (the URL's `tls_ca`).
+    tls: OwnedTLSConfig,
     /// The URL without credentials.
     url: String,
     /// The connection's name on the broker.
@@ -40,13 +53,16 @@ impl Link {
     /// Connects, waiting at most `timeout`.
     pub(crate) async fn open(
         uri: AMQPUri,
+        tls: OwnedTLSConfig,
         url: String,
         name: String,
         timeout: Duration,
     ) -> Result<Self> {
-        let connection = connect(&uri, &url, &name, timeout).await?;
+        let uri = with_default_frame_max(uri);
+        let connection = connect(&uri, &tls, &url, &name, timeout).await?;
         Ok(Self {
             uri,
+            tls,
             url,
             name,
             timeout,
@@ -82,7 +98,7 @@ impl Link {
                 reason: reason.clone(),
             });
         }
-        match connect(&self.uri, &self.url, &self.name, self.timeout).await {
+        match connect(&self.uri, &self.tls, &self.url, &self.name, self.timeout).await {
             Ok(connection) => {
                 tracing::info!(url = %self.url, connection = %self.name, "reconnected");
                 let connection = Arc::new(connection);
@@ -92,7 +108,12 @@ impl Link {
             }
             Err(error) => {
                 tracing::warn!(url = %self.url, connection = %self.name, %error, "cannot reconnect");
-                *self.last_failure.lock() = Some((Instant::now(), error.to_string()));
+                // Kept as the bare reason: callers get it in an `Unavailable` again.
+                let reason = match &error {
+                    Error::Unavailable { reason, .. } => reason.clone(),
+                    other => other.to_string(),
+                };
+                *self.last_failure.lock() = Some((Instant::now(), reason));
                 Err(error)
             }
         }
@@ -120,9 +141,28 @@ impl Link {
     }
 }
 
-async fn connect(uri: &AMQPUri, url: &str, name: &str, timeout: Duration) -> Result<Connection> {
+/// `uri` asking for [`DEFAULT_FRAME_MAX`] unless it sets `frame_max` itself.
+fn with_default_frame_max(mut uri: AMQPUri) -> AMQPUri {
+    if uri.query.frame_max.is_none() {
+        uri.query.frame_max = Some(DEFAULT_FRAME_MAX);
+    }
+    uri
+}
+
+async fn connect(
+    uri: &AMQPUri,
+    tls: &OwnedTLSConfig,
+    url: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<Connection> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    let connecting = Connection::connect_uri(uri.clone(), properties);
+    let runtime = lapin::runtime::default_runtime().map_err(|error| Error::Unavailable {
+        provider: PROVIDER,
+        reason: format!("cannot connect to {url}: {error}"),
+    })?;
+    let connecting =
+        Connection::connect_uri_with_config(uri.clone(), properties, tls.clone(), runtime);
     match tokio::time::timeout(timeout, connecting).await {
         Err(_) => Err(Error::Timeout {
             operation: "connecting to the AMQP broker",
@@ -133,5 +173,23 @@ async fn connect(uri: &AMQPUri, url: &str, name: &str, timeout: Duration) -> Res
             reason: format!("cannot connect to {url}: {error}"),
         }),
         Ok(Ok(connection)) => Ok(connection),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_small_unless_the_url_says_otherwise() {
+        let uri: AMQPUri = "amqp://127.0.0.1:5672/%2f".parse().expect("uri");
+        assert_eq!(
+            with_default_frame_max(uri).query.frame_max,
+            Some(DEFAULT_FRAME_MAX)
+        );
+        let uri: AMQPUri = "amqp://127.0.0.1:5672/%2f?frame_max=131072"
+            .parse()
+            .expect("uri");
+        assert_eq!(with_default_frame_max(uri).query.frame_max, Some(131_072));
     }
 }

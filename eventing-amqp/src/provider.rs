@@ -17,6 +17,7 @@ use crate::consume::{self, AmqpConsumer, Settler};
 use crate::error::{PROVIDER, broker, short};
 use crate::link::Link;
 use crate::publish::Publisher;
+use crate::replay;
 use crate::topology::{self, DeadLetterQueue};
 use crate::url;
 
@@ -49,6 +50,8 @@ struct Inner {
     consumers: Mutex<Vec<(Weak<Settler>, JoinHandle<()>)>>,
     url: String,
     server: String,
+    /// The type of competing queues (the URL's `queue_type`, `delivery_limit`).
+    queue_type: topology::QueueType,
     closed: AtomicBool,
 }
 
@@ -67,13 +70,18 @@ impl AmqpProvider {
     /// The URL is `amqp://user:password@host:port/vhost` with the vhost
     /// percent-encoded (`%2f` for `/`), or `amqps://` with the `rustls` feature.
     /// lapin's query parameters (`heartbeat`, `frame_max`, `channel_max`,
-    /// `connection_timeout`) apply. Errors never contain the credentials.
+    /// `connection_timeout`) apply, and the provider's own: `queue_type=quorum`
+    /// (with `delivery_limit=N`, default 20) for quorum competing queues, and
+    /// `tls_ca=<pem file>` (or `cacertfile=`) on `amqps://` to trust a private CA.
+    /// Unknown, repeated or malformed parameters are [`Error::InvalidUrl`](eventing::Error::InvalidUrl).
+    /// Errors never contain the credentials.
     pub async fn connect(config: ProviderConfig) -> Result<Self> {
         let url = url::parse(&config.url)?;
         let link = |role: &str| {
             let name = format!("eventing {} ({role})", config.server_name);
             Link::open(
                 url.uri.clone(),
+                url.tls.clone(),
                 url.redacted.clone(),
                 name,
                 config.send_timeout,
@@ -89,6 +97,7 @@ impl AmqpProvider {
                 consumers: Mutex::new(Vec::new()),
                 url: url.redacted,
                 server: config.server_name,
+                queue_type: url.queue_type,
                 closed: AtomicBool::new(false),
             }),
         })
@@ -105,9 +114,14 @@ impl AmqpProvider {
         options: ConsumeOptions,
     ) -> Result<AmqpConsumer> {
         let queue = short("queue", &spec.name)?;
-        let dead_letters = DeadLetterQueue::of(spec)?;
+        let dead_letters = DeadLetterQueue::of(spec)?.with_type(self.inner.queue_type);
         let connection = self.inner.consuming.get().await?;
-        topology::declare(&connection, std::slice::from_ref(spec)).await?;
+        topology::declare(
+            &connection,
+            std::slice::from_ref(spec),
+            self.inner.queue_type,
+        )
+        .await?;
         let channel = connection
             .create_channel()
             .await
@@ -152,7 +166,7 @@ impl Provider for AmqpProvider {
     fn declare<'a>(&'a self, queues: &'a [QueueSpec]) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let connection = self.inner.consuming.get().await?;
-            topology::declare(&connection, queues).await?;
+            topology::declare(&connection, queues, self.inner.queue_type).await?;
             for spec in queues {
                 self.inner.publisher.exchange_declared(&spec.event);
             }
@@ -183,6 +197,17 @@ impl Provider for AmqpProvider {
         Box::pin(async move {
             let connection = self.inner.consuming.get().await?;
             topology::peek_dead_letters(&connection, queue, limit).await
+        })
+    }
+
+    fn replay_dead_letters<'a>(
+        &'a self,
+        queue: &'a QueueSpec,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<usize>> {
+        Box::pin(async move {
+            let connection = self.inner.consuming.get().await?;
+            replay::replay(&connection, &self.inner.publisher, queue, limit).await
         })
     }
 

@@ -1,6 +1,14 @@
 //! Publishing: one confirm-mode channel for durable messages and dead letters, one
 //! plain channel for transient messages, both shared by every concurrent send, on
 //! the publishing connection.
+//!
+//! A publish that fails because the connection or the channel went away is made
+//! again, on a fresh channel and connection, with capped exponential backoff and
+//! jitter, until shortly before the send timeout; then it fails with
+//! [`Error::Unavailable`] and the last reason. A durable publish succeeds only on
+//! the broker's confirm. A publish whose confirm was lost with the connection may
+//! have reached the broker, so a retry can store it twice: at least once, never
+//! zero times without an error.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -13,11 +21,21 @@ use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::OnceCell;
+use tokio::time::Instant;
 
-use crate::error::{AmqpError, PROVIDER, broker, short};
+use crate::error::{
+    AmqpError, PROVIDER, broker, is_retryable, is_retryable_error, kind_name, short,
+};
 use crate::headers;
 use crate::link::Link;
 use crate::topology::{self, DeadLetterQueue};
+
+/// The first pause before a publish is made again.
+const FIRST_BACKOFF: Duration = Duration::from_millis(20);
+/// The longest pause between two attempts of one publish.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// The time left for the last attempt before a publish gives up.
+const LAST_ATTEMPT: Duration = Duration::from_millis(20);
 
 /// Sends messages for one provider.
 pub(crate) struct Publisher {
@@ -29,12 +47,62 @@ pub(crate) struct Publisher {
     timeout: Duration,
 }
 
-/// Where a message goes.
-struct Target {
-    exchange: ShortString,
-    routing_key: ShortString,
+/// One message to publish, where to, and how to name it in errors.
+struct Message<'a> {
+    /// `""` for the default exchange.
+    exchange: &'a str,
+    routing_key: &'a str,
     /// Ask the broker to return it if no queue takes it.
     mandatory: bool,
+    /// The event's fanout exchange to declare first: address and durability.
+    declare: Option<(&'a str, bool)>,
+    envelope: &'a Envelope,
+    persistent: bool,
+    /// What is being done, for errors (`"publishing to exchange"`).
+    operation: &'static str,
+    /// The exchange or queue, for errors.
+    target: &'a str,
+}
+
+/// Why one attempt of a publish failed.
+enum Failed {
+    /// The broker or the channel failed the publish itself.
+    Broker(lapin::Error),
+    /// No channel could be had, or the exchange could not be declared.
+    Other(Error),
+}
+
+impl Failed {
+    fn retryable(&self) -> bool {
+        match self {
+            Failed::Broker(error) => is_retryable(error),
+            Failed::Other(error) => is_retryable_error(error),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Failed::Broker(error) => kind_name(error),
+            Failed::Other(Error::Unavailable { .. }) => "unavailable",
+            Failed::Other(Error::Timeout { .. }) => "timeout",
+            Failed::Other(_) => "other",
+        }
+    }
+
+    fn into_error(self, message: &Message<'_>) -> Error {
+        match self {
+            Failed::Broker(error) => broker(message.operation, message.target, error),
+            Failed::Other(error) => error,
+        }
+    }
+
+    fn reason(&self) -> String {
+        match self {
+            Failed::Broker(error) => error.to_string(),
+            Failed::Other(Error::Unavailable { reason, .. }) => reason.clone(),
+            Failed::Other(error) => error.to_string(),
+        }
+    }
 }
 
 impl Publisher {
@@ -54,124 +122,275 @@ impl Publisher {
     /// Publishes to the event's fanout exchange. Durable messages are persistent and
     /// this returns once the broker confirmed them.
     pub(crate) async fn publish(&self, route: Route<'_>, envelope: &Envelope) -> Result<()> {
-        let target = Target {
-            exchange: short("exchange", route.address)?,
-            routing_key: ShortString::default(),
+        let message = Message {
+            exchange: route.address,
+            routing_key: "",
             mandatory: false,
+            declare: Some((route.address, route.durable)),
+            envelope,
+            persistent: route.durable,
+            operation: if route.durable {
+                "publishing a durable message to exchange"
+            } else {
+                "publishing a message to exchange"
+            },
+            target: route.address,
         };
-        let properties = headers::to_properties(envelope, route.durable)?;
-        let (lane, operation) = if route.durable {
-            (
-                &self.confirmed,
-                "publishing a durable message (waiting for the broker's confirm)",
-            )
+        let lane = if route.durable {
+            &self.confirmed
         } else {
-            (&self.transient, "publishing a message")
+            &self.transient
         };
-        let exchange = Some((route.address, route.durable));
-        let publish = self.send(lane, target, exchange, &envelope.body, properties);
-        let confirmation = tokio::time::timeout(self.timeout, publish)
-            .await
-            .map_err(|_| Error::Timeout {
-                operation,
-                after: self.timeout,
-            })?
-            .map_err(|error| match error {
-                Sent::Broker(error) => broker("publishing to exchange", route.address, error),
-                Sent::Other(error) => error,
-            })?;
-        match confirmation {
+        match self.deliver(lane, &message).await? {
             Confirmation::Nack(_) => Err(Error::Refused {
                 provider: PROVIDER,
                 address: route.address.to_string(),
                 message_id: envelope.message_id().to_string(),
                 reason: "the broker nacked the message (publisher confirm)".into(),
             }),
-            Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(_) => Ok(()),
+            Confirmation::NotRequested if !route.durable => Ok(()),
+            Confirmation::NotRequested => Err(not_confirmed(route.address)),
         }
     }
 
     /// Stores `envelope` persistently in `dlq` through the default exchange and waits
     /// for the broker's confirm. A missing queue is declared once and the publish
-    /// retried.
+    /// made again.
     pub(crate) async fn dead_letter(
         &self,
         dlq: &DeadLetterQueue,
         envelope: &Envelope,
     ) -> Result<()> {
-        let properties = headers::to_properties(envelope, true)?;
+        let message = Message {
+            exchange: "",
+            routing_key: dlq.name.as_str(),
+            mandatory: true,
+            declare: None,
+            envelope,
+            persistent: true,
+            operation: "dead-lettering to queue",
+            target: dlq.name.as_str(),
+        };
         for attempt in 0..2 {
-            let target = Target {
-                exchange: ShortString::default(),
-                routing_key: dlq.name.clone(),
-                mandatory: true,
-            };
-            let properties = properties.clone();
-            let sent = self.send(&self.confirmed, target, None, &envelope.body, properties);
-            let confirmation = tokio::time::timeout(self.timeout, sent)
-                .await
-                .map_err(|_| Error::Timeout {
-                    operation: "dead-lettering a message (waiting for the broker's confirm)",
-                    after: self.timeout,
-                })?
-                .map_err(|error| match error {
-                    Sent::Broker(error) => {
-                        broker("dead-lettering to queue", dlq.name.as_str(), error)
-                    }
-                    Sent::Other(error) => error,
-                })?;
-            match confirmation {
-                Confirmation::Nack(_) => {
-                    return Err(Error::Refused {
-                        provider: PROVIDER,
-                        address: dlq.name.to_string(),
-                        message_id: envelope.message_id().to_string(),
-                        reason: "the broker nacked the dead letter (publisher confirm)".into(),
-                    });
-                }
-                Confirmation::Ack(Some(_returned)) if attempt == 0 => {
+            match self.stored(&message).await? {
+                Stored::Yes => return Ok(()),
+                Stored::NoQueue if attempt == 0 => {
                     tracing::warn!(dlq = %dlq.name, "dead-letter queue missing; declaring it again");
                     let connection = self.link.get().await?;
                     topology::declare_dead_letter_queue(&connection, dlq).await?;
                 }
-                Confirmation::Ack(Some(_returned)) => {
-                    return Err(Error::provider(
-                        PROVIDER,
-                        AmqpError::Unroutable {
-                            queue: dlq.name.to_string(),
-                        },
-                    ));
-                }
-                Confirmation::Ack(None) | Confirmation::NotRequested => return Ok(()),
+                Stored::NoQueue => break,
             }
         }
-        Ok(())
+        Err(Error::provider(
+            PROVIDER,
+            AmqpError::Unroutable {
+                queue: dlq.name.to_string(),
+            },
+        ))
     }
 
-    /// Publishes on `lane`, on a new channel (and connection) if the last one was
-    /// lost, after declaring the event's exchange if `exchange` names one. A new
-    /// channel also forgets which exchanges exist: the broker closes a channel that
-    /// publishes to a deleted exchange, and declaring again is cheap.
-    async fn send(
+    /// Stores `envelope` persistently in `queue` through the default exchange (so
+    /// only that queue gets it) and waits for the broker's confirm. A missing queue
+    /// is an error.
+    pub(crate) async fn to_queue(&self, queue: &str, envelope: &Envelope) -> Result<()> {
+        let message = Message {
+            exchange: "",
+            routing_key: queue,
+            mandatory: true,
+            declare: None,
+            envelope,
+            persistent: true,
+            operation: "publishing to queue",
+            target: queue,
+        };
+        match self.stored(&message).await? {
+            Stored::Yes => Ok(()),
+            Stored::NoQueue => Err(Error::provider(
+                PROVIDER,
+                AmqpError::Unroutable {
+                    queue: queue.to_string(),
+                },
+            )),
+        }
+    }
+
+    /// Publishes a mandatory, persistent `message` on the confirm channel.
+    async fn stored(&self, message: &Message<'_>) -> Result<Stored> {
+        match self.deliver(&self.confirmed, message).await? {
+            Confirmation::Nack(_) => Err(Error::Refused {
+                provider: PROVIDER,
+                address: message.target.to_string(),
+                message_id: message.envelope.message_id().to_string(),
+                reason: "the broker nacked the message (publisher confirm)".into(),
+            }),
+            Confirmation::Ack(Some(_returned)) => Ok(Stored::NoQueue),
+            Confirmation::Ack(None) => Ok(Stored::Yes),
+            Confirmation::NotRequested => Err(not_confirmed(message.target)),
+        }
+    }
+
+    /// Publishes `message` on `lane` and returns the broker's answer, making it
+    /// again while it fails for a reason a new channel or connection may cure
+    /// ([`is_retryable`]), with capped exponential backoff and jitter, until
+    /// [`deadline`] of the send timeout has passed. Then the error is
+    /// [`Error::Unavailable`] with the last reason, or [`Error::Timeout`] if the
+    /// broker is connected and simply did not confirm in time.
+    async fn deliver(&self, lane: &Lane, message: &Message<'_>) -> Result<Confirmation> {
+        let began = Instant::now();
+        let deadline = began + deadline(self.timeout);
+        let mut attempts: u32 = 0;
+        let mut last: Option<String> = None;
+        loop {
+            attempts += 1;
+            let attempt = self.attempt(lane, message);
+            let failed = match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok(confirmation)) => {
+                    if attempts > 1 {
+                        tracing::debug!(
+                            target = message.target,
+                            message_id = message.envelope.message_id(),
+                            attempts,
+                            took = ?began.elapsed(),
+                            "published after retrying"
+                        );
+                    }
+                    return Ok(confirmation);
+                }
+                Ok(Err(failed)) => failed,
+                Err(_) => return Err(self.gave_up(message, began, attempts, last)),
+            };
+            if !failed.retryable() {
+                tracing::debug!(
+                    target = message.target,
+                    kind = failed.kind(),
+                    reason = %failed.reason(),
+                    "publish failed; not retried"
+                );
+                return Err(failed.into_error(message));
+            }
+            // The last pause ends a little before the deadline, so a broker that
+            // came back gets one more attempt.
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining <= LAST_ATTEMPT {
+                return Err(self.gave_up(message, began, attempts, Some(failed.reason())));
+            }
+            let pause = backoff(attempts).min(remaining - LAST_ATTEMPT);
+            tracing::debug!(
+                target = message.target,
+                message_id = message.envelope.message_id(),
+                attempts,
+                kind = failed.kind(),
+                reason = %failed.reason(),
+                ?pause,
+                "publish failed; retrying"
+            );
+            last = Some(failed.reason());
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// The error once a publish ran out of time.
+    fn gave_up(
+        &self,
+        message: &Message<'_>,
+        began: Instant,
+        attempts: u32,
+        last: Option<String>,
+    ) -> Error {
+        let error = self.why_not(message, began, attempts, last);
+        tracing::warn!(
+            target = message.target,
+            message_id = message.envelope.message_id(),
+            attempts,
+            %error,
+            "publish given up"
+        );
+        error
+    }
+
+    fn why_not(
+        &self,
+        message: &Message<'_>,
+        began: Instant,
+        attempts: u32,
+        last: Option<String>,
+    ) -> Error {
+        let connection = self.link.current();
+        let status = connection.status();
+        let took = began.elapsed();
+        if status.blocked() {
+            return Error::Unavailable {
+                provider: PROVIDER,
+                reason: format!(
+                    "{} `{}`: the broker blocks publishers (connection.blocked: a resource alarm) and did not take the message within {took:?}",
+                    message.operation, message.target
+                ),
+            };
+        }
+        match last {
+            None if status.connected() && message.persistent => Error::Timeout {
+                operation: "publishing a durable message (waiting for the broker's confirm)",
+                after: took,
+            },
+            None if status.connected() => Error::Timeout {
+                operation: "publishing a message",
+                after: took,
+            },
+            None => Error::Unavailable {
+                provider: PROVIDER,
+                reason: format!(
+                    "{} `{}`: no connection to the broker within {took:?}",
+                    message.operation, message.target
+                ),
+            },
+            Some(last) => Error::Unavailable {
+                provider: PROVIDER,
+                reason: format!(
+                    "{} `{}`: {attempts} attempts in {took:?} failed, the last with: {last}",
+                    message.operation, message.target
+                ),
+            },
+        }
+    }
+
+    /// One attempt: publishes on `lane`, on a new channel (and connection) if the
+    /// last one was lost, after declaring the event's exchange if the message names
+    /// one. A new channel also forgets which exchanges exist: the broker closes a
+    /// channel that publishes to a deleted exchange, and declaring again is cheap.
+    async fn attempt(
         &self,
         lane: &Lane,
-        target: Target,
-        exchange: Option<(&str, bool)>,
-        payload: &[u8],
-        properties: BasicProperties,
-    ) -> Result<Confirmation, Sent> {
-        let (channel, fresh) = lane.channel(&self.link).await.map_err(Sent::Other)?;
+        message: &Message<'_>,
+    ) -> std::result::Result<Confirmation, Failed> {
+        let exchange = short("exchange", message.exchange).map_err(Failed::Other)?;
+        let routing_key = short("routing key", message.routing_key).map_err(Failed::Other)?;
+        let properties =
+            headers::to_properties(message.envelope, message.persistent).map_err(Failed::Other)?;
+        let (channel, fresh) = lane.channel(&self.link).await.map_err(Failed::Other)?;
         if fresh {
             self.exchanges.write().clear();
         }
-        if let Some((address, durable)) = exchange {
+        if let Some((address, durable)) = message.declare {
             self.ensure_exchange(address, durable)
                 .await
-                .map_err(Sent::Other)?;
+                .map_err(Failed::Other)?;
         }
-        lane.publish(&channel, target, payload, properties)
-            .await
-            .map_err(Sent::Broker)
+        let options = BasicPublishOptions {
+            mandatory: message.mandatory,
+            immediate: false,
+        };
+        lane.publish(
+            &channel,
+            exchange,
+            routing_key,
+            options,
+            &message.envelope.body,
+            properties,
+        )
+        .await
+        .map_err(Failed::Broker)
     }
 
     /// Declares the fanout exchange of `address` once per channel, so a message sent
@@ -210,12 +429,37 @@ impl Publisher {
     }
 }
 
-/// Why a send failed.
-enum Sent {
-    /// The broker or the channel failed.
-    Broker(lapin::Error),
-    /// No channel could be opened.
-    Other(Error),
+/// Whether a mandatory publish found its queue.
+enum Stored {
+    Yes,
+    /// The broker returned the message: no such queue.
+    NoQueue,
+}
+
+fn not_confirmed(target: &str) -> Error {
+    Error::provider(
+        PROVIDER,
+        AmqpError::NotConfirmed {
+            target: target.to_string(),
+        },
+    )
+}
+
+/// How long a publish keeps trying: the send timeout less a margin (a twentieth,
+/// between 10 ms and 500 ms), so that the publisher's own error, with its reason,
+/// comes before the manager's timeout around the whole send.
+pub(crate) fn deadline(send_timeout: Duration) -> Duration {
+    let margin = (send_timeout / 20).clamp(Duration::from_millis(10), Duration::from_millis(500));
+    send_timeout.saturating_sub(margin)
+}
+
+/// The pause after failed attempt number `attempt` (from 1): 20 ms doubling up to
+/// 1 s, less up to half of it at random, so waiting publishes do not retry in step.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    let exponent = attempt.saturating_sub(1).min(16);
+    let base = FIRST_BACKOFF.saturating_mul(1 << exponent).min(MAX_BACKOFF);
+    let random = f64::from(uuid::Uuid::new_v4().as_u128() as u32) / f64::from(u32::MAX);
+    base.saturating_sub(base.mul_f64(random * 0.5))
 }
 
 /// One publishing channel, opened again when the broker or the connection lost it.
@@ -260,21 +504,13 @@ impl Lane {
     async fn publish(
         &self,
         channel: &Channel,
-        target: Target,
+        exchange: ShortString,
+        routing_key: ShortString,
+        options: BasicPublishOptions,
         payload: &[u8],
         properties: BasicProperties,
     ) -> lapin::Result<Confirmation> {
-        let options = BasicPublishOptions {
-            mandatory: target.mandatory,
-            immediate: false,
-        };
-        let publish = channel.basic_publish(
-            target.exchange,
-            target.routing_key,
-            options,
-            payload,
-            properties,
-        );
+        let publish = channel.basic_publish(exchange, routing_key, options, payload, properties);
         let confirm = if self.confirms {
             first_poll_locked(&self.order, publish).await?
         } else {
@@ -311,4 +547,46 @@ async fn first_poll_locked<F: Future>(lock: &Mutex<()>, future: F) -> F::Output 
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_deadline_falls_just_before_the_send_timeout() {
+        assert_eq!(
+            deadline(Duration::from_secs(30)),
+            Duration::from_millis(29_500)
+        );
+        assert_eq!(
+            deadline(Duration::from_secs(5)),
+            Duration::from_millis(4_750)
+        );
+        assert_eq!(
+            deadline(Duration::from_millis(100)),
+            Duration::from_millis(90)
+        );
+        assert_eq!(deadline(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter() {
+        for _ in 0..100 {
+            let first = backoff(1);
+            assert!(
+                first >= FIRST_BACKOFF / 2 && first <= FIRST_BACKOFF,
+                "{first:?}"
+            );
+            let later = backoff(40);
+            assert!(
+                later >= MAX_BACKOFF / 2 && later <= MAX_BACKOFF,
+                "{later:?}"
+            );
+        }
+        let fourth = backoff(4);
+        assert!(fourth >= FIRST_BACKOFF * 4 && fourth <= FIRST_BACKOFF * 8);
+        let distinct: std::collections::BTreeSet<Duration> = (0..20).map(|_| backoff(8)).collect();
+        assert!(distinct.len() > 1, "jitter varies the pause");
+    }
 }

@@ -1,11 +1,43 @@
 //! Reading the provider URL without ever echoing its credentials.
+//!
+//! Besides lapin's own query parameters (`heartbeat`, `frame_max`, `channel_max`,
+//! `connection_timeout`, `auth_mechanism`) the URL takes:
+//!
+//! | parameter | default | meaning |
+//! |---|---|---|
+//! | `queue_type` | `classic` | `quorum`: competing queues and their `.dlq` are quorum queues (replicated on a cluster); per-process queues stay classic (they are exclusive) |
+//! | `delivery_limit` | `20` | with `queue_type=quorum`: `x-delivery-limit`; the broker dead-letters a message to `<queue>.dlq` after this many deliveries without an acknowledgement |
+//! | `tls_ca` (or RabbitMQ's name `cacertfile`) | none | `amqps://` only: a PEM file of certificates to trust besides the system's roots (a private CA) |
+//!
+//! An unknown parameter, a repeated one or a bad value is an
+//! [`Error::InvalidUrl`] naming the parameter.
 
 use eventing::{Error, redact_url};
+use lapin::tcp::OwnedTLSConfig;
 use lapin::uri::{AMQPScheme, AMQPUri};
+
+use crate::topology::{DEFAULT_DELIVERY_LIMIT, QueueType};
+
+/// lapin's own query parameters, which it parses.
+const LAPIN_PARAMETERS: [&str; 5] = [
+    "heartbeat",
+    "frame_max",
+    "channel_max",
+    "connection_timeout",
+    "auth_mechanism",
+];
+
+/// Every query parameter the URL may carry, for error messages.
+const PARAMETERS: &str = "heartbeat, frame_max, channel_max, connection_timeout, \
+                          auth_mechanism, queue_type, delivery_limit, tls_ca (or cacertfile)";
 
 /// A parsed `amqp://` or `amqps://` URL and its redacted form for logs.
 pub(crate) struct BrokerUrl {
     pub(crate) uri: AMQPUri,
+    /// Extra trusted certificates (`tls_ca`) for `amqps://`; empty otherwise.
+    pub(crate) tls: OwnedTLSConfig,
+    /// The type of competing queues (`queue_type`, `delivery_limit`).
+    pub(crate) queue_type: QueueType,
     /// The URL with user and password replaced by `***`.
     pub(crate) redacted: String,
 }
@@ -14,6 +46,7 @@ impl std::fmt::Debug for BrokerUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BrokerUrl")
             .field("url", &self.redacted)
+            .field("queue_type", &self.queue_type)
             .finish_non_exhaustive()
     }
 }
@@ -35,7 +68,152 @@ pub(crate) fn parse(url: &str) -> Result<BrokerUrl, Error> {
             ),
         });
     }
-    Ok(BrokerUrl { uri, redacted })
+    let options = Options::from_query(url, uri.scheme == AMQPScheme::AMQPS).map_err(|reason| {
+        Error::InvalidUrl {
+            reason: format!("`{redacted}`: {reason}"),
+        }
+    })?;
+    let tls = match &options.tls_ca {
+        Some(path) => OwnedTLSConfig {
+            identity: None,
+            cert_chain: Some(read_certificates(path).map_err(|reason| Error::InvalidUrl {
+                reason: format!("`{redacted}`: {reason}"),
+            })?),
+        },
+        None => OwnedTLSConfig::default(),
+    };
+    Ok(BrokerUrl {
+        uri,
+        tls,
+        queue_type: options.queue_type,
+        redacted,
+    })
+}
+
+/// What the URL's own query parameters say.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Options {
+    queue_type: QueueType,
+    tls_ca: Option<String>,
+}
+
+impl Options {
+    /// Reads the parameters after the `?` of `url` (`tls` for `amqps://`).
+    fn from_query(url: &str, tls: bool) -> Result<Options, String> {
+        let query = url
+            .split_once('?')
+            .map_or("", |(_, query)| query)
+            .split('#')
+            .next()
+            .unwrap_or("");
+        let mut seen: Vec<String> = Vec::new();
+        let mut quorum = false;
+        let mut delivery_limit = None;
+        let mut tls_ca = None;
+        for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let name = decode(name).ok_or("a parameter name is not percent-encoded UTF-8")?;
+            let value = decode(value)
+                .ok_or_else(|| format!("the value of `{name}` is not percent-encoded UTF-8"))?;
+            let key = if name == "cacertfile" {
+                "tls_ca"
+            } else {
+                name.as_str()
+            };
+            if seen.iter().any(|s| s == key) {
+                return Err(format!("`{name}` is given more than once"));
+            }
+            seen.push(key.to_string());
+            match key {
+                "queue_type" => {
+                    quorum = match value.as_str() {
+                        "classic" => false,
+                        "quorum" => true,
+                        _ => {
+                            return Err(format!(
+                                "`queue_type` must be `classic` or `quorum`, not `{value}`"
+                            ));
+                        }
+                    }
+                }
+                "delivery_limit" => {
+                    let limit = value
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|limit| (1..=i32::MAX as u32).contains(limit))
+                        .ok_or_else(|| {
+                            format!(
+                                "`delivery_limit` must be a whole number from 1 to {}, not `{value}`",
+                                i32::MAX
+                            )
+                        })?;
+                    delivery_limit = Some(limit);
+                }
+                "tls_ca" => {
+                    if !tls {
+                        return Err(format!("`{name}` needs an amqps:// URL"));
+                    }
+                    if value.is_empty() {
+                        return Err(format!("`{name}` is empty; it names a PEM file"));
+                    }
+                    tls_ca = Some(value);
+                }
+                lapin if LAPIN_PARAMETERS.contains(&lapin) => {}
+                other => {
+                    return Err(format!("unknown parameter `{other}` (known: {PARAMETERS})"));
+                }
+            }
+        }
+        let queue_type = match (quorum, delivery_limit) {
+            (true, limit) => QueueType::Quorum {
+                delivery_limit: limit.unwrap_or(DEFAULT_DELIVERY_LIMIT),
+            },
+            (false, None) => QueueType::Classic,
+            (false, Some(_)) => {
+                return Err(
+                    "`delivery_limit` needs `queue_type=quorum` (classic queues have no delivery limit)"
+                        .into(),
+                );
+            }
+        };
+        Ok(Options { queue_type, tls_ca })
+    }
+}
+
+/// The PEM text of the certificate file `path`; an error unless it holds one.
+fn read_certificates(path: &str) -> Result<String, String> {
+    let pem =
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read tls_ca `{path}`: {e}"))?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!("tls_ca `{path}` holds no PEM certificate"));
+    }
+    Ok(pem)
+}
+
+/// Percent-decodes a query component (`+` is a space), or `None` if the result is
+/// not UTF-8 or an escape is malformed.
+fn decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = text.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            byte => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Removes the URL and anything that looks like its user info from a parser message.
@@ -83,6 +261,133 @@ mod tests {
                 assert!(!text.contains("user:"), "leaks the user: {text}");
             }
         }
+    }
+
+    #[test]
+    fn queue_type_and_delivery_limit() {
+        let classic = parse("amqp://127.0.0.1/%2f").expect("valid");
+        assert_eq!(classic.queue_type, QueueType::Classic);
+        let explicit = parse("amqp://127.0.0.1/%2f?queue_type=classic").expect("valid");
+        assert_eq!(explicit.queue_type, QueueType::Classic);
+        let quorum = parse("amqp://127.0.0.1/%2f?heartbeat=5&queue_type=quorum").expect("valid");
+        assert_eq!(
+            quorum.queue_type,
+            QueueType::Quorum {
+                delivery_limit: DEFAULT_DELIVERY_LIMIT
+            }
+        );
+        assert_eq!(
+            quorum.uri.query.heartbeat,
+            Some(5),
+            "lapin's parameters still apply"
+        );
+        let limited = parse("amqp://h/%2f?delivery_limit=3&queue_type=quorum").expect("valid");
+        assert_eq!(limited.queue_type, QueueType::Quorum { delivery_limit: 3 });
+    }
+
+    #[test]
+    fn bad_parameters_are_typed_errors_naming_them() {
+        for (url, expected) in [
+            ("amqp://h/%2f?queue_type=stream", "`queue_type` must be"),
+            ("amqp://h/%2f?queue_type=", "`queue_type` must be"),
+            (
+                "amqp://h/%2f?queue_type=quorum&delivery_limit=0",
+                "`delivery_limit` must be",
+            ),
+            (
+                "amqp://h/%2f?queue_type=quorum&delivery_limit=-1",
+                "`delivery_limit` must be",
+            ),
+            (
+                "amqp://h/%2f?queue_type=quorum&delivery_limit=lots",
+                "`delivery_limit` must be",
+            ),
+            (
+                "amqp://h/%2f?queue_type=quorum&delivery_limit=4294967295",
+                "`delivery_limit` must be",
+            ),
+            ("amqp://h/%2f?delivery_limit=5", "needs `queue_type=quorum`"),
+            (
+                "amqp://h/%2f?queue-type=quorum",
+                "unknown parameter `queue-type`",
+            ),
+            (
+                "amqp://h/%2f?queue_type=quorum&queue_type=classic",
+                "more than once",
+            ),
+            ("amqp://h/%2f?tls_ca=/ca.pem", "needs an amqps:// URL"),
+            ("amqp://h/%2f?cacertfile=/ca.pem", "needs an amqps:// URL"),
+            ("amqp://h/%2f?queue_type=%ff", "not percent-encoded UTF-8"),
+        ] {
+            let error = parse(url).expect_err(url);
+            assert!(
+                matches!(error, Error::InvalidUrl { .. }),
+                "{url}: {error:?}"
+            );
+            let text = error.to_string();
+            assert!(text.contains(expected), "{url}: {text}");
+        }
+        let error = parse("amqp://h/%2f?nope=1")
+            .expect_err("unknown")
+            .to_string();
+        assert!(error.contains("known: heartbeat"), "{error}");
+    }
+
+    #[test]
+    fn decodes_query_components() {
+        assert_eq!(decode("a%2Fb+c").as_deref(), Some("a/b c"));
+        assert_eq!(decode("%").as_deref(), None);
+        assert_eq!(decode("%zz").as_deref(), None);
+        assert_eq!(decode("%e2%82%ac").as_deref(), Some("\u{20ac}"));
+    }
+
+    #[cfg(feature = "rustls")]
+    #[test]
+    fn tls_ca_is_read_and_checked() {
+        let dir = std::env::temp_dir().join(format!("eventing-amqp-url-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let good = dir.join("ca.pem");
+        std::fs::write(
+            &good,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        let bad = dir.join("empty.pem");
+        std::fs::write(&bad, "nothing here").expect("write");
+        let url = format!(
+            "amqps://user:{SECRET}@127.0.0.1:5671/%2f?tls_ca={}",
+            good.display()
+        );
+        let parsed = parse(&url).expect("valid");
+        assert!(
+            parsed
+                .tls
+                .cert_chain
+                .as_deref()
+                .is_some_and(|pem| pem.contains("MIIB"))
+        );
+        let alias = parse(&format!("amqps://h/%2f?cacertfile={}", good.display())).expect("valid");
+        assert!(alias.tls.cert_chain.is_some());
+        for (path, expected) in [
+            (bad.display().to_string(), "holds no PEM certificate"),
+            (
+                dir.join("missing.pem").display().to_string(),
+                "cannot read tls_ca",
+            ),
+        ] {
+            let url = format!("amqps://user:{SECRET}@h/%2f?tls_ca={path}");
+            let text = parse(&url).expect_err(&path).to_string();
+            assert!(text.contains(expected), "{text}");
+            assert!(!text.contains(SECRET), "{text}");
+        }
+        let both = format!("amqps://h/%2f?tls_ca={0}&cacertfile={0}", good.display());
+        assert!(
+            parse(&both)
+                .expect_err("twice")
+                .to_string()
+                .contains("more than once")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[cfg(not(feature = "rustls"))]

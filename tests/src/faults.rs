@@ -12,7 +12,10 @@
 //!
 //! and fails if a message was lost. `handled` counts completed listener calls (a
 //! duplicate is a second completed call for one id); `peak_rss_mib` is the test
-//! process's peak resident memory during the test.
+//! process's peak resident memory during the test. The backlog test adds
+//! `drain_growth_mib` (what it checks: growth while the consumer drains, from a
+//! baseline taken after the consumer connected) and `connect_mib` (what building
+//! the consumer's manager, i.e. connecting, cost).
 //!
 //! The tests restart the broker and load it heavily, so they must not run alongside
 //! anything else that uses it: `faults_tests!` takes a process-wide lock in each test,
@@ -133,6 +136,27 @@ async fn guarded<'h>(
     }
 }
 
+/// [`guarded`], and then removes `queues` (and their events' addresses) from the
+/// broker too: queues of managers the body builds itself rather than with
+/// [`TestEnv::start`].
+async fn guarded_then<'h>(
+    mut env: TestEnv<'h>,
+    queues: Vec<QueueSpec>,
+    body: impl AsyncFnOnce(&mut TestEnv<'h>) -> Result<(), String>,
+) {
+    let result = tokio::time::timeout(CASE_LIMIT, body(&mut env)).await;
+    let harness = env.harness;
+    env.finish().await;
+    let mut events: Vec<String> = queues.iter().map(|q| q.event.clone()).collect();
+    events.dedup();
+    harness.cleanup(&queues, &events).await;
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(failure)) => panic!("{failure}"),
+        Err(_) => panic!("timed out after {CASE_LIMIT:?}"),
+    }
+}
+
 /// Returns `Err(message)` from the enclosing body unless `cond` holds.
 macro_rules! check {
     ($cond:expr, $($message:tt)+) => {
@@ -238,7 +262,16 @@ pub struct Tally {
 impl Tally {
     /// Counts for ids `0..n`.
     pub fn new(n: u64) -> Arc<Tally> {
-        let zeros = || (0..n).map(|_| AtomicU32::new(0)).collect();
+        // Written once here, so the counters' pages are resident from the start
+        // (a zeroed allocation may be mapped lazily) and do not show up as growth
+        // in the memory measured while messages are counted.
+        let zeros = || {
+            let counts: Box<[AtomicU32]> = (0..n).map(|_| AtomicU32::new(0)).collect();
+            for count in &counts {
+                count.store(0, Ordering::Relaxed);
+            }
+            counts
+        };
         Arc::new(Tally {
             started: zeros(),
             completed: zeros(),
@@ -1225,8 +1258,19 @@ fn padded(id: u64) -> Outgoing {
 /// (prefetch bounds what is buffered). The backlog is [`BACKLOG`] messages, or
 /// [`eventing::DEFAULT_MAX_QUEUE_LEN`] on the in-process broker (whose queues hold
 /// no more).
+///
+/// The growth is measured from a baseline taken after the consumer's manager is
+/// built (its connections are open) and before it starts (subscribes): what a
+/// connection costs does not depend on the backlog (lapin's frame buffers, for
+/// one, are sized by `frame_max` when the connection opens), while everything a
+/// consumer buffers of the backlog arrives after it subscribed. The cost of
+/// connecting is printed too (`connect_mib`).
 pub async fn backlog_drain(harness: &dyn Harness, _ctx: &Ctx) {
-    guarded(TestEnv::new(harness), async |env| backlog_body(env).await).await;
+    let env = TestEnv::new(harness);
+    // The consumer's manager is not one of `env`'s (see `backlog_body`), so its
+    // queue is removed here, whatever happens in the body.
+    let queue = counter_queue(&env);
+    guarded_then(env, vec![queue], async |env| backlog_body(env).await).await;
 }
 
 async fn backlog_body(env: &mut TestEnv<'_>) -> Result<(), String> {
@@ -1258,39 +1302,61 @@ async fn backlog_body(env: &mut TestEnv<'_>) -> Result<(), String> {
     let published = began.elapsed();
 
     let tally = Tally::new(n);
-    let drain = RssSampler::start();
-    let drain_began = Instant::now();
+    let before_connect_kib = proc_status_kib("VmRSS").unwrap_or(0);
+    // Built here rather than with `env.start`, to take the baseline between
+    // connecting and subscribing.
     let consumer = env
-        .start(
-            env.builder("consumer")
-                .listener_options(options(BACKLOG_PREFETCH, 8))
-                .listener(Counter {
-                    hold_until: Some(Instant::now() + BACKLOG_HOLD),
-                    ..Counter::new(&tally, Duration::ZERO)
-                }),
-        )
-        .await;
-    let complete = all_completed(&[&tally], 0..n, Duration::from_secs(120)).await;
-    let drained = drain_began.elapsed();
+        .builder("consumer")
+        .listener_options(options(BACKLOG_PREFETCH, 8))
+        .listener(Counter {
+            hold_until: Some(Instant::now() + BACKLOG_HOLD),
+            ..Counter::new(&tally, Duration::ZERO)
+        })
+        .build()
+        .await
+        .map_err(|e| format!("{TEST}: build the consumer: {e}"))?;
+    let drain = RssSampler::start();
+    let connect_kib = drain.start_kib().saturating_sub(before_connect_kib);
+    let drain_began = Instant::now();
+    let drained = async {
+        consumer
+            .start()
+            .await
+            .map_err(|e| format!("{TEST}: start the consumer: {e}"))?;
+        Ok::<bool, String>(all_completed(&[&tally], 0..n, Duration::from_secs(120)).await)
+    }
+    .await;
+    let drain_took = drain_began.elapsed();
     let growth_kib = drain.peak_kib().saturating_sub(drain.start_kib());
+    let stats = consumer.stats();
+    if let Err(error) = consumer.shutdown().await {
+        tracing::warn!(%error, "{TEST}: shutting the consumer down");
+    }
+    let complete = drained?;
     let counted = count(&[&tally], 0..n);
+    let note = format!(
+        " drain_growth_mib={} connect_mib={}",
+        growth_kib.div_ceil(1024),
+        connect_kib.div_ceil(1024)
+    );
     Outcome {
         sent: sender.stats().sent,
         handled: counted.handled,
         duplicated: counted.duplicated,
-        dead_lettered: consumer.stats().dead_lettered,
+        dead_lettered: stats.dead_lettered,
         lost: counted.lost,
         peak_rss_mib: overall.peak_mib(),
     }
-    .print(TEST, env.harness.name(), "");
+    .print(TEST, env.harness.name(), &note);
     tracing::info!(
         n,
         ?published,
-        ?drained,
+        drained = ?drain_took,
         start_rss_mib = drain.start_kib() / 1024,
-        growth_mib = growth_kib / 1024,
+        growth_kib,
+        connect_kib,
         retried,
-        stats = ?consumer.stats(),
+        ?stats,
         "{TEST} done"
     );
     check!(
