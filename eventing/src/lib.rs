@@ -45,4 +45,6 @@ pub use provider::{
     ProviderConfig, ProviderFactory, Route, connect,
 };
 pub use topology::{EventInfo, QueueSpec, SINGLETON, Topology, queue_name};
-pub use trace::{TRACEPARENT, TraceContext, TraceContextPipeline, current_trace, with_trace};
+pub use trace::{
+    TRACEPARENT, TRACESTATE, TraceContext, TraceContextPipeline, current_trace, with_trace,
+};

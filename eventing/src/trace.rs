@@ -4,6 +4,14 @@
 //! (a child of the current one, or a new trace) and makes the received one current
 //! while the listener runs, so an event sent from a listener continues the trace:
 //! a chain A -> B -> C shares one trace id. The handling span records `trace_id`.
+//!
+//! With the `opentelemetry` feature the pipeline speaks OpenTelemetry: on send it
+//! injects the OpenTelemetry context of the current `tracing` span (through a
+//! `tracing-opentelemetry` layer) as `traceparent` and `tracestate`, and the
+//! runtime makes each listener's `handle` span a child of the span that sent the
+//! event ([`adopt_remote_parent`], called before the span is first entered: the
+//! layer starts the OpenTelemetry span on entry, after which its parent is fixed,
+//! so this cannot happen in [`EnvelopePipeline::around`]).
 
 use std::fmt;
 use std::future::Future;
@@ -16,6 +24,10 @@ use crate::pipeline::{Call, EnvelopePipeline};
 
 /// The header name.
 pub const TRACEPARENT: &str = "traceparent";
+
+/// The W3C `tracestate` header (vendor-specific trace data), written and read by
+/// the OpenTelemetry bridge (feature `opentelemetry`).
+pub const TRACESTATE: &str = "tracestate";
 
 /// A trace id, a parent (span) id and flags, as in a `traceparent` header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,6 +125,39 @@ pub async fn with_trace<F: Future>(trace: TraceContext, future: F) -> F::Output 
 }
 
 /// Propagates W3C trace context in the `traceparent` header.
+///
+/// On send it writes a `traceparent`: a child of the current trace
+/// ([`current_trace`]) or a new trace. While a listener runs, the trace its event
+/// arrived with is the current one, so what the listener sends continues it.
+///
+/// # OpenTelemetry
+///
+/// With the cargo feature `opentelemetry` and a
+/// [`tracing-opentelemetry`](https://docs.rs/tracing-opentelemetry) layer installed,
+/// the header carries the OpenTelemetry span context of the current `tracing` span
+/// (or, without one, of `opentelemetry::Context::current()`), plus `tracestate`
+/// when it has one, and each listener's `handle` span becomes a child of the span
+/// that sent the event: a chain A -> B -> C is one trace in your tracing backend.
+/// Without a layer (or without the feature) the pipeline behaves as above.
+/// Nothing is forced on users who do not enable the feature.
+///
+/// ```
+/// # #[cfg(feature = "opentelemetry")] {
+/// use opentelemetry::trace::TracerProvider as _;
+/// use tracing_subscriber::layer::SubscriberExt as _;
+///
+/// // Your exporter here (OTLP, Jaeger, ...); the in-memory one for the example.
+/// let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+/// let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+///     .with_simple_exporter(exporter)
+///     .build();
+/// let subscriber = tracing_subscriber::registry()
+///     .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("shop")));
+/// tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
+///
+/// let builder = eventing::EventManager::builder().pipeline(eventing::TraceContextPipeline);
+/// # drop(builder); }
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TraceContextPipeline;
 
@@ -122,6 +167,10 @@ impl EnvelopePipeline for TraceContextPipeline {
     }
 
     fn send(&self, envelope: &mut Envelope, _: &EventDescriptor) -> Result<(), BoxError> {
+        #[cfg(feature = "opentelemetry")]
+        if otel::inject_current(envelope) {
+            return Ok(());
+        }
         let trace = current_trace().map_or_else(TraceContext::new_root, |t| t.child());
         envelope.headers.insert(TRACEPARENT, trace.to_string());
         Ok(())
@@ -144,6 +193,132 @@ impl EnvelopePipeline for TraceContextPipeline {
                 }
             },
             None => call,
+        }
+    }
+}
+
+/// Makes `span`, a listener's handling span that has not been entered yet, a child
+/// of the OpenTelemetry span that sent `envelope` (its `traceparent` and
+/// `tracestate`). Does nothing without the `opentelemetry` feature, without a
+/// `tracing-opentelemetry` layer, for a disabled span, or without a valid header.
+#[inline]
+pub(crate) fn adopt_remote_parent(span: &tracing::Span, envelope: &Envelope) {
+    #[cfg(feature = "opentelemetry")]
+    otel::adopt_remote_parent(span, envelope);
+    #[cfg(not(feature = "opentelemetry"))]
+    let _ = (span, envelope);
+}
+
+/// The OpenTelemetry bridge: W3C Trace Context to and from OpenTelemetry span
+/// contexts (the format of OpenTelemetry's `TraceContextPropagator`; with only the
+/// API crate as a dependency, so the SDK stays the user's choice).
+#[cfg(feature = "opentelemetry")]
+mod otel {
+    use std::str::FromStr;
+
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    use super::{TRACEPARENT, TRACESTATE, TraceContext, TraceContextPipeline};
+    use crate::envelope::Envelope;
+
+    impl TraceContext {
+        /// This context as an OpenTelemetry span context of a remote parent, with
+        /// `trace_state`. Feature `opentelemetry`.
+        pub fn to_span_context(&self, trace_state: TraceState) -> SpanContext {
+            SpanContext::new(
+                TraceId::from_bytes(self.trace_id.to_be_bytes()),
+                SpanId::from_bytes(self.span_id.to_be_bytes()),
+                TraceFlags::new(self.flags),
+                true,
+                trace_state,
+            )
+        }
+
+        /// The trace id, span id and sampled flag of an OpenTelemetry span context;
+        /// `None` if it is not valid. Feature `opentelemetry`.
+        pub fn from_span_context(context: &SpanContext) -> Option<Self> {
+            if !context.is_valid() {
+                return None;
+            }
+            Some(Self {
+                trace_id: u128::from_be_bytes(context.trace_id().to_bytes()),
+                span_id: u64::from_be_bytes(context.span_id().to_bytes()),
+                // Version 00 defines only the sampled flag.
+                flags: (context.trace_flags() & TraceFlags::SAMPLED).to_u8(),
+            })
+        }
+    }
+
+    impl TraceContextPipeline {
+        /// The OpenTelemetry context `envelope` carries, as a remote parent: its
+        /// `traceparent`, with its `tracestate` if that is valid (an invalid
+        /// `tracestate` is dropped, as the W3C spec says). `None` without a valid
+        /// `traceparent`. Feature `opentelemetry`.
+        ///
+        /// ```
+        /// use opentelemetry::trace::TraceContextExt as _;
+        /// let mut envelope = eventing::Envelope::default();
+        /// envelope.headers.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        /// envelope.headers.insert("tracestate", "shop=a1");
+        /// let cx = eventing::TraceContextPipeline::extract(&envelope).expect("a parent");
+        /// let parent = cx.span().span_context().clone();
+        /// assert_eq!(parent.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        /// assert!(parent.is_remote() && parent.is_sampled());
+        /// assert_eq!(parent.trace_state().get("shop"), Some("a1"));
+        /// ```
+        pub fn extract(envelope: &Envelope) -> Option<opentelemetry::Context> {
+            let trace = TraceContext::parse(envelope.headers.get(TRACEPARENT)?)?;
+            let state = envelope
+                .headers
+                .get(TRACESTATE)
+                .and_then(|value| TraceState::from_str(value).ok())
+                .unwrap_or_default();
+            let remote = trace.to_span_context(state);
+            Some(opentelemetry::Context::new().with_remote_span_context(remote))
+        }
+
+        /// Writes the span context of `cx` as `traceparent` (and `tracestate` when
+        /// it has entries). Returns false, writing nothing, when `cx` has no valid
+        /// span context. Feature `opentelemetry`.
+        pub fn inject(cx: &opentelemetry::Context, envelope: &mut Envelope) -> bool {
+            let span = cx.span();
+            let context = span.span_context();
+            let Some(trace) = TraceContext::from_span_context(context) else {
+                return false;
+            };
+            envelope.headers.insert(TRACEPARENT, trace.to_string());
+            let state = context.trace_state().header();
+            if !state.is_empty() {
+                envelope.headers.insert(TRACESTATE, state);
+            }
+            true
+        }
+    }
+
+    /// Injects the context of the current `tracing` span, or else the current
+    /// OpenTelemetry context; false if neither has a valid span.
+    pub(super) fn inject_current(envelope: &mut Envelope) -> bool {
+        let span = tracing::Span::current();
+        if !span.is_disabled() && TraceContextPipeline::inject(&span.context(), envelope) {
+            return true;
+        }
+        TraceContextPipeline::inject(&opentelemetry::Context::current(), envelope)
+    }
+
+    pub(super) fn adopt_remote_parent(span: &tracing::Span, envelope: &Envelope) {
+        if span.is_disabled() {
+            return;
+        }
+        let Some(parent) = TraceContextPipeline::extract(envelope) else {
+            return;
+        };
+        match span.set_parent(parent) {
+            // No tracing-opentelemetry layer: nothing to link.
+            Ok(()) | Err(tracing_opentelemetry::SetParentError::LayerNotFound) => {}
+            Err(error) => tracing::debug!(%error, "cannot link the handling span to its sender"),
         }
     }
 }

@@ -7,7 +7,9 @@
 #[cfg(feature = "amqp")]
 pub mod amqp;
 pub mod faults;
+pub mod features;
 pub mod harness;
+pub mod nodes;
 #[cfg(feature = "stomp")]
 pub mod stomp;
 pub mod suite;
@@ -51,6 +53,43 @@ macro_rules! conformance_tests {
     };
 }
 
+/// Generates one `#[tokio::test]` per feature test of [`features`] for the harness
+/// expression given: each bounded to 60 s, and its managers shut down and its
+/// queues removed from the broker whether it passed, failed or timed out.
+#[macro_export]
+macro_rules! features_tests {
+    ($harness:expr) => {
+        $crate::features_tests!(@cases $harness;
+            event_log_chain,
+            versioned_events,
+            env_templates,
+            singleton_kind,
+            trace_context_chain,
+            opentelemetry_chain,
+            codecs,
+            metrics_counters,
+            cli_send_and_dead_letters,
+        );
+    };
+    (@cases $harness:expr; $($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let harness = $harness;
+                let mut env = $crate::TestEnv::new(&harness);
+                let limit = std::time::Duration::from_secs(60);
+                let outcome =
+                    $crate::features::bounded_unwind($crate::features::$case(&mut env), limit)
+                        .await;
+                // Clean up even after a failure; bounded too.
+                let finished = tokio::time::timeout(limit, env.finish()).await;
+                $crate::features::rethrow(stringify!($case), outcome, limit);
+                assert!(finished.is_ok(), "{}: cleanup timed out", stringify!($case));
+            }
+        )+
+    };
+}
+
 /// Generates the fault tests of [`faults`] for the harness expression given: one
 /// `#[test]` per case, each on its own runtime and holding a process-wide lock so
 /// that they run one at a time (they restart and load the broker), plus the
@@ -58,9 +97,6 @@ macro_rules! conformance_tests {
 /// nothing when run normally). Invoke it once per module.
 #[macro_export]
 macro_rules! faults_tests {
-    (ignored = $reason:literal, $harness:expr) => {
-        $crate::faults_tests!(@all [ignore = $reason] $harness);
-    };
     ($harness:expr) => {
         $crate::faults_tests!(@all [] $harness);
     };

@@ -231,6 +231,8 @@ fn start(delivery: Delivery, active: &Arc<Active>, cx: &mut TaskContext<'_>) -> 
         message_id = %delivery.envelope.message_id(),
         trace_id = tracing::field::Empty,
     );
+    // Before the span is first entered: an OpenTelemetry layer fixes its parent then.
+    crate::trace::adopt_remote_parent(&span, &delivery.envelope);
     let entered = span.clone();
     entered.in_scope(|| {
         let Delivery {
