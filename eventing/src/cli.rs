@@ -150,9 +150,19 @@ fn required<'a>(args: &'a Args, name: &str) -> Result<&'a str> {
         .ok_or_else(|| Error::Usage(format!("`{}` needs --{name}", args.command)))
 }
 
+/// The queue named `queue` among the registered listeners' queues. Events whose
+/// names need a `{placeholder}` the command line did not give (`--var`) are
+/// skipped; if none matched, the first such error is returned, as it may be why.
 fn queue_spec(manager: &EventManager, queue: &str) -> Result<QueueSpec> {
+    let mut unresolved = None;
     for listener in registry::listeners() {
-        let event = manager.address_of(listener.event())?;
+        let event = match manager.address_of(listener.event()) {
+            Ok(event) => event,
+            Err(error) => {
+                unresolved.get_or_insert(error);
+                continue;
+            }
+        };
         let candidates = [
             QueueSpec::new(
                 &event,
@@ -167,9 +177,9 @@ fn queue_spec(manager: &EventManager, queue: &str) -> Result<QueueSpec> {
             return Ok(spec);
         }
     }
-    Err(Error::State(
+    Err(unresolved.unwrap_or(Error::State(
         "no registered listener uses that queue (see `topology`)",
-    ))
+    )))
 }
 
 async fn run(args: Args) -> Result<String> {

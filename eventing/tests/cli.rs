@@ -126,3 +126,40 @@ async fn registry_topology_send_dead_letters_and_replay() {
     assert!(error.to_string().contains("unknown command `frobnicate`"));
     manager.shutdown().await.expect("shutdown");
 }
+
+/// An event whose name needs no `{placeholder}` (named to sort after
+/// `orders.{env}.Shipped`, so the registry lists the templated event first).
+#[event(name = "shop.PlainNote")]
+#[derive(Serialize, Deserialize)]
+pub struct PlainNote {
+    /// Text.
+    pub text: String,
+}
+
+/// Handles notes.
+#[event_listener(PlainNote, name = "Keeper")]
+pub struct Keeper;
+
+impl EventListener<PlainNote> for Keeper {
+    async fn on(&self, _: PlainNote, _: &Context) -> ListenerResult {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn queues_of_plain_events_need_no_vars() {
+    // Another registered event (`orders.{env}.Shipped`) needs `--var env=...`; a
+    // queue of an event without placeholders does not.
+    let listed = cli::run_args(args(
+        "dead-letters --queue shop.PlainNote::Keeper --url memory://cli-plain",
+    ))
+    .await
+    .expect("no --var needed");
+    assert!(!listed.contains("x-dead-letter-reason"), "{listed}");
+    let error = cli::run_args(args(
+        "dead-letters --queue orders.prod.Shipped::Mailer --url memory://cli-plain",
+    ))
+    .await
+    .expect_err("the templated queue cannot be found without --var env=prod");
+    assert!(error.to_string().contains("{env}"), "{error}");
+}
