@@ -41,7 +41,8 @@
 //! (`<event>::<listener>`, or `<event>::<listener>-<server>` for per-process
 //! listeners) is bound to it, with a durable `<queue>.dlq` beside it. Durable events
 //! use durable exchanges and queues and persistent messages, and `send_event`
-//! returns only after the broker's publisher confirm (a nack is
+//! returns only after the broker's publisher confirm (a nacked message is
+//! published again on a new channel until the send timeout, then it is
 //! [`Error::Refused`](eventing::Error::Refused); a connected broker that gives no
 //! confirm within the send timeout is [`Error::Timeout`](eventing::Error::Timeout);
 //! never `Ok` without the confirm). Per-process queues are exclusive:
@@ -121,6 +122,30 @@
 //! (`?delivery_limit=N`, default 20): past it the broker dead-letters the message
 //! to `<queue>.dlq` itself, and listing dead letters gives the reason. Per-process
 //! queues stay classic (quorum queues cannot be exclusive).
+//!
+//! # Clusters: failover
+//!
+//! `?failover=host:port,host:port` lists other nodes of a RabbitMQ cluster (as
+//! Spring AMQP's `addresses`): the same credentials, vhost, scheme and TLS
+//! settings apply to them. Each connection (the publishing and the consuming one
+//! separately) that must be opened again tries the hosts in turn: first the one
+//! that worked last, then the others in the URL's order (the URL's own host
+//! first). Each attempt has an equal share of the send timeout (at least 500 ms),
+//! so a node that does not answer cannot use up the round; a round that reaches
+//! no host fails like a lost broker (at most one round per 250 ms, sends retried
+//! until the send timeout). Each host that fails and each failover is logged at
+//! `warn` with the redacted URL and the `host:port`. An entry that is not
+//! `host:port` (a host name or IPv4 address and a port from 1 to 65535), an empty
+//! or repeated entry, an IPv6 literal, or more than 32 hosts is
+//! [`Error::InvalidUrl`](eventing::Error::InvalidUrl).
+//!
+//! A publish the broker nacks is made again on a new channel, with backoff,
+//! until the send timeout: on RabbitMQ 3.10, a publishing channel opened while a
+//! quorum queue elects a new leader (which is what failing over after a node dies
+//! does) was seen to be nacked on every publish afterwards, while a new channel on
+//! the same node was acknowledged. A queue that keeps refusing (a full queue with
+//! `x-overflow: reject-publish`) makes the send wait up to the send timeout, then
+//! fail with [`Error::Refused`](eventing::Error::Refused).
 //!
 //! # Features
 //!

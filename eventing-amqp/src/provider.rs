@@ -71,8 +71,11 @@ impl AmqpProvider {
     /// percent-encoded (`%2f` for `/`), or `amqps://` with the `rustls` feature.
     /// lapin's query parameters (`heartbeat`, `frame_max`, `channel_max`,
     /// `connection_timeout`) apply, and the provider's own: `queue_type=quorum`
-    /// (with `delivery_limit=N`, default 20) for quorum competing queues, and
-    /// `tls_ca=<pem file>` (or `cacertfile=`) on `amqps://` to trust a private CA.
+    /// (with `delivery_limit=N`, default 20) for quorum competing queues,
+    /// `tls_ca=<pem file>` (or `cacertfile=`) on `amqps://` to trust a private CA,
+    /// and `failover=host:port,host:port` for other nodes of a cluster, tried in
+    /// turn (with the URL's credentials, vhost and TLS) when a connection is
+    /// (re)opened, starting with the host that worked last.
     /// Unknown, repeated or malformed parameters are [`Error::InvalidUrl`](eventing::Error::InvalidUrl).
     /// Errors never contain the credentials.
     pub async fn connect(config: ProviderConfig) -> Result<Self> {
@@ -80,7 +83,7 @@ impl AmqpProvider {
         let link = |role: &str| {
             let name = format!("eventing {} ({role})", config.server_name);
             Link::open(
-                url.uri.clone(),
+                url.hosts(),
                 url.tls.clone(),
                 url.redacted.clone(),
                 name,

@@ -246,7 +246,26 @@ impl Publisher {
             attempts += 1;
             let attempt = self.attempt(lane, message);
             let failed = match tokio::time::timeout_at(deadline, attempt).await {
-                Ok(Ok(confirmation)) => {
+                Ok(Ok((Confirmation::Nack(nack), channel))) => {
+                    // RabbitMQ may nack every publish of a channel opened while a
+                    // quorum queue elects a new leader, while a new channel is fine:
+                    // publish again on a new channel while there is time.
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    if remaining <= LAST_ATTEMPT {
+                        return Ok(Confirmation::Nack(nack));
+                    }
+                    tracing::warn!(
+                        target = message.target,
+                        message_id = message.envelope.message_id(),
+                        attempts,
+                        "the broker nacked the message; publishing it again on a new channel"
+                    );
+                    lane.renew(&self.link, &channel).await;
+                    last = Some("the broker nacked the message (publisher confirm)".into());
+                    tokio::time::sleep(backoff(attempts).min(remaining - LAST_ATTEMPT)).await;
+                    continue;
+                }
+                Ok(Ok((confirmation, _))) => {
                     if attempts > 1 {
                         tracing::debug!(
                             target = message.target,
@@ -363,7 +382,7 @@ impl Publisher {
         &self,
         lane: &Lane,
         message: &Message<'_>,
-    ) -> std::result::Result<Confirmation, Failed> {
+    ) -> std::result::Result<(Confirmation, Arc<Channel>), Failed> {
         let exchange = short("exchange", message.exchange).map_err(Failed::Other)?;
         let routing_key = short("routing key", message.routing_key).map_err(Failed::Other)?;
         let properties =
@@ -381,16 +400,18 @@ impl Publisher {
             mandatory: message.mandatory,
             immediate: false,
         };
-        lane.publish(
-            &channel,
-            exchange,
-            routing_key,
-            options,
-            &message.envelope.body,
-            properties,
-        )
-        .await
-        .map_err(Failed::Broker)
+        let confirmation = lane
+            .publish(
+                &channel,
+                exchange,
+                routing_key,
+                options,
+                &message.envelope.body,
+                properties,
+            )
+            .await
+            .map_err(Failed::Broker)?;
+        Ok((confirmation, channel))
     }
 
     /// Declares the fanout exchange of `address` once per channel, so a message sent
@@ -499,6 +520,38 @@ impl Lane {
         tracing::info!("opened a new publishing channel");
         *self.channel.write() = Arc::clone(&fresh);
         Ok((fresh, true))
+    }
+
+    /// Replaces `used` with a new channel if it is still the lane's channel (a
+    /// channel the broker nacks publishes on); the old one is closed in the
+    /// background once its other publishes are answered. A failure to open one is
+    /// left to the next attempt, which opens a channel when the lane has none.
+    async fn renew(&self, link: &Link, used: &Arc<Channel>) {
+        let _reopening = self.reopening.lock().await;
+        if !Arc::ptr_eq(&self.channel.read(), used) {
+            return;
+        }
+        let connection = match link.get().await {
+            Ok(connection) => connection,
+            Err(error) => {
+                tracing::debug!(%error, "cannot renew the publishing channel yet");
+                return;
+            }
+        };
+        match open_channel(&connection, self.confirms).await {
+            Ok(fresh) => {
+                tracing::info!("replaced a publishing channel the broker nacked on");
+                *self.channel.write() = Arc::new(fresh);
+                let old = Arc::clone(used);
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    let _ = old
+                        .close(200, "eventing: replaced after nacks".into())
+                        .await;
+                });
+            }
+            Err(error) => tracing::debug!(%error, "cannot renew the publishing channel yet"),
+        }
     }
 
     async fn publish(

@@ -8,6 +8,7 @@
 //! | `queue_type` | `classic` | `quorum`: competing queues and their `.dlq` are quorum queues (replicated on a cluster); per-process queues stay classic (they are exclusive) |
 //! | `delivery_limit` | `20` | with `queue_type=quorum`: `x-delivery-limit`; the broker dead-letters a message to `<queue>.dlq` after this many deliveries without an acknowledgement |
 //! | `tls_ca` (or RabbitMQ's name `cacertfile`) | none | `amqps://` only: a PEM file of certificates to trust besides the system's roots (a private CA) |
+//! | `failover` | none | other nodes of the cluster, `host:port` pairs separated by commas (`failover=10.0.0.2:5672,10.0.0.3:5672`), reached with the URL's credentials, vhost, scheme and TLS settings when the host in use cannot be reached |
 //!
 //! An unknown parameter, a repeated one or a bad value is an
 //! [`Error::InvalidUrl`] naming the parameter.
@@ -29,7 +30,10 @@ const LAPIN_PARAMETERS: [&str; 5] = [
 
 /// Every query parameter the URL may carry, for error messages.
 const PARAMETERS: &str = "heartbeat, frame_max, channel_max, connection_timeout, \
-                          auth_mechanism, queue_type, delivery_limit, tls_ca (or cacertfile)";
+                          auth_mechanism, queue_type, delivery_limit, tls_ca (or cacertfile), failover";
+
+/// The most hosts `failover` may list.
+const MAX_FAILOVER: usize = 32;
 
 /// A parsed `amqp://` or `amqps://` URL and its redacted form for logs.
 pub(crate) struct BrokerUrl {
@@ -38,6 +42,8 @@ pub(crate) struct BrokerUrl {
     pub(crate) tls: OwnedTLSConfig,
     /// The type of competing queues (`queue_type`, `delivery_limit`).
     pub(crate) queue_type: QueueType,
+    /// The other nodes to connect to (`failover`), in the URL's order.
+    pub(crate) failover: Vec<Endpoint>,
     /// The URL with user and password replaced by `***`.
     pub(crate) redacted: String,
 }
@@ -47,7 +53,36 @@ impl std::fmt::Debug for BrokerUrl {
         f.debug_struct("BrokerUrl")
             .field("url", &self.redacted)
             .field("queue_type", &self.queue_type)
+            .field("failover", &self.failover)
             .finish_non_exhaustive()
+    }
+}
+
+/// A `host:port` of the URL's `failover` list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Endpoint {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+impl BrokerUrl {
+    /// The URI of every host to try, the URL's own first, then the `failover`
+    /// ones; each with the URL's credentials, vhost and parameters.
+    pub(crate) fn hosts(&self) -> Vec<AMQPUri> {
+        let mut hosts = vec![self.uri.clone()];
+        hosts.extend(self.failover.iter().map(|endpoint| {
+            let mut uri = self.uri.clone();
+            uri.authority.host.clone_from(&endpoint.host);
+            uri.authority.port = endpoint.port;
+            uri
+        }));
+        hosts
     }
 }
 
@@ -86,6 +121,7 @@ pub(crate) fn parse(url: &str) -> Result<BrokerUrl, Error> {
         uri,
         tls,
         queue_type: options.queue_type,
+        failover: options.failover,
         redacted,
     })
 }
@@ -95,6 +131,7 @@ pub(crate) fn parse(url: &str) -> Result<BrokerUrl, Error> {
 struct Options {
     queue_type: QueueType,
     tls_ca: Option<String>,
+    failover: Vec<Endpoint>,
 }
 
 impl Options {
@@ -110,6 +147,7 @@ impl Options {
         let mut quorum = false;
         let mut delivery_limit = None;
         let mut tls_ca = None;
+        let mut failover = Vec::new();
         for pair in query.split('&').filter(|pair| !pair.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             let name = decode(name).ok_or("a parameter name is not percent-encoded UTF-8")?;
@@ -158,6 +196,7 @@ impl Options {
                     }
                     tls_ca = Some(value);
                 }
+                "failover" => failover = parse_failover(&value)?,
                 lapin if LAPIN_PARAMETERS.contains(&lapin) => {}
                 other => {
                     return Err(format!("unknown parameter `{other}` (known: {PARAMETERS})"));
@@ -176,8 +215,66 @@ impl Options {
                 );
             }
         };
-        Ok(Options { queue_type, tls_ca })
+        Ok(Options {
+            queue_type,
+            tls_ca,
+            failover,
+        })
     }
+}
+
+/// Reads `failover`'s comma-separated `host:port` pairs.
+fn parse_failover(value: &str) -> Result<Vec<Endpoint>, String> {
+    if value.trim().is_empty() {
+        return Err("`failover` is empty; it lists `host:port` pairs separated by commas".into());
+    }
+    let mut endpoints: Vec<Endpoint> = Vec::new();
+    for entry in value.split(',').map(str::trim) {
+        let bad = |why: &str| format!("`failover` entry `{entry}`: {why}");
+        if entry.is_empty() {
+            return Err(bad("empty (two commas in a row, or a trailing comma)"));
+        }
+        if entry.contains('@') || entry.contains('/') {
+            return Err(bad(
+                "give only `host:port`; the credentials, vhost and scheme are the URL's",
+            ));
+        }
+        if entry.starts_with('[') {
+            return Err(bad(
+                "IPv6 literals are not supported; use a host name or an IPv4 address",
+            ));
+        }
+        let (host, port) = entry
+            .rsplit_once(':')
+            .ok_or_else(|| bad("expected `host:port`"))?;
+        let valid_host = !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_');
+        if !valid_host {
+            return Err(bad("the host is not a host name or an IPv4 address"));
+        }
+        let port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|port| *port != 0)
+            .ok_or_else(|| bad("the port must be a whole number from 1 to 65535"))?;
+        let endpoint = Endpoint {
+            host: host.to_string(),
+            port,
+        };
+        if endpoints.contains(&endpoint) {
+            return Err(bad("listed more than once"));
+        }
+        endpoints.push(endpoint);
+    }
+    if endpoints.len() > MAX_FAILOVER {
+        return Err(format!(
+            "`failover` lists {} hosts; at most {MAX_FAILOVER}",
+            endpoints.len()
+        ));
+    }
+    Ok(endpoints)
 }
 
 /// The PEM text of the certificate file `path`; an error unless it holds one.
@@ -331,6 +428,96 @@ mod tests {
             .expect_err("unknown")
             .to_string();
         assert!(error.contains("known: heartbeat"), "{error}");
+    }
+
+    #[test]
+    fn failover_hosts_share_the_urls_credentials_vhost_and_parameters() {
+        let url = parse(&format!(
+            "amqp://user:{SECRET}@127.0.0.1:5672/prod?heartbeat=7&failover=127.0.0.1:5673,%20rabbit-2.example:5674&queue_type=quorum"
+        ))
+        .expect("valid");
+        assert_eq!(
+            url.failover,
+            [
+                Endpoint {
+                    host: "127.0.0.1".into(),
+                    port: 5673
+                },
+                Endpoint {
+                    host: "rabbit-2.example".into(),
+                    port: 5674
+                }
+            ]
+        );
+        let hosts = url.hosts();
+        assert_eq!(hosts.len(), 3);
+        assert_eq!(hosts[0], url.uri, "the URL's own host comes first");
+        for (uri, (host, port)) in hosts[1..]
+            .iter()
+            .zip([("127.0.0.1", 5673), ("rabbit-2.example", 5674)])
+        {
+            assert_eq!(uri.authority.host, host);
+            assert_eq!(uri.authority.port, port);
+            assert_eq!(uri.authority.userinfo, url.uri.authority.userinfo);
+            assert_eq!(uri.vhost, "prod");
+            assert_eq!(uri.query.heartbeat, Some(7));
+            assert_eq!(uri.scheme, url.uri.scheme);
+        }
+        assert!(!format!("{url:?}").contains(SECRET));
+        assert!(format!("{url:?}").contains("5674"));
+        let none = parse("amqp://127.0.0.1/%2f").expect("valid");
+        assert!(none.failover.is_empty());
+        assert_eq!(none.hosts(), std::slice::from_ref(&none.uri));
+        let encoded = parse("amqp://h/%2f?failover=a%3A1%2Cb%3A2").expect("percent-encoded");
+        assert_eq!(encoded.failover.len(), 2);
+    }
+
+    #[test]
+    fn bad_failover_entries_are_typed_errors_naming_them() {
+        for (query, expected) in [
+            ("failover=", "`failover` is empty"),
+            (
+                "failover=127.0.0.1",
+                "entry `127.0.0.1`: expected `host:port`",
+            ),
+            (
+                "failover=127.0.0.1:",
+                "entry `127.0.0.1:`: the port must be",
+            ),
+            ("failover=127.0.0.1:0", "the port must be"),
+            ("failover=127.0.0.1:65536", "the port must be"),
+            ("failover=127.0.0.1:-1", "the port must be"),
+            ("failover=:5672", "the host is not"),
+            ("failover=a:1,,b:2", "entry ``: empty"),
+            ("failover=a:1,", "entry ``: empty"),
+            ("failover=a:1,a:1", "entry `a:1`: listed more than once"),
+            ("failover=guest:pw@a:1", "give only `host:port`"),
+            ("failover=a:1/vhost", "give only `host:port`"),
+            ("failover=[::1]:5672", "IPv6 literals are not supported"),
+            ("failover=a b:1", "the host is not"),
+            (
+                "failover=a:1&failover=b:2",
+                "`failover` is given more than once",
+            ),
+        ] {
+            let url = format!("amqp://user:{SECRET}@h/%2f?{query}");
+            let error = parse(&url).expect_err(query);
+            assert!(
+                matches!(error, Error::InvalidUrl { .. }),
+                "{query}: {error:?}"
+            );
+            let text = error.to_string();
+            assert!(text.contains(expected), "{query}: {text}");
+            assert!(!text.contains(SECRET), "{query}: {text}");
+        }
+        let many = (1..=MAX_FAILOVER + 1)
+            .map(|port| format!("h:{port}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let text = parse(&format!("amqp://h/%2f?failover={many}"))
+            .expect_err("too many")
+            .to_string();
+        assert!(text.contains("at most 32"), "{text}");
     }
 
     #[test]

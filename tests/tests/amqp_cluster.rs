@@ -9,11 +9,16 @@
 //!   by the broker past the delivery limit, and listing dead letters gives it a
 //!   reason;
 //! - a quorum declaration over an existing classic queue (and the reverse) is a
-//!   clear error.
+//!   clear error;
+//! - with `failover=` naming it, a manager whose URL's host is dead connects to
+//!   the shared broker (and without the list it fails with a clear error).
 //!
 //! On a 3-node cluster that the test starts on this machine (opt-in:
 //! `EVENTING_CLUSTER_TESTS=1`), a stream of durable events to a quorum queue keeps
-//! flowing while the node hosting the queue's leader is killed; nothing is lost.
+//! flowing while the node hosting the queue's leader is killed; nothing is lost:
+//! - `amqp_cluster_node_stop`: the sender and the consumer are on the other nodes;
+//! - `amqp_cluster_failover`: both are on the killed node, and fail over to the
+//!   others through the URL's `failover=` list.
 //!
 //! And the node harness itself (`eventing_tests::nodes`): a node is stopped when
 //! its test panics, and when its test process dies without unwinding.
@@ -474,6 +479,65 @@ async fn changing_the_queue_type_of_an_existing_queue_is_a_clear_error() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_reaches_the_shared_broker_past_a_dead_host() {
+    guarded(Duration::from_secs(120), |tag| async move {
+        // The shared broker's `host:port`, listed after a loopback port nobody
+        // listens on.
+        let shared = AmqpHarness::from_env();
+        let base = shared.broker_url().to_string();
+        let (scheme_user, rest) = base.rsplit_once('@').expect("a URL with user info");
+        let (authority, path) = rest.split_once('/').expect("a URL with a vhost");
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map(|address| address.port())
+            .expect("a free port");
+        let harness = QueryHarness {
+            url: format!("{scheme_user}@127.0.0.1:{dead}/{path}?failover={authority}"),
+            amqp: shared,
+        };
+        let mut env = TestEnv::new(&harness);
+        env.env = tag;
+        let work = recorder();
+        let began = Instant::now();
+        let manager = env
+            .start(env.builder("failover-a").listener(Worker {
+                seen: Arc::clone(&work),
+            }))
+            .await;
+        println!("connected past 127.0.0.1:{dead} in {:?}", began.elapsed());
+        for id in 0..10 {
+            manager.send_event(&Job { id }).await.expect("send");
+        }
+        assert!(
+            eventually_async(Duration::from_secs(20), || len(&work) >= 10).await,
+            "handled {} of 10",
+            len(&work)
+        );
+        env.finish().await;
+        // Without the list, the dead host alone is an error, not a hang.
+        let alone = tokio::time::timeout(
+            Duration::from_secs(30),
+            EventManager::builder()
+                .url(format!("{scheme_user}@127.0.0.1:{dead}/{path}"))
+                .send_timeout(Duration::from_secs(2))
+                .build(),
+        )
+        .await
+        .expect("no hang");
+        let error = match alone {
+            Ok(manager) => manager.start().await.expect_err("nothing listens there"),
+            Err(error) => error,
+        };
+        println!("without failover: {error}");
+        assert!(
+            matches!(error, Error::Unavailable { .. } | Error::Timeout { .. }),
+            "{error:?}"
+        );
+    })
+    .await;
+}
+
 /// Polls `check` every 20 ms, at most `limit`.
 async fn eventually_async(limit: Duration, check: impl FnMut() -> bool) -> bool {
     eventually(limit, Duration::from_millis(20), check).await
@@ -533,10 +597,41 @@ async fn start_cluster() -> Vec<Node> {
     vec![a, b, c]
 }
 
+/// Where the cluster test's sender and consumer are connected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    /// The sender on node 1, the consumer on node 2: both survive the kill.
+    Survivors,
+    /// The sender and the consumer on node 3, the one killed, with
+    /// `failover=` naming nodes 1 and 2.
+    OnTheKilledNode,
+}
+
+impl Layout {
+    fn test(self) -> &'static str {
+        match self {
+            Layout::Survivors => "amqp_cluster_node_stop",
+            Layout::OnTheKilledNode => "amqp_cluster_failover",
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqp_cluster_node_stop() {
+    run_cluster_test(Layout::Survivors).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_cluster_failover() {
+    run_cluster_test(Layout::OnTheKilledNode).await;
+}
+
+/// Starts a cluster (if [`CLUSTER_VARIABLE`] is `1`), runs [`cluster_body`] on
+/// it for at most 300 s, and stops every node whatever happened.
+async fn run_cluster_test(layout: Layout) {
+    let test = layout.test();
     if std::env::var(CLUSTER_VARIABLE).as_deref() != Ok("1") {
-        println!("amqp_cluster_node_stop: skipped (set {CLUSTER_VARIABLE}=1 to run it)");
+        println!("{test}: skipped (set {CLUSTER_VARIABLE}=1 to run it)");
         return;
     }
     let _ = tracing_subscriber::fmt()
@@ -548,14 +643,15 @@ async fn amqp_cluster_node_stop() {
     let names: Vec<String> = nodes.iter().map(|n| n.name().to_string()).collect();
     let formed = began.elapsed();
     println!("cluster {names:?} formed in {formed:?}");
-    let result = tokio::time::timeout(Duration::from_secs(300), cluster_body(&mut nodes)).await;
+    let result =
+        tokio::time::timeout(Duration::from_secs(300), cluster_body(&mut nodes, layout)).await;
     let stopping = Instant::now();
     let stops: Vec<_> = nodes.into_iter().map(Node::stop).collect();
     futures_util::future::join_all(stops).await;
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let leftovers = leftover_beams(&refs);
     println!(
-        "amqp_cluster_node_stop: {:?} in all (cluster formed in {formed:?}, stopped in {:?})",
+        "{test}: {:?} in all (cluster formed in {formed:?}, stopped in {:?})",
         began.elapsed(),
         stopping.elapsed()
     );
@@ -563,7 +659,7 @@ async fn amqp_cluster_node_stop() {
     match result {
         Ok(Ok(())) => {}
         Ok(Err(failure)) => panic!("{failure}"),
-        Err(_) => panic!("amqp_cluster_node_stop timed out"),
+        Err(_) => panic!("{test} timed out"),
     }
 }
 
@@ -576,23 +672,39 @@ macro_rules! check {
     };
 }
 
-/// The stream: the queue's leader on node 3, the sender on node 1, the consumer
-/// on node 2; node 3 is killed when a third of the stream was sent.
-async fn cluster_body(nodes: &mut [Node]) -> Result<(), String> {
-    const TEST: &str = "amqp_cluster_node_stop";
+/// The stream: the queue's leader on node 3, the sender and the consumer where
+/// `layout` puts them; node 3 is killed when a third of the stream was sent.
+async fn cluster_body(nodes: &mut [Node], layout: Layout) -> Result<(), String> {
+    let test = layout.test();
     let n = CLUSTER_STREAM;
     let url = |node: &Node| with_query(&node.amqp_url(), "queue_type=quorum");
-    let (sender_at, consumer_at, leader_at) = (
-        NodeHarness {
-            url: url(&nodes[0]),
-        },
-        NodeHarness {
-            url: url(&nodes[1]),
-        },
-        NodeHarness {
-            url: url(&nodes[2]),
-        },
-    );
+    let leader_at = NodeHarness {
+        url: url(&nodes[2]),
+    };
+    let (sender_at, consumer_at) = match layout {
+        Layout::Survivors => (
+            NodeHarness {
+                url: url(&nodes[0]),
+            },
+            NodeHarness {
+                url: url(&nodes[1]),
+            },
+        ),
+        Layout::OnTheKilledNode => {
+            let failover = format!(
+                "failover=127.0.0.1:{},127.0.0.1:{}",
+                nodes[0].ports().amqp,
+                nodes[1].ports().amqp
+            );
+            let on_node_3 = with_query(&leader_at.url, &failover);
+            (
+                NodeHarness {
+                    url: on_node_3.clone(),
+                },
+                NodeHarness { url: on_node_3 },
+            )
+        }
+    };
     let mut env = TestEnv::new(&consumer_at);
     let rss = RssSampler::start();
     let tally = Tally::new(n);
@@ -629,7 +741,7 @@ async fn cluster_body(nodes: &mut [Node]) -> Result<(), String> {
     println!("queues: {}", placement.trim());
     check!(
         placement.contains(nodes[2].name()),
-        "{TEST}: the queue's leader is not on node 3: {placement}"
+        "{test}: the queue's leader is not on node 3: {placement}"
     );
 
     let consumer = env
@@ -659,7 +771,7 @@ async fn cluster_body(nodes: &mut [Node]) -> Result<(), String> {
         eventually_async(Duration::from_secs(60), || sent.load(Ordering::SeqCst)
             >= n / 3)
         .await,
-        "{TEST}: the stream did not get going ({} sent)",
+        "{test}: the stream did not get going ({} sent)",
         sent.load(Ordering::SeqCst)
     );
     let sent_before = sent.load(Ordering::SeqCst);
@@ -669,9 +781,22 @@ async fn cluster_body(nodes: &mut [Node]) -> Result<(), String> {
         "killed {} (the queue's leader) after {killed_at:?}, {sent_before} of {n} sent",
         nodes[2].name()
     );
+    if layout == Layout::OnTheKilledNode {
+        // A fresh channel on node 1, 8 s after the kill, publishes a copy of id 0
+        // (one duplicate): whether the broker takes it while the sender's
+        // failed-over channel gets nacks tells the two apart.
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let exchange = format!("faults.{}.Item", env.env);
+        let probe = probe_publish(nodes[0].ports().amqp, &exchange).await;
+        println!(
+            "{test}: probe on a fresh channel of node 1, 8 s after the kill: {probe} \
+             ({} sent by then)",
+            sent.load(Ordering::SeqCst)
+        );
+    }
     let sent_result = stream
         .await
-        .map_err(|e| format!("{TEST}: sender task: {e}"))?;
+        .map_err(|e| format!("{test}: sender task: {e}"))?;
     let stream_took = stream_began.elapsed();
     let complete = eventually_async(Duration::from_secs(120), || {
         (0..n).all(|id| tally.completed(id) > 0)
@@ -682,7 +807,7 @@ async fn cluster_body(nodes: &mut [Node]) -> Result<(), String> {
     let dead_letters = consumer
         .dead_letters(&queue, usize::try_from(n).unwrap_or(usize::MAX))
         .await
-        .map_err(|e| format!("{TEST}: listing dead letters: {e}"))?;
+        .map_err(|e| format!("{test}: listing dead letters: {e}"))?;
     let stats = consumer.stats();
     let placement_after = nodes[0]
         .ctl(&[
@@ -694,8 +819,17 @@ async fn cluster_body(nodes: &mut [Node]) -> Result<(), String> {
         ])
         .await
         .unwrap_or_else(|e| e);
+    let connections = nodes[0]
+        .ctl(&[
+            "list_connections",
+            "--no-table-headers",
+            "name",
+            "client_properties",
+        ])
+        .await
+        .unwrap_or_else(|e| e);
     println!(
-        "fault {TEST} amqp: sent={} handled={} duplicated={} dead_lettered={} lost={} peak_rss_mib={}",
+        "fault {test} amqp: sent={} handled={} duplicated={} dead_lettered={} lost={} peak_rss_mib={}",
         sent.load(Ordering::SeqCst),
         counted.handled,
         counted.duplicated,
@@ -704,7 +838,7 @@ async fn cluster_body(nodes: &mut [Node]) -> Result<(), String> {
         rss.peak_mib()
     );
     println!(
-        "{TEST}: stream {stream_took:?} ({:.0} ev/s), retried sends {}, consumer reconnects {}, \
+        "{test}: stream {stream_took:?} ({:.0} ev/s), retried sends {}, consumer reconnects {}, \
          redelivered {}, after the kill: {}",
         n as f64 / stream_took.as_secs_f64(),
         retried.load(Ordering::SeqCst),
@@ -716,21 +850,78 @@ async fn cluster_body(nodes: &mut [Node]) -> Result<(), String> {
     sent_result?;
     check!(
         counted.lost == 0 && complete,
-        "{TEST}: {} of {n} ids never handled (first: {:?})",
+        "{test}: {} of {n} ids never handled (first: {:?})",
         counted.lost,
         counted.lost_ids
     );
-    check!(tally.strays() == 0, "{TEST}: ids that were never sent");
+    check!(tally.strays() == 0, "{test}: ids that were never sent");
     check!(
         sent_before < n,
-        "{TEST}: the node died after the stream ended"
+        "{test}: the node died after the stream ended"
     );
     check!(
         dead_letters.is_empty(),
-        "{TEST}: {} healthy events dead-lettered",
+        "{test}: {} healthy events dead-lettered",
         dead_letters.len()
     );
+    if layout == Layout::OnTheKilledNode {
+        // After the kill, the sender's and the consumer's connections are on the
+        // nodes named by `failover=` (the connection's name ends with the
+        // broker's port).
+        let survivors = [nodes[0].ports().amqp, nodes[1].ports().amqp];
+        for role in ["eventing sender (publish)", "eventing consumer (consume)"] {
+            let line = connections
+                .lines()
+                .find(|line| line.contains(role))
+                .ok_or_else(|| format!("{test}: no `{role}` connection: {connections}"))?;
+            check!(
+                survivors
+                    .iter()
+                    .any(|port| line.contains(&format!("-> 127.0.0.1:{port}"))),
+                "{test}: `{role}` is not on node 1 or 2: {line}"
+            );
+        }
+        println!(
+            "{test}: connections after the kill:\n{}",
+            connections.trim()
+        );
+    }
     Ok(())
+}
+
+/// Publishes `Item { id: 0 }` persistently to `exchange` through a new connection
+/// to `127.0.0.1:port`, in confirm mode; says whether the broker acked it.
+async fn probe_publish(port: u16, exchange: &str) -> String {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    let url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+    let attempt = async {
+        let connection =
+            lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let body = serde_json::to_vec(&Item::new(0)).unwrap_or_default();
+        let confirm = channel
+            .basic_publish(
+                exchange.into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                &body,
+                lapin::BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type("application/json".into()),
+            )
+            .await?
+            .await?;
+        let _ = connection.close(200, "probe".into()).await;
+        Ok::<_, lapin::Error>(if confirm.is_ack() { "ack" } else { "nack" })
+    };
+    match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+        Ok(Ok(answer)) => answer.to_string(),
+        Ok(Err(error)) => format!("error: {error}"),
+        Err(_) => "no answer within 10 s".to_string(),
+    }
 }
 
 /// Sends ids `0..n` at [`CLUSTER_RATE`] from 16 tasks; a send that fails with

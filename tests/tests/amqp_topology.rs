@@ -486,7 +486,7 @@ async fn a_dropped_manager_leaves_unfinished_messages_for_the_next() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_nacked_durable_message_is_refused() {
+async fn a_nacked_durable_message_is_refused_after_the_send_timeout() {
     let harness = AmqpHarness::from_env();
     bounded(async {
         let mut env = TestEnv::new(&harness);
@@ -517,7 +517,11 @@ async fn a_nacked_durable_message_is_refused() {
             )
             .await
             .expect("bind");
-        let manager = env.start(env.builder("a")).await;
+        // A nack is published again (on a new channel) until the send timeout,
+        // as a full queue is waited on elsewhere; then it is `Refused`.
+        let manager = env
+            .start(env.builder("a").send_timeout(Duration::from_secs(2)))
+            .await;
         manager
             .send_event(&Ping {
                 n: 1,
