@@ -41,6 +41,13 @@ impl Codec {
 
     /// The codec of a `content-type` value (parameters such as `; charset` ignored).
     pub fn from_content_type(content_type: &str) -> Option<Self> {
+        // The usual case: exactly what a sender of this crate writes.
+        match content_type {
+            JSON => return Some(Self::Json),
+            MSGPACK => return Some(Self::MessagePack),
+            CBOR => return Some(Self::Cbor),
+            _ => {}
+        }
         let media = content_type.split(';').next().unwrap_or("").trim();
         [Self::Json, Self::MessagePack, Self::Cbor]
             .into_iter()

@@ -130,8 +130,16 @@ impl Table {
         &self.text[start..start + e.value_len as usize]
     }
 
+    /// Whether entry `e` is called `name`: lengths first, then bytes (no
+    /// char-boundary checks).
+    fn is(&self, e: &Entry, name: &str) -> bool {
+        let start = e.start as usize;
+        e.name_len as usize == name.len()
+            && self.text.as_bytes().get(start..start + name.len()) == Some(name.as_bytes())
+    }
+
     fn position(&self, name: &str) -> Option<usize> {
-        self.entries.iter().position(|e| self.name(e) == name)
+        self.entries.iter().position(|e| self.is(e, name))
     }
 
     fn push(&mut self, name: &str, value: &str) {
@@ -199,7 +207,7 @@ impl Headers {
         table
             .entries
             .iter()
-            .find(|e| table.name(e) == name)
+            .find(|e| table.is(e, name))
             .map(|e| table.value(e))
     }
 
@@ -344,16 +352,16 @@ fn write_rfc3339_now(out: &mut String) {
         }
         out.push_str(prefix);
     });
-    let micros = now.subsec_micros();
-    let mut digits = [b'0'; 8];
-    digits[0] = b'.';
-    let mut value = micros;
-    for slot in digits[1..7].iter_mut().rev() {
+    let mut digits = [b'0'; 6];
+    let mut value = now.subsec_micros();
+    for slot in digits.iter_mut().rev() {
         *slot = b'0' + (value % 10) as u8;
         value /= 10;
     }
-    digits[7] = b'Z';
-    out.push_str(std::str::from_utf8(&digits).unwrap_or(".000000Z"));
+    // ASCII pushed as chars: no UTF-8 validation of the digits.
+    out.push('.');
+    out.extend(digits.iter().map(|&digit| char::from(digit)));
+    out.push('Z');
 }
 
 #[cfg(test)]

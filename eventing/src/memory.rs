@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -46,7 +47,7 @@ pub const DEFAULT_MAX_QUEUE_LEN: usize = 10_000;
 
 struct Broker {
     /// Event address -> the queues bound to it.
-    exchanges: RwLock<HashMap<String, Vec<Arc<Queue>>>>,
+    exchanges: RwLock<HashMap<String, Vec<Arc<Queue>>, BuildHasherDefault<NameHasher>>>,
     queues: Mutex<HashMap<String, Arc<Queue>>>,
     max_queue_len: usize,
     publish_timeout: Duration,
@@ -65,6 +66,43 @@ impl Default for Broker {
             available: AtomicBool::new(true),
             back: Notify::new(),
         }
+    }
+}
+
+/// Hashes event addresses for the exchange lookup of every publish, a word at a
+/// time (the FxHash step): addresses are the application's own names, so SipHash's
+/// resistance to chosen keys buys nothing and cost more than the rest of the lookup.
+#[derive(Default)]
+struct NameHasher(u64);
+
+impl NameHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for NameHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            let mut buf = [0u8; 8];
+            buf.copy_from_slice(word);
+            self.add(u64::from_le_bytes(buf));
+        }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            let mut buf = [0u8; 8];
+            buf[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(buf));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
     }
 }
 
@@ -96,7 +134,7 @@ struct Slot {
     id: u64,
     credit: u32,
     tx: mpsc::UnboundedSender<Result<Delivery>>,
-    acker: Arc<dyn Acker>,
+    acker: Arc<MemoryAcker>,
 }
 
 impl MemoryProvider {
@@ -156,8 +194,17 @@ impl MemoryProvider {
         }
         let queues: Vec<Arc<Queue>> = self.broker.queues.lock().values().cloned().collect();
         for queue in queues {
-            let ids: Vec<u64> = queue.state.lock().consumers.iter().map(|c| c.id).collect();
-            for id in ids {
+            let consumers: Vec<(u64, Arc<MemoryAcker>)> = queue
+                .state
+                .lock()
+                .consumers
+                .iter()
+                .map(|c| (c.id, Arc::clone(&c.acker)))
+                .collect();
+            for (id, acker) in consumers {
+                // Acks the consumer collected count as sent: only what it had not
+                // handled goes back.
+                acker.flush();
                 queue.remove_consumer(id, true);
             }
         }
@@ -261,19 +308,26 @@ impl Queue {
     }
 
     /// Acknowledges several deliveries under one lock.
+    ///
+    /// The settled copies are freed after the lock is released, so publishers do not
+    /// wait on a batch of frees.
     fn settle_many(&self, tags: &[u64]) {
+        let mut settled: SmallVec<[Envelope; ACK_BATCH]> = SmallVec::new();
         let mut state = self.state.lock();
         for &tag in tags {
-            let Some((consumer, _)) = state.take_unacked(tag) else {
+            let Some((consumer, envelope)) = state.take_unacked_untrimmed(tag) else {
                 continue;
             };
+            settled.push(envelope);
             if let Some(slot) = state.consumers.iter_mut().find(|s| s.id == consumer) {
                 slot.credit += 1;
             }
         }
+        state.trim_unacked();
         state.dispatch();
         let ready = state.ready.len();
         drop(state);
+        drop(settled);
         self.signal_room(ready);
     }
 
@@ -324,10 +378,15 @@ impl Queue {
 
 impl QueueState {
     fn take_unacked(&mut self, tag: u64) -> Option<(u64, Envelope)> {
-        let index = usize::try_from(tag.checked_sub(self.first_unacked)?).ok()?;
-        let taken = self.unacked.get_mut(index)?.take();
+        let taken = self.take_unacked_untrimmed(tag);
         self.trim_unacked();
         taken
+    }
+
+    /// Takes a delivery out of the unacked ring; the caller trims the ring after.
+    fn take_unacked_untrimmed(&mut self, tag: u64) -> Option<(u64, Envelope)> {
+        let index = usize::try_from(tag.checked_sub(self.first_unacked)?).ok()?;
+        self.unacked.get_mut(index)?.take()
     }
 
     fn trim_unacked(&mut self) {
@@ -344,12 +403,21 @@ impl QueueState {
     fn dispatch(&mut self) {
         while !self.ready.is_empty() && !self.consumers.is_empty() {
             let count = self.consumers.len();
-            let start = self.next_consumer % count;
-            let Some(index) = (0..count)
-                .map(|i| (start + i) % count)
-                .find(|&i| self.consumers[i].credit > 0)
-            else {
-                return;
+            let index = if count == 1 {
+                // One consumer (the usual case): no round-robin arithmetic.
+                if self.consumers[0].credit == 0 {
+                    return;
+                }
+                0
+            } else {
+                let start = self.next_consumer % count;
+                let Some(index) = (0..count)
+                    .map(|i| (start + i) % count)
+                    .find(|&i| self.consumers[i].credit > 0)
+                else {
+                    return;
+                };
+                index
             };
             let Some((envelope, redelivered)) = self.ready.pop_front() else {
                 return;
@@ -361,7 +429,7 @@ impl QueueState {
                 envelope: envelope.clone(),
                 tag,
                 redelivered,
-                acker: Arc::clone(&slot.acker),
+                acker: Arc::clone(&slot.acker) as Arc<dyn Acker>,
             };
             if slot.tx.send(Ok(delivery)).is_err() {
                 // The consumer is gone without saying so; keep the message.
@@ -393,8 +461,8 @@ impl Future for Published {
 const ACK_BATCH: usize = 64;
 
 /// Settles one consumer's deliveries. Acks are batched: they are applied when the
-/// batch is full and whenever the consumer polls for more, so credit comes back
-/// before the consumer waits (and at cancel and drop).
+/// batch is full and whenever the consumer finds nothing buffered and is about to
+/// wait, so credit comes back before the consumer waits (and at cancel and drop).
 struct MemoryAcker {
     queue: Arc<Queue>,
     pending: Mutex<SmallVec<[u64; ACK_BATCH]>>,
@@ -402,10 +470,15 @@ struct MemoryAcker {
 
 impl MemoryAcker {
     fn flush(&self) {
-        let tags = std::mem::take(&mut *self.pending.lock());
-        if !tags.is_empty() {
-            self.queue.settle_many(&tags);
+        let mut pending = self.pending.lock();
+        if pending.is_empty() {
+            // Nothing to settle (the usual case when the consumer keeps up): do not
+            // move the whole inline batch out.
+            return;
         }
+        let tags = std::mem::take(&mut *pending);
+        drop(pending);
+        self.queue.settle_many(&tags);
     }
 }
 
@@ -447,6 +520,11 @@ impl Stream for MemoryConsumer {
     type Item = Result<Delivery>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        // Settle collected acks only when nothing is buffered: under load they go
+        // in batches, and credit still comes back before the consumer waits.
+        if let Poll::Ready(item) = self.rx.poll_recv(cx) {
+            return Poll::Ready(item);
+        }
         self.acker.flush();
         self.rx.poll_recv(cx)
     }
@@ -594,7 +672,7 @@ impl Provider for MemoryProvider {
                     id,
                     credit: u32::from(options.prefetch.max(1)),
                     tx,
-                    acker: Arc::clone(&acker) as Arc<dyn Acker>,
+                    acker: Arc::clone(&acker),
                 });
                 state.dispatch();
                 let ready = state.ready.len();

@@ -4,6 +4,7 @@ mod builder;
 mod consume;
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
@@ -77,7 +78,7 @@ struct Inner {
     pipelines: Arc<[Arc<dyn EnvelopePipeline>]>,
     vars: HashMap<String, String>,
     /// Resolved addresses by descriptor, computed once.
-    addresses: HashMap<usize, Result<Arc<str>, String>>,
+    addresses: HashMap<usize, Result<Arc<str>, String>, BuildHasherDefault<AddressHasher>>,
     instances: Vec<(std::any::TypeId, AnyListener)>,
     selected: Option<Vec<std::any::TypeId>>,
     defaults: ListenerOptions,
@@ -90,6 +91,34 @@ struct Inner {
     state: Mutex<State>,
     stopped: AtomicBool,
     stats: Arc<Counters>,
+}
+
+/// Hashes a descriptor's address for [`Inner::addresses`], looked up on every send:
+/// the keys are distinct pointers of statics, so one multiply spreads them (SipHash
+/// cost more than the rest of the lookup).
+#[derive(Default)]
+struct AddressHasher(u64);
+
+impl Hasher for AddressHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        let mixed = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        // High bits pick the bucket's control byte, low bits the bucket.
+        self.0 = mixed ^ (mixed >> 29);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
 }
 
 enum State {
