@@ -352,6 +352,21 @@ pub struct Count {
     pub lost_ids: Vec<u64>,
 }
 
+impl Count {
+    /// The outcome of a test that sent `sent` messages and found `dead_lettered`
+    /// in dead-letter queues, with these counts.
+    pub fn outcome(&self, sent: u64, dead_lettered: u64, peak_rss_mib: u64) -> Outcome {
+        Outcome {
+            sent,
+            handled: self.handled,
+            duplicated: self.duplicated,
+            dead_lettered,
+            lost: self.lost,
+            peak_rss_mib,
+        }
+    }
+}
+
 /// Counts `ids` over `tallies`.
 pub fn count(tallies: &[&Tally], ids: impl IntoIterator<Item = u64>) -> Count {
     let mut total = Count::default();
@@ -414,7 +429,8 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn print(&self, test: &str, provider: &str, note: &str) {
+    /// Prints the `fault <test> <provider>: sent=N ...` line, then `note`.
+    pub fn print(&self, test: &str, provider: &str, note: &str) {
         println!(
             "fault {test} {provider}: sent={} handled={} duplicated={} dead_lettered={} lost={} peak_rss_mib={}{note}",
             self.sent,
@@ -785,14 +801,7 @@ async fn restart_body(env: &mut TestEnv<'_>) -> Result<(), String> {
 
     let counted = count(&[&tally], 0..n);
     let stats = consumer.stats();
-    let outcome = Outcome {
-        sent: sender.stats().sent,
-        handled: counted.handled,
-        duplicated: counted.duplicated,
-        dead_lettered: stats.dead_lettered,
-        lost: counted.lost,
-        peak_rss_mib: rss.peak_mib(),
-    };
+    let outcome = counted.outcome(sender.stats().sent, stats.dead_lettered, rss.peak_mib());
     let note = if restarted {
         ""
     } else {
@@ -1029,15 +1038,9 @@ async fn killed_body(env: &mut TestEnv<'_>, ctx: &Ctx) -> Result<(), String> {
     let complete = all_completed(&[&doomed, &survivor], 0..n, Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let counted = count(&[&doomed, &survivor], 0..n);
-    Outcome {
-        sent: sender.stats().sent,
-        handled: counted.handled,
-        duplicated: counted.duplicated,
-        dead_lettered: 0,
-        lost: counted.lost,
-        peak_rss_mib: rss.peak_mib(),
-    }
-    .print(TEST, env.harness.name(), "");
+    counted
+        .outcome(sender.stats().sent, 0, rss.peak_mib())
+        .print(TEST, env.harness.name(), "");
     tracing::info!(
         how,
         killed_after,
@@ -1339,15 +1342,9 @@ async fn backlog_body(env: &mut TestEnv<'_>) -> Result<(), String> {
         growth_kib.div_ceil(1024),
         connect_kib.div_ceil(1024)
     );
-    Outcome {
-        sent: sender.stats().sent,
-        handled: counted.handled,
-        duplicated: counted.duplicated,
-        dead_lettered: stats.dead_lettered,
-        lost: counted.lost,
-        peak_rss_mib: overall.peak_mib(),
-    }
-    .print(TEST, env.harness.name(), &note);
+    counted
+        .outcome(sender.stats().sent, stats.dead_lettered, overall.peak_mib())
+        .print(TEST, env.harness.name(), &note);
     tracing::info!(
         n,
         ?published,
@@ -1449,15 +1446,9 @@ async fn shutdown_body(env: &mut TestEnv<'_>) -> Result<(), String> {
     let complete = all_completed(&[&first, &second], 0..n, Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let counted = count(&[&first, &second], 0..n);
-    Outcome {
-        sent: sender.stats().sent,
-        handled: counted.handled,
-        duplicated: counted.duplicated,
-        dead_lettered: 0,
-        lost: counted.lost,
-        peak_rss_mib: rss.peak_mib(),
-    }
-    .print(TEST, env.harness.name(), "");
+    counted
+        .outcome(sender.stats().sent, 0, rss.peak_mib())
+        .print(TEST, env.harness.name(), "");
     tracing::info!(
         running_at_shutdown,
         ?shutdown_took,

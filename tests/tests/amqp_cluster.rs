@@ -828,15 +828,13 @@ async fn cluster_body(nodes: &mut [Node], layout: Layout) -> Result<(), String> 
         ])
         .await
         .unwrap_or_else(|e| e);
-    println!(
-        "fault {test} amqp: sent={} handled={} duplicated={} dead_lettered={} lost={} peak_rss_mib={}",
-        sent.load(Ordering::SeqCst),
-        counted.handled,
-        counted.duplicated,
-        dead_letters.len(),
-        counted.lost,
-        rss.peak_mib()
-    );
+    counted
+        .outcome(
+            sent.load(Ordering::SeqCst),
+            dead_letters.len() as u64,
+            rss.peak_mib(),
+        )
+        .print(test, "amqp", "");
     println!(
         "{test}: stream {stream_took:?} ({:.0} ev/s), retried sends {}, consumer reconnects {}, \
          redelivered {}, after the kill: {}",
