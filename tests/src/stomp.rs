@@ -146,27 +146,7 @@ pub use crate::harness::{port_open, rabbitmqctl};
 pub async fn restart_broker_app(harness: &StompHarness) {
     rabbitmqctl(&["stop_app"]).await;
     rabbitmqctl(&["start_app"]).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    let config = harness.config();
-    loop {
-        if port_open(config.port).await {
-            let provider = eventing_stomp::StompProvider::with_config(
-                config.clone(),
-                "restart-probe",
-                Duration::from_secs(5),
-            )
-            .await;
-            if let Ok(provider) = provider {
-                let _ = eventing::Provider::close(&provider).await;
-                return;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "STOMP did not come back within 120 s"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_for_stomp(&harness.config(), Duration::from_secs(120)).await;
 }
 
 /// A bare STOMP 1.2 client over TCP (the crate's codec, nothing else), for
