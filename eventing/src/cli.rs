@@ -28,11 +28,26 @@ use std::process::ExitCode;
 use bytes::Bytes;
 
 use crate::envelope::Envelope;
-use crate::error::{Error, Result};
+use crate::error::Error;
 use crate::manager::{EventManager, EventManagerBuilder, URL_VARIABLE};
 use crate::provider::Route;
 use crate::registry;
 use crate::topology::QueueSpec;
+
+/// What can go wrong in a command: bad arguments, or the runtime's own error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CliError {
+    /// The command line was malformed; the message says how, with the usage.
+    #[error("{0}")]
+    Usage(String),
+    /// The command ran and failed.
+    #[error(transparent)]
+    Eventing(#[from] Error),
+}
+
+/// Result of a command.
+pub type Result<T, E = CliError> = std::result::Result<T, E>;
 
 /// Parsed arguments.
 #[derive(Debug, Default)]
@@ -109,7 +124,7 @@ pub fn main() -> ExitCode {
 /// Runs one command given as arguments (without the program name) and returns what
 /// it prints.
 pub async fn run_args(args: impl IntoIterator<Item = String>) -> Result<String> {
-    let args = parse(args).map_err(Error::Usage)?;
+    let args = parse(args).map_err(CliError::Usage)?;
     run(args).await
 }
 
@@ -140,14 +155,14 @@ async fn all_listeners(args: &Args) -> Result<EventManager> {
     for (k, v) in &args.vars {
         builder = builder.var(k, v);
     }
-    builder.build().await
+    Ok(builder.build().await?)
 }
 
 fn required<'a>(args: &'a Args, name: &str) -> Result<&'a str> {
     args.options
         .get(name)
         .map(String::as_str)
-        .ok_or_else(|| Error::Usage(format!("`{}` needs --{name}", args.command)))
+        .ok_or_else(|| CliError::Usage(format!("`{}` needs --{name}", args.command)))
 }
 
 /// The queue named `queue` among the registered listeners' queues. Events whose
@@ -177,9 +192,11 @@ fn queue_spec(manager: &EventManager, queue: &str) -> Result<QueueSpec> {
             return Ok(spec);
         }
     }
-    Err(unresolved.unwrap_or(Error::State(
-        "no registered listener uses that queue (see `topology`)",
-    )))
+    Err(unresolved
+        .unwrap_or_else(|| Error::UnknownQueue {
+            queue: queue.to_owned(),
+        })
+        .into())
 }
 
 async fn run(args: Args) -> Result<String> {
@@ -248,17 +265,14 @@ async fn run(args: Args) -> Result<String> {
             let event = registry::events()
                 .into_iter()
                 .find(|e| e.name() == name || e.type_name().ends_with(&format!("::{name}")))
-                .ok_or(Error::State(
-                    "no registered event has that name (see `registry`)",
-                ))?;
+                .ok_or_else(|| Error::UnknownEvent {
+                    name: name.to_owned(),
+                })?;
             let manager = builder(&args).build().await?;
             let address = manager.address_of(event)?;
             let envelope = Envelope::new(&address, crate::JSON, Bytes::from(json.to_string()));
             let id = envelope.message_id().to_string();
-            let route = Route {
-                address: &address,
-                durable: event.durable(),
-            };
+            let route = Route::new(&address, event.durable());
             manager.provider().publish(route, envelope).await?;
             let _ = writeln!(out, "sent {address} message-id {id}");
         }
@@ -267,16 +281,16 @@ async fn run(args: Args) -> Result<String> {
             let limit = match args.options.get("limit") {
                 Some(n) => n
                     .parse()
-                    .map_err(|_| Error::Usage("--limit takes a number".into()))?,
+                    .map_err(|_| CliError::Usage("--limit takes a number".into()))?,
                 None => 100,
             };
             let manager = builder(&args).build().await?;
             let spec = queue_spec(&manager, queue)?;
             if args.command == "replay" {
-                let moved = manager.provider().replay_dead_letters(&spec, limit).await?;
+                let moved = manager.replay_dead_letters_of(&spec, limit).await?;
                 let _ = writeln!(out, "replayed {moved} message(s) onto {queue}");
             } else {
-                for letter in manager.provider().dead_letters(&spec, limit).await? {
+                for letter in manager.dead_letters_of(&spec, limit).await? {
                     let _ = writeln!(out, "message {}", letter.message_id());
                     for (k, v) in letter.headers.iter() {
                         let _ = writeln!(out, "  {k}: {v}");
@@ -286,7 +300,7 @@ async fn run(args: Args) -> Result<String> {
             }
         }
         other => {
-            return Err(Error::Usage(format!(
+            return Err(CliError::Usage(format!(
                 "unknown command `{other}`; {}",
                 usage()
             )));

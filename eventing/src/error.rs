@@ -150,12 +150,53 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
-    /// The manager is not in a state that allows the call.
-    #[error("event manager: {0}")]
-    State(&'static str),
-    /// A command-line invocation was malformed.
-    #[error("{0}")]
-    Usage(String),
+    /// `start()` was called on a manager that already started.
+    #[error("event manager: start() was called twice (or raced with another start())")]
+    AlreadyStarted,
+    /// The manager was shut down; it sends and starts no more.
+    #[error("event manager: {operation} after shutdown()")]
+    ShutDown {
+        /// What was asked (`"send_event()"`, `"start()"`).
+        operation: &'static str,
+    },
+    /// A bound listener instance is not of the type its registration names.
+    #[error("listener `{listener}`: the bound instance is not a `{type_name}`")]
+    WrongListenerInstance {
+        /// Listener name.
+        listener: &'static str,
+        /// The type it was registered as.
+        type_name: &'static str,
+    },
+    /// No listener (of this manager, or of the registry) uses the queue named.
+    #[error("no listener uses queue `{queue}` (see the topology)")]
+    UnknownQueue {
+        /// The queue asked for.
+        queue: String,
+    },
+    /// No registered event has the name given.
+    #[error("no registered event is named `{name}` (see the registry)")]
+    UnknownEvent {
+        /// The name asked for.
+        name: String,
+    },
+    /// The queue does not exist on the broker (for example a per-process queue whose
+    /// server is not running), so messages cannot be put onto it.
+    #[error("queue `{queue}` does not exist on the broker")]
+    QueueNotFound {
+        /// The queue.
+        queue: String,
+    },
+    /// Replaying dead letters failed after some of them were moved.
+    #[error("replay of the dead letters of `{queue}` stopped after {moved} moved: {source}")]
+    ReplayInterrupted {
+        /// The queue.
+        queue: String,
+        /// How many letters were moved before the failure.
+        moved: usize,
+        /// What stopped it.
+        #[source]
+        source: Box<Error>,
+    },
     /// The operation is not supported by this provider.
     #[error("provider `{provider}` does not support {operation}")]
     Unsupported {

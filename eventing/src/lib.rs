@@ -1,6 +1,8 @@
 #![doc = include_str!("docs/crate.md")]
 
 pub mod asyncapi;
+pub mod backoff;
+#[cfg(feature = "cli")]
 pub mod cli;
 mod codec;
 mod envelope;
@@ -12,7 +14,7 @@ mod manager;
 mod memory;
 pub mod metrics;
 mod pipeline;
-mod provider;
+pub mod provider;
 pub mod registry;
 mod topology;
 mod trace;
@@ -41,7 +43,7 @@ pub use pipeline::{
     Call, EnvelopePipeline, Outcome, SessionPipeline, current_session, with_session,
 };
 pub use provider::{
-    Acker, BoxConsumer, ConnectFuture, ConsumeOptions, Consumer, Delivery, Provider,
+    Acker, Capabilities, ConnectFuture, ConsumeOptions, Consumer, Delivery, DynProvider, Provider,
     ProviderConfig, ProviderFactory, Route, connect,
 };
 pub use topology::{EventInfo, QueueSpec, SINGLETON, Topology, queue_name};

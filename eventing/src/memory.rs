@@ -8,7 +8,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -23,7 +22,10 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::envelope::Envelope;
 use crate::error::Result;
-use crate::provider::{Acker, ConsumeOptions, Consumer, Delivery, Provider, ProviderConfig, Route};
+use crate::provider::{
+    Acker, Capabilities, ConnectFuture, ConsumeOptions, Consumer, Delivery, DynProvider,
+    ProviderConfig, Route,
+};
 use crate::topology::QueueSpec;
 
 /// The in-process provider. Cloning shares the broker.
@@ -47,7 +49,7 @@ pub const DEFAULT_MAX_QUEUE_LEN: usize = 10_000;
 
 struct Broker {
     /// Event address -> the queues bound to it.
-    exchanges: RwLock<HashMap<String, Vec<Arc<Queue>>, BuildHasherDefault<NameHasher>>>,
+    exchanges: RwLock<HashMap<String, Vec<Arc<Queue>>, rustc_hash::FxBuildHasher>>,
     queues: Mutex<HashMap<String, Arc<Queue>>>,
     max_queue_len: usize,
     publish_timeout: Duration,
@@ -66,43 +68,6 @@ impl Default for Broker {
             available: AtomicBool::new(true),
             back: Notify::new(),
         }
-    }
-}
-
-/// Hashes event addresses for the exchange lookup of every publish, a word at a
-/// time (the FxHash step): addresses are the application's own names, so SipHash's
-/// resistance to chosen keys buys nothing and cost more than the rest of the lookup.
-#[derive(Default)]
-struct NameHasher(u64);
-
-impl NameHasher {
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-impl Hasher for NameHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut words = bytes.chunks_exact(8);
-        for word in &mut words {
-            let mut buf = [0u8; 8];
-            buf.copy_from_slice(word);
-            self.add(u64::from_le_bytes(buf));
-        }
-        let rest = words.remainder();
-        if !rest.is_empty() {
-            let mut buf = [0u8; 8];
-            buf[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(buf));
-        }
-    }
-
-    fn write_u8(&mut self, n: u8) {
-        self.add(u64::from(n));
     }
 }
 
@@ -552,9 +517,15 @@ impl Drop for MemoryConsumer {
     }
 }
 
-impl Provider for MemoryProvider {
+/// Implemented directly in its object-safe form: a publish that completes at once
+/// returns a zero-sized future, so the hot path does not allocate for it.
+impl DynProvider for MemoryProvider {
     fn name(&self) -> &'static str {
         "memory"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::NONE.with_dead_letters()
     }
 
     fn declare<'a>(&'a self, queues: &'a [QueueSpec]) -> BoxFuture<'a, Result<()>> {
@@ -655,39 +626,17 @@ impl Provider for MemoryProvider {
                 None => {
                     self.declare(std::slice::from_ref(spec)).await?;
                     self.queue(&spec.name)
-                        .ok_or(crate::Error::State("queue vanished"))?
+                        .ok_or_else(|| crate::Error::QueueNotFound {
+                            queue: spec.name.clone(),
+                        })?
                 }
             };
-            let (tx, rx) = mpsc::unbounded_channel();
-            let acker = Arc::new(MemoryAcker {
-                queue: Arc::clone(&queue),
-                pending: Mutex::new(SmallVec::new()),
-            });
-            let id = {
-                let mut state = queue.state.lock();
-                state.deleted = false;
-                let id = state.next_consumer_id;
-                state.next_consumer_id += 1;
-                state.consumers.push(Slot {
-                    id,
-                    credit: u32::from(options.prefetch.max(1)),
-                    tx,
-                    acker: Arc::clone(&acker),
-                });
-                state.dispatch();
-                let ready = state.ready.len();
-                drop(state);
-                queue.signal_room(ready);
-                id
-            };
-            Ok(Box::new(MemoryConsumer {
-                provider: self.clone(),
-                queue,
-                acker,
-                id,
-                rx,
-            }) as Box<dyn Consumer>)
+            Ok(Box::new(self.consume(queue, options.prefetch)) as Box<dyn Consumer>)
         })
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(std::future::ready(Ok(())))
     }
 
     fn dead_letters<'a>(
@@ -710,37 +659,86 @@ impl Provider for MemoryProvider {
         Box::pin(std::future::ready(Ok(letters)))
     }
 
-    fn replay_dead_letters<'a>(
+    fn dead_letter_depth<'a>(&'a self, spec: &'a QueueSpec) -> BoxFuture<'a, Result<usize>> {
+        let depth = match self.queue(&spec.name) {
+            None => Err(crate::Error::QueueNotFound {
+                queue: spec.name.clone(),
+            }),
+            Some(_) => Ok(self
+                .queue(&spec.dead_letter_queue())
+                .map_or(0, |dlq| dlq.state.lock().ready.len())),
+        };
+        Box::pin(std::future::ready(depth))
+    }
+
+    fn take_dead_letters<'a>(
         &'a self,
         spec: &'a QueueSpec,
-        limit: usize,
-    ) -> BoxFuture<'a, Result<usize>> {
-        let moved = match (
-            self.queue(&spec.name),
-            self.queue(&spec.dead_letter_queue()),
-        ) {
-            (Some(queue), Some(dlq)) => {
-                let letters: Vec<Envelope> = {
-                    let mut state = dlq.state.lock();
-                    let n = limit.min(state.ready.len());
-                    state.ready.drain(..n).map(|(e, _)| e).collect()
-                };
-                let moved = letters.len();
-                for mut letter in letters {
-                    for name in crate::header::DEAD_LETTER_HEADERS {
-                        letter.headers.remove(name);
-                    }
-                    queue.push(letter, false);
-                }
-                moved
-            }
-            _ => 0,
+        prefetch: u16,
+    ) -> BoxFuture<'a, Result<Box<dyn Consumer>>> {
+        let taken = match self.queue(&spec.dead_letter_queue()) {
+            Some(dlq) => Ok(Box::new(self.consume(dlq, prefetch)) as Box<dyn Consumer>),
+            None => Err(crate::Error::QueueNotFound {
+                queue: spec.dead_letter_queue(),
+            }),
         };
-        Box::pin(std::future::ready(Ok(moved)))
+        Box::pin(std::future::ready(taken))
+    }
+
+    fn send_to_queue<'a>(
+        &'a self,
+        spec: &'a QueueSpec,
+        envelope: Envelope,
+    ) -> BoxFuture<'a, Result<()>> {
+        let sent = match self.queue(&spec.name) {
+            Some(queue) => {
+                queue.push(envelope, false);
+                Ok(())
+            }
+            None => Err(crate::Error::QueueNotFound {
+                queue: spec.name.clone(),
+            }),
+        };
+        Box::pin(std::future::ready(sent))
     }
 }
 
-fn connect(config: ProviderConfig) -> BoxFuture<'static, Result<Arc<dyn Provider>>> {
+impl MemoryProvider {
+    /// A consumer of `queue` with `prefetch` credit.
+    fn consume(&self, queue: Arc<Queue>, prefetch: u16) -> MemoryConsumer {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let acker = Arc::new(MemoryAcker {
+            queue: Arc::clone(&queue),
+            pending: Mutex::new(SmallVec::new()),
+        });
+        let id = {
+            let mut state = queue.state.lock();
+            state.deleted = false;
+            let id = state.next_consumer_id;
+            state.next_consumer_id += 1;
+            state.consumers.push(Slot {
+                id,
+                credit: u32::from(prefetch.max(1)),
+                tx,
+                acker: Arc::clone(&acker),
+            });
+            state.dispatch();
+            let ready = state.ready.len();
+            drop(state);
+            queue.signal_room(ready);
+            id
+        };
+        MemoryConsumer {
+            provider: self.clone(),
+            queue,
+            acker,
+            id,
+            rx,
+        }
+    }
+}
+
+fn connect(config: ProviderConfig) -> ConnectFuture {
     Box::pin(async move {
         let rest = config
             .url
@@ -749,7 +747,7 @@ fn connect(config: ProviderConfig) -> BoxFuture<'static, Result<Arc<dyn Provider
             .unwrap_or("");
         let name = rest.trim_end_matches('/');
         let name = if name.is_empty() { "default" } else { name };
-        Ok(Arc::new(MemoryProvider::named(name)) as Arc<dyn Provider>)
+        Ok(Arc::new(MemoryProvider::named(name)) as Arc<dyn DynProvider>)
     })
 }
 

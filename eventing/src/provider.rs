@@ -1,9 +1,59 @@
-//! The transport interface and the registry of provider factories keyed by URL scheme.
+//! The transport contract, its object-safe form, and the registry of provider
+//! factories keyed by URL scheme.
 //!
 //! A provider moves [`Envelope`]s between managers. The runtime owns everything else:
-//! serialization, pipelines, retries, dead-letter decisions, concurrency and shutdown.
+//! serialization, pipelines, retries and their backoff, dead-letter decisions and
+//! headers, replaying dead letters, concurrency and shutdown.
+//!
+//! # Writing a provider
+//!
+//! Implement [`Provider`] with `async fn`s; the blanket [`DynProvider`] impl boxes
+//! them so the manager can hold any provider as `Arc<dyn DynProvider>`
+//! ([`Provider::into_dyn`]). A consumer is a [`Stream`] of [`Delivery`]s, each with
+//! an [`Acker`] that settles it. Optional capabilities (listing and replaying dead
+//! letters) are announced by [`Provider::capabilities`]; the runtime answers
+//! [`Error::Unsupported`] for the rest without calling the provider.
+//!
+//! The data a provider receives or builds ([`Route`], [`ConsumeOptions`],
+//! [`Delivery`], [`ProviderConfig`], [`QueueSpec`]) is `#[non_exhaustive]`: build it
+//! with its constructors, so a field added later does not break an outside crate.
+//!
+//! The conformance kit (`eventing-test`) is the definition of "done": a provider
+//! passes its behaviour, features and fault suites on its real broker.
+//!
+//! ```
+//! use eventing::provider::{ConsumeOptions, Consumer, Provider, Route};
+//! use eventing::{Envelope, QueueSpec, Result};
+//!
+//! /// A provider that drops every message (a sketch: see the reference provider
+//! /// in `eventing-test`'s examples for a complete one).
+//! struct Void;
+//!
+//! impl Provider for Void {
+//!     fn name(&self) -> &'static str {
+//!         "void"
+//!     }
+//!     async fn declare(&self, _queues: &[QueueSpec]) -> Result<()> {
+//!         Ok(())
+//!     }
+//!     async fn publish(&self, _route: Route<'_>, _envelope: Envelope) -> Result<()> {
+//!         Ok(())
+//!     }
+//!     async fn subscribe(
+//!         &self,
+//!         _queue: &QueueSpec,
+//!         _options: ConsumeOptions,
+//!     ) -> Result<Box<dyn Consumer>> {
+//!         Err(eventing::Error::Unsupported { provider: "void", operation: "subscribing" })
+//!     }
+//! }
+//!
+//! let provider = Void.into_dyn();
+//! assert_eq!(provider.name(), "void");
+//! assert!(!provider.capabilities().dead_letters);
+//! ```
 
-use std::pin::Pin;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +65,8 @@ use crate::error::{Error, Result};
 use crate::topology::QueueSpec;
 
 /// Where a message is sent: the resolved event name (the address) and its durability.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
 pub struct Route<'a> {
     /// The event's address.
     pub address: &'a str,
@@ -23,63 +74,240 @@ pub struct Route<'a> {
     pub durable: bool,
 }
 
+impl<'a> Route<'a> {
+    /// A route to `address`; `durable` asks for a persistent, confirmed message.
+    pub fn new(address: &'a str, durable: bool) -> Self {
+        Self { address, durable }
+    }
+}
+
 /// Limits for one subscription.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConsumeOptions {
     /// How many unacknowledged deliveries the broker may push to this consumer.
     pub prefetch: u16,
 }
 
-/// A transport. Implementations must be cheap to share (`Arc<dyn Provider>`).
+impl ConsumeOptions {
+    /// Options with this prefetch (unacknowledged deliveries in flight).
+    pub fn new(prefetch: u16) -> Self {
+        Self { prefetch }
+    }
+}
+
+/// What a provider can do beyond the required operations. The runtime checks it
+/// before calling an optional operation and answers [`Error::Unsupported`] itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Dead letters can be listed ([`Provider::dead_letters`]) and replayed (the
+    /// runtime's replay, through [`Provider::dead_letter_depth`],
+    /// [`Provider::take_dead_letters`] and [`Provider::send_to_queue`]).
+    pub dead_letters: bool,
+}
+
+impl Capabilities {
+    /// Only the required operations.
+    pub const NONE: Self = Self {
+        dead_letters: false,
+    };
+
+    /// Adds listing and replaying dead letters.
+    pub const fn with_dead_letters(mut self) -> Self {
+        self.dead_letters = true;
+        self
+    }
+}
+
+/// A transport, written with `async fn`s. Hold one as `Arc<dyn DynProvider>`
+/// ([`into_dyn`](Provider::into_dyn)); the blanket [`DynProvider`] impl does the boxing.
+///
+/// Required: [`declare`](Provider::declare), [`publish`](Provider::publish) and
+/// [`subscribe`](Provider::subscribe). The dead-letter operations are optional and
+/// called only when [`capabilities`](Provider::capabilities) says so.
 pub trait Provider: Send + Sync + 'static {
     /// A short name for logs and errors (`"memory"`, `"amqp"`, `"stomp"`).
     fn name(&self) -> &'static str;
 
-    /// Declares the queues (and the exchanges/addresses they bind to). Idempotent.
-    fn declare<'a>(&'a self, queues: &'a [QueueSpec]) -> BoxFuture<'a, Result<()>>;
+    /// The optional operations this provider supports (none by default).
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::NONE
+    }
+
+    /// Declares the queues, their dead-letter queues (`<queue>.dlq`) and the event
+    /// addresses they are bound to. Idempotent.
+    fn declare(&self, queues: &[QueueSpec]) -> impl Future<Output = Result<()>> + Send;
 
     /// Publishes one message to every queue bound to `route.address`. For durable
     /// routes it returns only once the broker has taken responsibility for it.
-    fn publish<'a>(&'a self, route: Route<'a>, envelope: Envelope) -> BoxFuture<'a, Result<()>>;
+    fn publish(
+        &self,
+        route: Route<'_>,
+        envelope: Envelope,
+    ) -> impl Future<Output = Result<()>> + Send;
 
     /// Starts consuming from a declared queue.
+    fn subscribe(
+        &self,
+        queue: &QueueSpec,
+        options: ConsumeOptions,
+    ) -> impl Future<Output = Result<Box<dyn Consumer>>> + Send;
+
+    /// Closes connections. Consumers are cancelled first.
+    fn close(&self) -> impl Future<Output = Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
+
+    /// Capability `dead_letters`: up to `limit` messages of the dead-letter queue of
+    /// `queue`, oldest first, left in place. No dead-letter queue: none.
+    fn dead_letters(
+        &self,
+        queue: &QueueSpec,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Envelope>>> + Send {
+        let _ = (queue, limit);
+        std::future::ready(Err(unsupported(self.name(), "listing dead letters")))
+    }
+
+    /// Capability `dead_letters`: how many messages the dead-letter queue of `queue`
+    /// holds now (0 if it does not exist). An error if `queue` itself does not
+    /// exist, since letters could not be moved onto it.
+    fn dead_letter_depth(&self, queue: &QueueSpec) -> impl Future<Output = Result<usize>> + Send {
+        let _ = queue;
+        std::future::ready(Err(unsupported(self.name(), "replaying dead letters")))
+    }
+
+    /// Capability `dead_letters`: consumes the dead-letter queue of `queue`, oldest
+    /// first, at most `prefetch` unacknowledged. An ack removes a letter; what is not
+    /// acknowledged when the consumer is dropped stays, in its order. A letter the
+    /// provider cannot read whole is not yielded (it stays where it is).
+    fn take_dead_letters(
+        &self,
+        queue: &QueueSpec,
+        prefetch: u16,
+    ) -> impl Future<Output = Result<Box<dyn Consumer>>> + Send {
+        let _ = (queue, prefetch);
+        std::future::ready(Err(unsupported(self.name(), "replaying dead letters")))
+    }
+
+    /// Capability `dead_letters`: puts `envelope` onto `queue` alone (not the event's
+    /// other queues), persistently, returning once the broker has it.
+    fn send_to_queue(
+        &self,
+        queue: &QueueSpec,
+        envelope: Envelope,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let _ = (queue, envelope);
+        std::future::ready(Err(unsupported(self.name(), "replaying dead letters")))
+    }
+
+    /// This provider as the object-safe form the manager holds.
+    fn into_dyn(self) -> Arc<dyn DynProvider>
+    where
+        Self: Sized,
+    {
+        Arc::new(self)
+    }
+}
+
+fn unsupported(provider: &'static str, operation: &'static str) -> Error {
+    Error::Unsupported {
+        provider,
+        operation,
+    }
+}
+
+/// The object-safe form of [`Provider`], with boxed futures: what the manager holds
+/// (`Arc<dyn DynProvider>`). Every [`Provider`] is one through a blanket impl; a
+/// provider may implement it directly to control allocation on its hot path, as the
+/// in-process broker does (its publish completes without allocating). The methods
+/// mean what they mean on [`Provider`].
+#[allow(missing_docs)]
+pub trait DynProvider: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    fn capabilities(&self) -> Capabilities;
+    fn declare<'a>(&'a self, queues: &'a [QueueSpec]) -> BoxFuture<'a, Result<()>>;
+    fn publish<'a>(&'a self, route: Route<'a>, envelope: Envelope) -> BoxFuture<'a, Result<()>>;
     fn subscribe<'a>(
         &'a self,
         queue: &'a QueueSpec,
         options: ConsumeOptions,
     ) -> BoxFuture<'a, Result<Box<dyn Consumer>>>;
+    fn close(&self) -> BoxFuture<'_, Result<()>>;
+    fn dead_letters<'a>(
+        &'a self,
+        queue: &'a QueueSpec,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Envelope>>>;
+    fn dead_letter_depth<'a>(&'a self, queue: &'a QueueSpec) -> BoxFuture<'a, Result<usize>>;
+    fn take_dead_letters<'a>(
+        &'a self,
+        queue: &'a QueueSpec,
+        prefetch: u16,
+    ) -> BoxFuture<'a, Result<Box<dyn Consumer>>>;
+    fn send_to_queue<'a>(
+        &'a self,
+        queue: &'a QueueSpec,
+        envelope: Envelope,
+    ) -> BoxFuture<'a, Result<()>>;
+}
 
-    /// Up to `limit` messages of the dead-letter queue of `queue`, oldest first, left
-    /// in place.
+impl<P: Provider> DynProvider for P {
+    fn name(&self) -> &'static str {
+        Provider::name(self)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Provider::capabilities(self)
+    }
+
+    fn declare<'a>(&'a self, queues: &'a [QueueSpec]) -> BoxFuture<'a, Result<()>> {
+        Box::pin(Provider::declare(self, queues))
+    }
+
+    fn publish<'a>(&'a self, route: Route<'a>, envelope: Envelope) -> BoxFuture<'a, Result<()>> {
+        Box::pin(Provider::publish(self, route, envelope))
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        queue: &'a QueueSpec,
+        options: ConsumeOptions,
+    ) -> BoxFuture<'a, Result<Box<dyn Consumer>>> {
+        Box::pin(Provider::subscribe(self, queue, options))
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(Provider::close(self))
+    }
+
     fn dead_letters<'a>(
         &'a self,
         queue: &'a QueueSpec,
         limit: usize,
     ) -> BoxFuture<'a, Result<Vec<Envelope>>> {
-        let _ = (queue, limit);
-        Box::pin(std::future::ready(Err(Error::Unsupported {
-            provider: self.name(),
-            operation: "listing dead letters",
-        })))
+        Box::pin(Provider::dead_letters(self, queue, limit))
     }
 
-    /// Moves up to `limit` messages of the dead-letter queue of `queue` back onto
-    /// `queue`, removing the `x-dead-letter-*` headers; returns how many moved.
-    fn replay_dead_letters<'a>(
+    fn dead_letter_depth<'a>(&'a self, queue: &'a QueueSpec) -> BoxFuture<'a, Result<usize>> {
+        Box::pin(Provider::dead_letter_depth(self, queue))
+    }
+
+    fn take_dead_letters<'a>(
         &'a self,
         queue: &'a QueueSpec,
-        limit: usize,
-    ) -> BoxFuture<'a, Result<usize>> {
-        let _ = (queue, limit);
-        Box::pin(std::future::ready(Err(Error::Unsupported {
-            provider: self.name(),
-            operation: "replaying dead letters",
-        })))
+        prefetch: u16,
+    ) -> BoxFuture<'a, Result<Box<dyn Consumer>>> {
+        Box::pin(Provider::take_dead_letters(self, queue, prefetch))
     }
 
-    /// Closes connections. Consumers should be cancelled first.
-    fn close(&self) -> BoxFuture<'_, Result<()>> {
-        Box::pin(std::future::ready(Ok(())))
+    fn send_to_queue<'a>(
+        &'a self,
+        queue: &'a QueueSpec,
+        envelope: Envelope,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(Provider::send_to_queue(self, queue, envelope))
     }
 }
 
@@ -92,11 +320,13 @@ pub trait Acker: Send + Sync + 'static {
     fn requeue(&self, tag: u64);
 
     /// Move the message to the queue's dead-letter queue as `envelope` (the original
-    /// plus the reason headers), then remove the original.
+    /// plus the reason headers), then remove the original. The letter must be stored
+    /// durably before the original is acknowledged.
     fn dead_letter(&self, tag: u64, envelope: Envelope) -> BoxFuture<'static, Result<()>>;
 }
 
 /// One message handed to a consumer.
+#[non_exhaustive]
 pub struct Delivery {
     /// The message.
     pub envelope: Envelope,
@@ -106,6 +336,25 @@ pub struct Delivery {
     pub redelivered: bool,
     /// Settles the delivery.
     pub acker: Arc<dyn Acker>,
+}
+
+impl Delivery {
+    /// A first delivery of `envelope`, settled through `acker` by `tag`.
+    pub fn new(envelope: Envelope, tag: u64, acker: Arc<dyn Acker>) -> Self {
+        Self {
+            envelope,
+            tag,
+            redelivered: false,
+            acker,
+        }
+    }
+
+    /// Marks it as delivered before without an acknowledgement.
+    #[must_use]
+    pub fn redelivered(mut self, redelivered: bool) -> Self {
+        self.redelivered = redelivered;
+        self
+    }
 }
 
 impl std::fmt::Debug for Delivery {
@@ -131,11 +380,9 @@ pub trait Consumer: Stream<Item = Result<Delivery>> + Send + Unpin {
     fn cancel(&mut self) -> BoxFuture<'_, Result<()>>;
 }
 
-/// A boxed consumer.
-pub type BoxConsumer = Pin<Box<dyn Consumer>>;
-
 /// What a provider factory gets to build a provider.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct ProviderConfig {
     /// The URL (may hold credentials: never log it, use [`redact_url`](crate::redact_url)).
     pub url: String,
@@ -143,6 +390,22 @@ pub struct ProviderConfig {
     pub server_name: String,
     /// How long a send may wait for an unavailable broker.
     pub send_timeout: Duration,
+}
+
+impl ProviderConfig {
+    /// A configuration for `url`, for the server `server_name`, whose sends wait at
+    /// most `send_timeout` for an unavailable broker.
+    pub fn new(
+        url: impl Into<String>,
+        server_name: impl Into<String>,
+        send_timeout: Duration,
+    ) -> Self {
+        Self {
+            url: url.into(),
+            server_name: server_name.into(),
+            send_timeout,
+        }
+    }
 }
 
 impl std::fmt::Debug for ProviderConfig {
@@ -164,18 +427,18 @@ pub struct ProviderFactory {
 }
 
 /// What a provider factory's `connect` returns.
-pub type ConnectFuture = BoxFuture<'static, Result<Arc<dyn Provider>>>;
+pub type ConnectFuture = BoxFuture<'static, Result<Arc<dyn DynProvider>>>;
 
 inventory::collect!(ProviderFactory);
 
 /// Registers a [`ProviderFactory`] so `EventManagerBuilder::url` finds it by scheme.
 ///
 /// ```
-/// use std::sync::Arc;
-/// use eventing::{MemoryProvider, Provider, ProviderConfig};
+/// use eventing::provider::{ConnectFuture, DynProvider, ProviderConfig};
+/// use eventing::MemoryProvider;
 ///
-/// fn connect(_: ProviderConfig) -> eventing::BoxFuture<'static, eventing::Result<Arc<dyn Provider>>> {
-///     Box::pin(async { Ok(Arc::new(MemoryProvider::new()) as Arc<dyn Provider>) })
+/// fn connect(_: ProviderConfig) -> ConnectFuture {
+///     Box::pin(async { Ok(std::sync::Arc::new(MemoryProvider::new()) as std::sync::Arc<dyn DynProvider>) })
 /// }
 /// eventing::register_provider!(["my-memory"], connect);
 /// ```
@@ -183,11 +446,10 @@ inventory::collect!(ProviderFactory);
 macro_rules! register_provider {
     ([$($scheme:literal),+ $(,)?], $connect:path) => {
         $crate::__private::inventory::submit! {
-            $crate::ProviderFactory { schemes: &[$($scheme),+], connect: $connect }
+            $crate::provider::ProviderFactory { schemes: &[$($scheme),+], connect: $connect }
         }
     };
 }
-
 /// The scheme of a URL (`amqp` for `amqp://...`).
 pub(crate) fn scheme_of(url: &str) -> Result<&str> {
     let (scheme, _) = url.split_once("://").ok_or_else(|| Error::InvalidUrl {
@@ -206,7 +468,7 @@ pub(crate) fn scheme_of(url: &str) -> Result<&str> {
 }
 
 /// Connects the provider registered for the URL's scheme.
-pub async fn connect(config: ProviderConfig) -> Result<Arc<dyn Provider>> {
+pub async fn connect(config: ProviderConfig) -> Result<Arc<dyn DynProvider>> {
     let scheme = scheme_of(&config.url)?.to_ascii_lowercase();
     let factory = inventory::iter::<ProviderFactory>
         .into_iter()

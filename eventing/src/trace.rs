@@ -40,11 +40,9 @@ pub struct TraceContext {
 impl TraceContext {
     /// A new trace (random ids, sampled).
     pub fn new_root() -> Self {
-        let random = uuid::Uuid::new_v4().as_u128();
-        let span = uuid::Uuid::new_v4().as_u64_pair().0;
         Self {
-            trace_id: random.max(1),
-            span_id: span.max(1),
+            trace_id: fastrand::u128(1..),
+            span_id: fastrand::u64(1..),
             flags: 1,
         }
     }
@@ -52,7 +50,7 @@ impl TraceContext {
     /// A child in the same trace, with a new span id.
     pub fn child(&self) -> Self {
         Self {
-            span_id: uuid::Uuid::new_v4().as_u64_pair().0.max(1),
+            span_id: fastrand::u64(1..),
             ..*self
         }
     }

@@ -93,10 +93,7 @@ async fn bodies_travel_in_the_chosen_codec() {
         eventing::JSON,
         Bytes::from_static(b"{\"items\":[3]}"),
     );
-    let route = Route {
-        address: "Plain",
-        durable: false,
-    };
+    let route = Route::new("Plain", false);
     manager
         .provider()
         .publish(route.clone(), json)

@@ -98,10 +98,7 @@ async fn out_of_range_versions_are_dead_lettered_not_handled() {
         if let Some(version) = version {
             envelope.headers.insert(header::EVENT_VERSION, version);
         }
-        let route = Route {
-            address: "Priced",
-            durable: false,
-        };
+        let route = Route::new("Priced", false);
         manager
             .provider()
             .publish(route, envelope)

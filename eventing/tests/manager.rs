@@ -215,13 +215,13 @@ async fn lifecycle_errors() {
         .await
         .expect("build");
     manager.start().await.expect("start");
-    assert!(matches!(manager.start().await, Err(Error::State(_))));
+    assert!(matches!(manager.start().await, Err(Error::AlreadyStarted)));
     manager.shutdown().await.expect("shutdown");
     let error = manager
         .send_event(&Placed { n: 1 })
         .await
         .expect_err("after shutdown");
-    assert!(matches!(error, Error::State(_)), "{error:?}");
+    assert!(matches!(error, Error::ShutDown { .. }), "{error:?}");
 }
 
 #[tokio::test]

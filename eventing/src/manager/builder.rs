@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use super::{Counters, EventManager, Inner, State};
 use crate::error::Result;
 use crate::pipeline::EnvelopePipeline;
-use crate::provider::{self, Provider, ProviderConfig};
+use crate::provider::{self, DynProvider, ProviderConfig};
 use crate::registry;
 
 /// How a failing listener call is retried before the message is dead-lettered.
@@ -38,18 +38,8 @@ impl RetryPolicy {
     /// The wait before call number `attempt + 1` (`attempt` >= 1), with up to 20%
     /// jitter so retries of many messages do not fall in step.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let exponent = attempt.saturating_sub(1).min(20);
-        let base = self
-            .initial_backoff
-            .saturating_mul(1 << exponent)
-            .min(self.max_backoff);
-        let jitter = base.mul_f64(fastrand_fraction() * 0.2);
-        base.saturating_sub(jitter)
+        crate::backoff::Backoff::new(self.initial_backoff, self.max_backoff).delay(attempt)
     }
-}
-
-fn fastrand_fraction() -> f64 {
-    f64::from(uuid::Uuid::new_v4().as_u128() as u32) / f64::from(u32::MAX)
 }
 
 /// Limits and retries for a listener.
@@ -74,7 +64,7 @@ impl Default for ListenerOptions {
 }
 
 enum ProviderSource {
-    Instance(Arc<dyn Provider>),
+    Instance(Arc<dyn DynProvider>),
     Url(String),
 }
 
@@ -125,13 +115,13 @@ pub const URL_VARIABLE: &str = "EVENTING_URL";
 impl EventManagerBuilder {
     /// Uses this provider instance (share a [`MemoryProvider`](crate::MemoryProvider)
     /// between managers by cloning it).
-    pub fn provider(mut self, provider: impl Provider) -> Self {
+    pub fn provider(mut self, provider: impl DynProvider) -> Self {
         self.provider = Some(ProviderSource::Instance(Arc::new(provider)));
         self
     }
 
     /// Uses this shared provider.
-    pub fn shared_provider(mut self, provider: Arc<dyn Provider>) -> Self {
+    pub fn shared_provider(mut self, provider: Arc<dyn DynProvider>) -> Self {
         self.provider = Some(ProviderSource::Instance(provider));
         self
     }
@@ -257,12 +247,8 @@ impl EventManagerBuilder {
         {
             ProviderSource::Instance(provider) => provider,
             ProviderSource::Url(url) => {
-                provider::connect(ProviderConfig {
-                    url,
-                    server_name: server.clone(),
-                    send_timeout: self.send_timeout,
-                })
-                .await?
+                provider::connect(ProviderConfig::new(url, server.clone(), self.send_timeout))
+                    .await?
             }
         };
         // The event log's address, unless the user chose one.

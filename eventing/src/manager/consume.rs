@@ -18,7 +18,7 @@ use crate::envelope::{Envelope, header};
 use crate::listener::{CallError, Context, ErasedListener, ListenerDescriptor};
 use crate::metrics::{self, ListenerMetrics};
 use crate::pipeline::{Call, EnvelopePipeline, Outcome};
-use crate::provider::{Acker, ConsumeOptions, Consumer, Delivery, Provider};
+use crate::provider::{Acker, ConsumeOptions, Consumer, Delivery, DynProvider};
 use crate::topology::QueueSpec;
 
 /// A listener bound to its queue.
@@ -30,7 +30,7 @@ pub(super) struct Active {
     pub(super) pipelines: Arc<[Arc<dyn EnvelopePipeline>]>,
     pub(super) options: ListenerOptions,
     pub(super) stats: Arc<Counters>,
-    pub(super) provider: Arc<dyn Provider>,
+    pub(super) provider: Arc<dyn DynProvider>,
     pub(super) reconnect: RetryPolicy,
     /// Larger bodies are dead-lettered without decoding (the manager's
     /// `max_body_size`, the limit its sends observe).
@@ -56,9 +56,7 @@ impl Active {
         self.provider
             .declare(std::slice::from_ref(&self.queue))
             .await?;
-        let options = ConsumeOptions {
-            prefetch: self.options.prefetch,
-        };
+        let options = ConsumeOptions::new(self.options.prefetch);
         self.provider.subscribe(&self.queue, options).await
     }
 }

@@ -2,9 +2,9 @@
 
 mod builder;
 mod consume;
+mod replay;
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::event::{Event, EventDescriptor};
 use crate::listener::{AnyListener, ListenerDescriptor};
 use crate::pipeline::EnvelopePipeline;
-use crate::provider::{ConsumeOptions, Provider, Route};
+use crate::provider::{ConsumeOptions, DynProvider, Route};
 use crate::registry;
 use crate::topology::{EventInfo, QueueSpec, Topology};
 
@@ -73,12 +73,12 @@ impl WeakManager {
 }
 
 struct Inner {
-    provider: Arc<dyn Provider>,
+    provider: Arc<dyn DynProvider>,
     server: String,
     pipelines: Arc<[Arc<dyn EnvelopePipeline>]>,
     vars: HashMap<String, String>,
     /// Resolved addresses by descriptor, computed once.
-    addresses: HashMap<usize, Result<Arc<str>, String>, BuildHasherDefault<AddressHasher>>,
+    addresses: HashMap<usize, Result<Arc<str>, String>, rustc_hash::FxBuildHasher>,
     instances: Vec<(std::any::TypeId, AnyListener)>,
     selected: Option<Vec<std::any::TypeId>>,
     defaults: ListenerOptions,
@@ -91,34 +91,6 @@ struct Inner {
     state: Mutex<State>,
     stopped: AtomicBool,
     stats: Arc<Counters>,
-}
-
-/// Hashes a descriptor's address for [`Inner::addresses`], looked up on every send:
-/// the keys are distinct pointers of statics, so one multiply spreads them (SipHash
-/// cost more than the rest of the lookup).
-#[derive(Default)]
-struct AddressHasher(u64);
-
-impl Hasher for AddressHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.write_u64(u64::from(byte));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        let mixed = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        // High bits pick the bucket's control byte, low bits the bucket.
-        self.0 = mixed ^ (mixed >> 29);
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
 }
 
 enum State {
@@ -220,7 +192,7 @@ impl EventManager {
     }
 
     /// The provider in use.
-    pub fn provider(&self) -> &Arc<dyn Provider> {
+    pub fn provider(&self) -> &Arc<dyn DynProvider> {
         &self.inner.provider
     }
 
@@ -290,8 +262,14 @@ impl EventManager {
 
     /// Checks the registry, declares the topology and starts every listener.
     pub async fn start(&self) -> Result<()> {
-        if !matches!(*self.inner.state.lock(), State::Built) {
-            return Err(Error::State("start() called twice or after shutdown()"));
+        match *self.inner.state.lock() {
+            State::Built => {}
+            State::Stopped => {
+                return Err(Error::ShutDown {
+                    operation: "start()",
+                });
+            }
+            _ => return Err(Error::AlreadyStarted),
         }
         registry::validate()?;
         let plan = self.inner.plan()?;
@@ -304,8 +282,11 @@ impl EventManager {
                     listener: planned.descriptor.name(),
                     type_name: planned.descriptor.type_name(),
                 })?;
-            let handler = (planned.descriptor.bind)(instance)
-                .ok_or(Error::State("listener instance has the wrong type"))?;
+            let handler =
+                (planned.descriptor.bind)(instance).ok_or(Error::WrongListenerInstance {
+                    listener: planned.descriptor.name(),
+                    type_name: planned.descriptor.type_name(),
+                })?;
             bound.push((planned.descriptor, planned.queue, handler));
         }
         let queues: Vec<QueueSpec> = bound.iter().map(|(_, q, _)| q.clone()).collect();
@@ -319,12 +300,7 @@ impl EventManager {
             let consumer = self
                 .inner
                 .provider
-                .subscribe(
-                    &queue,
-                    ConsumeOptions {
-                        prefetch: options.prefetch,
-                    },
-                )
+                .subscribe(&queue, ConsumeOptions::new(options.prefetch))
                 .await?;
             tracing::info!(
                 event = %queue.event,
@@ -365,9 +341,12 @@ impl EventManager {
             for task in &tasks {
                 task.abort();
             }
-            return Err(Error::State(
-                "start() raced with another start() or shutdown()",
-            ));
+            return Err(match *state {
+                State::Stopped => Error::ShutDown {
+                    operation: "start()",
+                },
+                _ => Error::AlreadyStarted,
+            });
         }
         *state = State::Running {
             stop,
@@ -403,7 +382,9 @@ impl EventManager {
             });
         }
         if self.inner.stopped.load(Ordering::Relaxed) {
-            return Err(Error::State("send_event() after shutdown()"));
+            return Err(Error::ShutDown {
+                operation: "send_event()",
+            });
         }
         let mut envelope = Envelope::new(&address, codec.content_type(), body);
         if let Some(version) = descriptor.version() {
@@ -421,10 +402,7 @@ impl EventManager {
         }
         let span =
             tracing::debug_span!("send", event = %address, message_id = %envelope.message_id());
-        let route = Route {
-            address: &address,
-            durable: descriptor.durable(),
-        };
+        let route = Route::new(&address, descriptor.durable());
         let mut publish = self.inner.provider.publish(route, envelope);
         // Most publishes complete at once; only a waiting one pays for a timer.
         match (&mut publish).now_or_never() {
@@ -448,14 +426,40 @@ impl EventManager {
     /// queues), oldest first, with the reason in [`header::DEAD_LETTER_REASON`](crate::header::DEAD_LETTER_REASON).
     pub async fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<Envelope>> {
         let spec = self.queue_spec(queue)?;
-        self.inner.provider.dead_letters(&spec, limit).await
+        self.dead_letters_of(&spec, limit).await
     }
 
     /// Moves up to `limit` dead letters of `queue` back onto it, without their
     /// `x-dead-letter-*` headers; returns how many were moved.
     pub async fn replay_dead_letters(&self, queue: &str, limit: usize) -> Result<usize> {
         let spec = self.queue_spec(queue)?;
-        self.inner.provider.replay_dead_letters(&spec, limit).await
+        self.replay_dead_letters_of(&spec, limit).await
+    }
+
+    /// [`dead_letters`](Self::dead_letters) of any queue (the CLI's, which need not
+    /// be this manager's).
+    pub(crate) async fn dead_letters_of(
+        &self,
+        spec: &QueueSpec,
+        limit: usize,
+    ) -> Result<Vec<Envelope>> {
+        let provider = &self.inner.provider;
+        if !provider.capabilities().dead_letters {
+            return Err(Error::Unsupported {
+                provider: provider.name(),
+                operation: "listing dead letters",
+            });
+        }
+        provider.dead_letters(spec, limit).await
+    }
+
+    /// [`replay_dead_letters`](Self::replay_dead_letters) of any queue.
+    pub(crate) async fn replay_dead_letters_of(
+        &self,
+        spec: &QueueSpec,
+        limit: usize,
+    ) -> Result<usize> {
+        replay::replay(self.inner.provider.as_ref(), spec, limit).await
     }
 
     fn queue_spec(&self, queue: &str) -> Result<QueueSpec> {
@@ -464,7 +468,9 @@ impl EventManager {
             .into_iter()
             .map(|p| p.queue)
             .find(|q| q.name == queue)
-            .ok_or(Error::State("no listener of this manager uses that queue"))
+            .ok_or_else(|| Error::UnknownQueue {
+                queue: queue.to_owned(),
+            })
     }
 
     /// Stops taking messages, lets running listeners finish (bounded by the shutdown
