@@ -5,6 +5,7 @@ use std::fmt;
 
 /// One queue: which event feeds it and who consumes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct QueueSpec {
     /// Queue name.
     pub name: String,
