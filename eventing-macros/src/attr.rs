@@ -1,269 +1,351 @@
-//! Attribute argument parsing for `#[event]` and `#[event_listener]`.
+//! Attribute parsing: the arguments of `#[event(...)]` and
+//! `#[event_listener(Event, ...)]`, read into typed settings.
+//!
+//! This stage checks only the form of each setting (a known key, given once, with
+//! a literal of the right kind) and goes on after an error, so that every mistake
+//! is reported at once. Whether a value makes sense is checked in `valid`.
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::{Span, TokenStream, TokenTree};
+use quote::{ToTokens, quote};
+use syn::ext::IdentExt;
 use syn::parse::{ParseStream, Parser};
-use syn::{Error, LitBool, LitStr, Path, Token, Type};
+use syn::{Expr, ExprLit, Ident, Lit, LitStr, Meta, Path, Token, Type};
 
-/// Collects every error instead of stopping at the first, as serde's `Ctxt` does.
-#[derive(Default)]
-pub(crate) struct Errors(Option<Error>);
+use crate::ctxt::Ctxt;
 
-impl Errors {
-    pub(crate) fn push(&mut self, error: Error) {
-        match &mut self.0 {
-            Some(existing) => existing.combine(error),
-            None => self.0 = Some(error),
-        }
-    }
+/// The keys `#[event]` accepts.
+pub(crate) const EVENT_KEYS: &[&str] = &["name", "durable", "version", "codec", "crate"];
 
-    pub(crate) fn into_result(self) -> Result<(), Error> {
-        match self.0 {
-            Some(error) => Err(error),
-            None => Ok(()),
-        }
-    }
-}
+/// The keys `#[event_listener]` accepts after the event type.
+pub(crate) const LISTENER_KEYS: &[&str] = &["name", "per_process", "singleton", "version", "crate"];
 
-/// One `key = value` setting, remembered with its span for duplicate reports.
-struct Setting<T> {
-    value: Option<(T, Span)>,
-}
-
-impl<T> Default for Setting<T> {
-    fn default() -> Self {
-        Self { value: None }
-    }
-}
-
-impl<T> Setting<T> {
-    fn set(&mut self, key: &str, value: T, span: Span, errors: &mut Errors) {
-        if self.value.is_some() {
-            errors.push(Error::new(
-                span,
-                format!("duplicate key `{key}`: give it once"),
-            ));
-        } else {
-            self.value = Some((value, span));
-        }
-    }
-
-    fn get(self) -> Option<T> {
-        self.value.map(|(value, _)| value)
-    }
-}
-
-const EVENT_KEYS: &str = "`name`, `durable`, `version`, `codec`, `crate`";
-const LISTENER_KEYS: &str = "`name`, `per_process`, `singleton`, `version`, `crate`";
-
-/// An event version: semver, where `1.2` means `1.2.0`.
-pub(crate) fn normalize_version(text: &str) -> Option<String> {
-    let parts = text.split('.').count();
-    let full = match parts {
-        1 => format!("{text}.0.0"),
-        2 => format!("{text}.0"),
-        _ => text.to_string(),
-    };
-    semver::Version::parse(&full).ok().map(|v| v.to_string())
+/// A value with the key it was given under, for spans.
+pub(crate) struct Setting<T> {
+    /// The key as written.
+    pub(crate) key: Path,
+    /// The value.
+    pub(crate) value: T,
 }
 
 /// Arguments of `#[event(...)]`.
+#[derive(Default)]
 pub(crate) struct EventArgs {
-    pub(crate) name: Option<LitStr>,
-    pub(crate) durable: bool,
-    pub(crate) version: Option<String>,
-    pub(crate) codec: Option<String>,
-    pub(crate) krate: Option<Path>,
+    /// `name = "..."`: the event's address.
+    pub(crate) name: Option<Setting<LitStr>>,
+    /// `durable = bool`.
+    pub(crate) durable: Option<Setting<bool>>,
+    /// `version = "1.2"`, not yet checked to be semver.
+    pub(crate) version: Option<Setting<LitStr>>,
+    /// `codec = "json"`, not yet checked to be a known codec.
+    pub(crate) codec: Option<Setting<LitStr>>,
+    /// `crate = "path"`: the runtime crate's path.
+    pub(crate) krate: CratePath,
 }
 
 /// Arguments of `#[event_listener(Event, ...)]`.
 pub(crate) struct ListenerArgs {
+    /// The event type; `()` stands in when it is missing (an error is then recorded).
     pub(crate) event: Type,
-    pub(crate) name: Option<LitStr>,
-    pub(crate) per_process: bool,
-    pub(crate) singleton: bool,
-    pub(crate) version: Option<String>,
-    pub(crate) krate: Option<Path>,
+    /// `name = "..."`: the listener's name.
+    pub(crate) name: Option<Setting<LitStr>>,
+    /// `per_process = bool`.
+    pub(crate) per_process: Option<Setting<bool>>,
+    /// `singleton = bool`.
+    pub(crate) singleton: Option<Setting<bool>>,
+    /// `version = "<2.0"`, not yet checked to be a semver range.
+    pub(crate) version: Option<Setting<LitStr>>,
+    /// `crate = "path"`: the runtime crate's path.
+    pub(crate) krate: CratePath,
 }
 
-fn parse_crate_path(lit: &LitStr) -> syn::Result<Path> {
-    lit.parse::<Path>()
-        .map_err(|_| Error::new_spanned(lit, "`crate` must be a path such as \"::eventing\""))
+/// The `crate = "path"` setting.
+#[derive(Default)]
+pub(crate) enum CratePath {
+    /// Not given: `::eventing`.
+    #[default]
+    Default,
+    /// Given as a path.
+    Given(Path),
+    /// Given, but not as a usable path (an error is recorded).
+    Invalid,
 }
 
-fn check_name(lit: &LitStr, what: &str, errors: &mut Errors) {
-    let value = lit.value();
-    if value.trim().is_empty() {
-        errors.push(Error::new_spanned(
-            lit,
-            format!("{what} name must not be empty"),
-        ));
-    } else if value.contains(char::is_whitespace) {
-        errors.push(Error::new_spanned(
-            lit,
-            format!("{what} name must not contain white space"),
-        ));
-    }
-}
-
-/// Parses the `key = value, ...` list shared by both attributes.
-fn parse_settings(
-    input: ParseStream<'_>,
-    valid: &str,
-    errors: &mut Errors,
-    mut on_key: impl FnMut(&syn::Ident, ParseStream<'_>, &mut Errors) -> syn::Result<bool>,
-) -> syn::Result<()> {
-    while !input.is_empty() {
-        let key: syn::Ident = input.call(syn::ext::IdentExt::parse_any)?;
-        input.parse::<Token![=]>()?;
-        if !on_key(&key, input, errors)? {
-            // Skip the value so later keys are still checked.
-            let _: syn::Expr = input.parse()?;
-            errors.push(Error::new_spanned(
-                &key,
-                format!("unknown key `{key}`; valid keys are {valid}"),
-            ));
+impl CratePath {
+    /// The runtime crate's path, unless the one given was unusable.
+    pub(crate) fn tokens(&self) -> Option<TokenStream> {
+        match self {
+            Self::Default => Some(quote!(::eventing)),
+            Self::Given(path) => Some(path.to_token_stream()),
+            Self::Invalid => None,
         }
-        if input.is_empty() {
-            break;
-        }
-        input.parse::<Token![,]>()?;
     }
-    Ok(())
 }
 
 impl EventArgs {
-    pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> syn::Result<Self> {
-        let mut name = Setting::<LitStr>::default();
-        let mut durable = Setting::<bool>::default();
-        let mut version = Setting::<String>::default();
-        let mut codec = Setting::<String>::default();
-        let mut krate = Setting::<Path>::default();
-        let parser = |input: ParseStream<'_>| {
-            parse_settings(input, EVENT_KEYS, errors, |key, input, errors| {
-                let span = key.span();
-                match key.to_string().as_str() {
-                    "name" => {
-                        let lit: LitStr = input.parse()?;
-                        check_name(&lit, "event", errors);
-                        name.set("name", lit, span, errors);
-                    }
+    /// Parses the arguments, recording every error in `cx`.
+    pub(crate) fn parse(cx: &Ctxt, tokens: TokenStream) -> Self {
+        let mut args = Self::default();
+        let mut seen = Seen::default();
+        parse_all(cx, tokens, |input| {
+            parse_settings(cx, input, EVENT_KEYS, |key, value| {
+                match key.name.as_str() {
+                    "name" => seen.set(cx, &key, &mut args.name, || lit_str(cx, &key, value)),
                     "durable" => {
-                        let lit: LitBool = input.parse()?;
-                        durable.set("durable", lit.value, span, errors);
+                        seen.set(cx, &key, &mut args.durable, || lit_bool(cx, &key, value))
                     }
-                    "version" => {
-                        let lit: LitStr = input.parse()?;
-                        match normalize_version(&lit.value()) {
-                            Some(v) => version.set("version", v, span, errors),
-                            None => errors.push(Error::new_spanned(
-                                &lit,
-                                "`version` must be a semantic version such as \"1.2\" or \"1.2.3\"",
-                            )),
-                        }
-                    }
-                    "codec" => {
-                        let lit: LitStr = input.parse()?;
-                        match lit.value().as_str() {
-                            "json" | "msgpack" | "cbor" => codec.set("codec", lit.value(), span, errors),
-                            other => errors.push(Error::new_spanned(
-                                &lit,
-                                format!("unknown codec `{other}`; valid codecs are \"json\", \"msgpack\", \"cbor\""),
-                            )),
-                        }
-                    }
+                    "version" => seen.set(cx, &key, &mut args.version, || lit_str(cx, &key, value)),
+                    "codec" => seen.set(cx, &key, &mut args.codec, || lit_str(cx, &key, value)),
                     "crate" => {
-                        let lit: LitStr = input.parse()?;
-                        krate.set("crate", parse_crate_path(&lit)?, span, errors);
+                        if seen.first(cx, &key) {
+                            args.krate = crate_path(cx, &key, value);
+                        }
                     }
-                    _ => return Ok(false),
+                    _ => unknown_key(cx, &key.path, EVENT_KEYS),
                 }
-                Ok(true)
-            })
-        };
-        parser.parse2(tokens)?;
-        Ok(Self {
-            name: name.get(),
-            durable: durable.get().unwrap_or(false),
-            version: version.get(),
-            codec: codec.get(),
-            krate: krate.get(),
-        })
+            });
+        });
+        args
     }
 }
 
 impl ListenerArgs {
-    pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> syn::Result<Self> {
-        let mut name = Setting::<LitStr>::default();
-        let mut per_process = Setting::<bool>::default();
-        let mut singleton = Setting::<(bool, Span)>::default();
-        let mut version = Setting::<String>::default();
-        let mut krate = Setting::<Path>::default();
-        let parser = |input: ParseStream<'_>| {
-            if input.is_empty() {
-                return Err(input.error(
+    /// Parses the event type and the settings after it, recording every error in `cx`.
+    pub(crate) fn parse(cx: &Ctxt, tokens: TokenStream) -> Self {
+        let mut args = Self {
+            event: Type::Verbatim(quote!(())),
+            name: None,
+            per_process: None,
+            singleton: None,
+            version: None,
+            krate: CratePath::Default,
+        };
+        let mut seen = Seen::default();
+        parse_all(cx, tokens, |input| {
+            if input.is_empty() || (input.peek(Ident::peek_any) && input.peek2(Token![=])) {
+                cx.syn_error(syn::Error::new(
+                    Span::call_site(),
                     "missing event type: write #[event_listener(MyEvent)] with the event this listener handles",
                 ));
-            }
-            let event: Type = input.parse()?;
-            if !input.is_empty() {
-                input.parse::<Token![,]>()?;
-            }
-            parse_settings(input, LISTENER_KEYS, errors, |key, input, errors| {
-                let span = key.span();
-                match key.to_string().as_str() {
-                    "name" => {
-                        let lit: LitStr = input.parse()?;
-                        check_name(&lit, "listener", errors);
-                        name.set("name", lit, span, errors);
+            } else {
+                match input.parse::<Type>() {
+                    Ok(event) => {
+                        args.event = event;
+                        expect_comma(cx, input);
                     }
+                    Err(error) => {
+                        cx.syn_error(error);
+                        skip_past_comma(input);
+                    }
+                }
+            }
+            parse_settings(cx, input, LISTENER_KEYS, |key, value| {
+                match key.name.as_str() {
+                    "name" => seen.set(cx, &key, &mut args.name, || lit_str(cx, &key, value)),
                     "per_process" => {
-                        let lit: LitBool = input.parse()?;
-                        per_process.set("per_process", lit.value, span, errors);
+                        seen.set(cx, &key, &mut args.per_process, || {
+                            lit_bool(cx, &key, value)
+                        });
                     }
                     "singleton" => {
-                        let lit: LitBool = input.parse()?;
-                        singleton.set("singleton", (lit.value, span), span, errors);
+                        seen.set(cx, &key, &mut args.singleton, || lit_bool(cx, &key, value));
                     }
-                    "version" => {
-                        let lit: LitStr = input.parse()?;
-                        match semver::VersionReq::parse(&lit.value()) {
-                            Ok(_) => version.set("version", lit.value(), span, errors),
-                            Err(error) => errors.push(Error::new_spanned(
-                                &lit,
-                                format!("`version` must be a semver range such as \"<2.0\" or \"^1.2\": {error}"),
-                            )),
+                    "version" => seen.set(cx, &key, &mut args.version, || lit_str(cx, &key, value)),
+                    "crate" => {
+                        if seen.first(cx, &key) {
+                            args.krate = crate_path(cx, &key, value);
                         }
                     }
-                    "crate" => {
-                        let lit: LitStr = input.parse()?;
-                        krate.set("crate", parse_crate_path(&lit)?, span, errors);
-                    }
-                    _ => return Ok(false),
+                    _ => unknown_key(cx, &key.path, LISTENER_KEYS),
                 }
-                Ok(true)
-            })?;
-            Ok(event)
-        };
-        let event = parser.parse2(tokens)?;
-        let per_process = per_process.get().unwrap_or(false);
-        let singleton = match singleton.get() {
-            Some((true, span)) if per_process => {
-                errors.push(Error::new(
-                    span,
-                    "a listener is either `per_process` (every server gets every event) or `singleton` (one handler among all listeners), not both",
-                ));
-                false
+            });
+        });
+        args
+    }
+}
+
+/// A key as written, with its text.
+struct Key {
+    path: Path,
+    name: String,
+}
+
+impl ToTokens for Key {
+    fn to_tokens(&self, tokens: &mut TokenStream) {
+        self.path.to_tokens(tokens);
+    }
+}
+
+/// The keys given so far, to report a key given twice.
+#[derive(Default)]
+struct Seen(Vec<String>);
+
+impl Seen {
+    /// Whether `key` is new; records a duplicate error otherwise.
+    fn first(&mut self, cx: &Ctxt, key: &Key) -> bool {
+        if self.0.contains(&key.name) {
+            cx.error_spanned_by(key, format!("duplicate key `{}`: give it once", key.name));
+            false
+        } else {
+            self.0.push(key.name.clone());
+            true
+        }
+    }
+
+    /// Reads the value into `slot` the first time `key` is given (a repeated key's
+    /// value is not looked at).
+    fn set<T>(
+        &mut self,
+        cx: &Ctxt,
+        key: &Key,
+        slot: &mut Option<Setting<T>>,
+        value: impl FnOnce() -> Option<T>,
+    ) {
+        if self.first(cx, key) {
+            *slot = value().map(|value| Setting {
+                key: key.path.clone(),
+                value,
+            });
+        }
+    }
+}
+
+/// Runs `parse` over all of `tokens`; a leftover syntax error is recorded too.
+fn parse_all(cx: &Ctxt, tokens: TokenStream, parse: impl FnOnce(ParseStream<'_>)) {
+    let parser = |input: ParseStream<'_>| {
+        parse(input);
+        Ok(())
+    };
+    if let Err(error) = parser.parse2(tokens) {
+        cx.syn_error(error);
+    }
+}
+
+/// Parses `key = value, ...` to the end of `input`. A malformed setting is recorded
+/// and skipped up to the next comma, so that the settings after it are still read.
+fn parse_settings(
+    cx: &Ctxt,
+    input: ParseStream<'_>,
+    keys: &[&str],
+    mut on_setting: impl FnMut(Key, &Expr),
+) {
+    while !input.is_empty() {
+        match input.parse::<Meta>() {
+            Ok(Meta::NameValue(meta)) => {
+                let name = key_name(&meta.path);
+                on_setting(
+                    Key {
+                        path: meta.path,
+                        name,
+                    },
+                    &meta.value,
+                );
             }
-            Some((value, _)) => value,
-            None => false,
-        };
-        Ok(Self {
-            event,
-            name: name.get(),
-            per_process,
-            singleton,
-            version: version.get(),
-            krate: krate.get(),
-        })
+            Ok(meta) => {
+                let path = meta.path();
+                let name = key_name(path);
+                if keys.contains(&name.as_str()) {
+                    cx.error_spanned_by(&meta, format!("`{name}` needs a value: `{name} = ...`"));
+                } else {
+                    unknown_key(cx, path, keys);
+                }
+            }
+            Err(error) => {
+                cx.syn_error(error);
+                skip_past_comma(input);
+                continue;
+            }
+        }
+        expect_comma(cx, input);
+    }
+}
+
+/// Unless the input is used up, consumes a comma, or records the error and skips
+/// past the next one.
+fn expect_comma(cx: &Ctxt, input: ParseStream<'_>) {
+    if input.is_empty() {
+        return;
+    }
+    if let Err(error) = input.parse::<Token![,]>() {
+        cx.syn_error(error);
+        skip_past_comma(input);
+    }
+}
+
+/// Skips tokens up to and including the next top-level comma.
+fn skip_past_comma(input: ParseStream<'_>) {
+    // The step itself never fails.
+    let _ = input.step(|cursor| {
+        let mut rest = *cursor;
+        while let Some((tree, next)) = rest.token_tree() {
+            rest = next;
+            if matches!(&tree, TokenTree::Punct(punct) if punct.as_char() == ',') {
+                break;
+            }
+        }
+        Ok(((), rest))
+    });
+}
+
+/// A key's text: `name`, or `a::b` for a path.
+fn key_name(path: &Path) -> String {
+    path.segments
+        .iter()
+        .map(|segment| segment.ident.unraw().to_string())
+        .collect::<Vec<_>>()
+        .join("::")
+}
+
+fn unknown_key(cx: &Ctxt, key: &Path, keys: &[&str]) {
+    let valid = keys
+        .iter()
+        .map(|key| format!("`{key}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    cx.error_spanned_by(
+        key,
+        format!("unknown key `{}`; valid keys are {valid}", key_name(key)),
+    );
+}
+
+fn lit_str(cx: &Ctxt, key: &Key, value: &Expr) -> Option<LitStr> {
+    match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(lit), ..
+        }) => Some(lit.clone()),
+        _ => {
+            let name = &key.name;
+            cx.error_spanned_by(
+                value,
+                format!("`{name}` must be a string literal: `{name} = \"...\"`"),
+            );
+            None
+        }
+    }
+}
+
+fn lit_bool(cx: &Ctxt, key: &Key, value: &Expr) -> Option<bool> {
+    match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Bool(lit),
+            ..
+        }) => Some(lit.value),
+        _ => {
+            cx.error_spanned_by(value, format!("`{}` must be `true` or `false`", key.name));
+            None
+        }
+    }
+}
+
+/// `crate = "path"`: a string holding a path, such as `"::eventing"`.
+fn crate_path(cx: &Ctxt, key: &Key, value: &Expr) -> CratePath {
+    let Some(lit) = lit_str(cx, key, value) else {
+        return CratePath::Invalid;
+    };
+    match lit.parse::<Path>() {
+        Ok(path) => CratePath::Given(path),
+        Err(_) => {
+            cx.error_spanned_by(&lit, "`crate` must be a path such as \"::eventing\"");
+            CratePath::Invalid
+        }
     }
 }

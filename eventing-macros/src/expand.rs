@@ -1,86 +1,70 @@
-//! Code generation. Output names only paths under `<crate>::__private` and is wrapped
-//! in `const _: () = { ... };` so it adds nothing to the user's namespace.
+//! Code generation, run only when every check passed; on any error the item goes
+//! to `fallback` instead.
+//!
+//! The output names only paths under the runtime crate and is wrapped in
+//! `const _: () = { ... };` so it adds nothing to the user's namespace.
 
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
+use syn::LitStr;
 use syn::spanned::Spanned;
-use syn::{Data, DeriveInput, Error, Fields, Path};
 
-use crate::attr::{Errors, EventArgs, ListenerArgs};
+use crate::ast::{Item, Shape, Target};
+use crate::attr::{EventArgs, ListenerArgs, Setting};
+use crate::ctxt::Ctxt;
+use crate::{fallback, valid};
 
-fn option_str(value: Option<&str>) -> TokenStream {
-    match value {
-        Some(value) => quote!(::core::option::Option::Some(#value)),
-        None => quote!(::core::option::Option::None),
-    }
-}
+/// What `#[event]` on something other than a type is told.
+const EVENT_PLACEMENT: &str =
+    "#[event] goes on a struct or an enum that derives serde's Serialize and Deserialize";
 
-fn runtime_path(krate: Option<Path>) -> TokenStream {
-    match krate {
-        Some(path) => quote!(#path),
-        None => quote!(::eventing),
-    }
-}
+/// What `#[event_listener]` on something other than a type is told.
+const LISTENER_PLACEMENT: &str =
+    "#[event_listener] goes on a struct that implements EventListener<YourEvent>";
 
-/// On error, emit the item unchanged beside the errors so the rest of the user's
-/// crate (and their IDE) keeps working.
-fn with_errors(item: &TokenStream, error: Error) -> TokenStream {
-    let errors = error.into_compile_error();
-    quote!(#item #errors)
-}
-
-fn reject_generics(input: &DeriveInput, what: &str, errors: &mut Errors) {
-    if !input.generics.params.is_empty() {
-        errors.push(Error::new_spanned(
-            &input.generics,
-            format!(
-                "{what} cannot be generic: its name and registration are fixed at compile time"
-            ),
-        ));
-    }
-}
-
-pub(crate) fn event(args: TokenStream, item: TokenStream) -> TokenStream {
-    let input: DeriveInput = match syn::parse2(item.clone()) {
-        Ok(input) => input,
-        Err(_) => {
-            return with_errors(
-                &item,
-                Error::new_spanned(
-                    &item,
-                    "#[event] goes on a struct or an enum that derives serde's Serialize and Deserialize",
-                ),
-            );
-        }
+/// `#[event(args)]` on `item`: the item, an `impl Event` and its registration; or,
+/// after any error, the item, every error and a stand-in `impl Event`.
+pub(crate) fn event(args: TokenStream, item: &Item) -> TokenStream {
+    let cx = Ctxt::new();
+    let args = EventArgs::parse(&cx, args);
+    let Some(target) = item.target() else {
+        cx.error_spanned_by(item, EVENT_PLACEMENT);
+        return fallback::item(item, cx.check());
     };
-    let mut errors = Errors::default();
-    let args = match EventArgs::parse(args, &mut errors) {
-        Ok(args) => args,
-        Err(error) => return with_errors(&item, error),
-    };
-    if let Data::Union(data) = &input.data {
-        errors.push(Error::new(
-            data.union_token.span(),
-            "#[event] cannot go on a union: serde cannot serialize unions; use a struct or an enum",
-        ));
+    valid::event(&cx, target, &args);
+    match cx.check() {
+        Ok(()) => event_impl(item, target, &args),
+        Err(error) => fallback::event(item, target, &args, error),
     }
-    reject_generics(&input, "an event", &mut errors);
-    if let Err(error) = errors.into_result() {
-        return with_errors(&item, error);
-    }
+}
 
-    let krate = runtime_path(args.krate);
-    let ident = &input.ident;
-    let name = match &args.name {
-        Some(lit) => quote!(#lit),
-        None => {
-            let name = ident.to_string();
-            quote!(#name)
-        }
+/// `#[event_listener(args)]` on `item`: the item and its registration; or, after
+/// any error, the item and every error, with no registration.
+pub(crate) fn event_listener(args: TokenStream, item: &Item) -> TokenStream {
+    let cx = Ctxt::new();
+    let args = ListenerArgs::parse(&cx, args);
+    let Some(target) = item.target() else {
+        cx.error_spanned_by(item, LISTENER_PLACEMENT);
+        return fallback::item(item, cx.check());
     };
-    let durable = args.durable;
-    let version = option_str(args.version.as_deref());
-    let codec = option_str(args.codec.as_deref());
+    valid::listener(&cx, target, &args);
+    match cx.check() {
+        Ok(()) => listener_registration(item, target, &args),
+        Err(error) => fallback::item(item, Err(error)),
+    }
+}
+
+fn event_impl(item: &Item, target: &Target, args: &EventArgs) -> TokenStream {
+    let krate = args.krate.tokens().unwrap_or_else(|| quote!(::eventing));
+    let ident = &target.ident;
+    let name = name_or_ident(args.name.as_ref(), target);
+    let durable = args.durable.as_ref().is_some_and(|setting| setting.value);
+    // Checked in `valid`, so the version normalizes; the literal is only a formality.
+    let version = option_str(args.version.as_ref().map(|setting| {
+        let text = setting.value.value();
+        valid::normalize_version(&text).unwrap_or(text)
+    }));
+    let codec = option_str(args.codec.as_ref().map(|setting| setting.value.value()));
     // Spanned on the type's name so a missing serde derive points at the type.
     let event_trait = quote_spanned!(ident.span()=> #krate::Event);
     quote! {
@@ -114,62 +98,17 @@ pub(crate) fn event(args: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
-pub(crate) fn event_listener(args: TokenStream, item: TokenStream) -> TokenStream {
-    let input: DeriveInput = match syn::parse2(item.clone()) {
-        Ok(input) => input,
-        Err(_) => {
-            return with_errors(
-                &item,
-                Error::new_spanned(
-                    &item,
-                    "#[event_listener] goes on a struct that implements EventListener<YourEvent>",
-                ),
-            );
-        }
-    };
-    let mut errors = Errors::default();
-    let args = match ListenerArgs::parse(args, &mut errors) {
-        Ok(args) => args,
-        Err(error) => return with_errors(&item, error),
-    };
-    let unit = match &input.data {
-        Data::Struct(data) => matches!(data.fields, Fields::Unit),
-        Data::Enum(data) => {
-            errors.push(Error::new(
-                data.enum_token.span(),
-                "#[event_listener] goes on a struct; bind state as struct fields",
-            ));
-            false
-        }
-        Data::Union(data) => {
-            errors.push(Error::new(
-                data.union_token.span(),
-                "#[event_listener] goes on a struct, not a union",
-            ));
-            false
-        }
-    };
-    reject_generics(&input, "a listener", &mut errors);
-    if let Err(error) = errors.into_result() {
-        return with_errors(&item, error);
-    }
-
-    let krate = runtime_path(args.krate);
-    let ident = &input.ident;
+fn listener_registration(item: &Item, target: &Target, args: &ListenerArgs) -> TokenStream {
+    let krate = args.krate.tokens().unwrap_or_else(|| quote!(::eventing));
+    let ident = &target.ident;
     let event = &args.event;
-    let name = match &args.name {
-        Some(lit) => quote!(#lit),
-        None => {
-            let name = ident.to_string();
-            quote!(#name)
-        }
-    };
-    let per_process = args.per_process;
-    let singleton = args.singleton;
-    let version = option_str(args.version.as_deref());
+    let name = name_or_ident(args.name.as_ref(), target);
+    let per_process = args.per_process.as_ref().is_some_and(|s| s.value);
+    let singleton = args.singleton.as_ref().is_some_and(|s| s.value);
+    let version = option_str(args.version.as_ref().map(|setting| setting.value.value()));
     // A unit struct carries no state, so the runtime can make one itself; any other
     // listener must be bound as an instance on the manager.
-    let construct = if unit {
+    let construct = if let Shape::Struct { unit: true } = target.shape {
         quote! {
             ::core::option::Option::Some({
                 fn construct() -> #krate::__private::AnyListener {
@@ -206,5 +145,26 @@ pub(crate) fn event_listener(args: TokenStream, item: TokenStream) -> TokenStrea
                 )
             }
         };
+    }
+}
+
+/// The `name` given, as its literal, or the type's name.
+fn name_or_ident(name: Option<&Setting<LitStr>>, target: &Target) -> TokenStream {
+    match name {
+        Some(setting) => {
+            let lit = &setting.value;
+            quote!(#lit)
+        }
+        None => {
+            let name = target.ident.to_string();
+            quote!(#name)
+        }
+    }
+}
+
+fn option_str(value: Option<String>) -> TokenStream {
+    match value {
+        Some(value) => quote!(::core::option::Option::Some(#value)),
+        None => quote!(::core::option::Option::None),
     }
 }
