@@ -104,10 +104,7 @@ async fn publish_raw<E: Event>(
     for (name, value) in headers {
         envelope.headers.insert(name, value);
     }
-    let route = Route {
-        address: &address,
-        durable: E::descriptor().durable(),
-    };
+    let route = Route::new(&address, E::descriptor().durable());
     tokio::time::timeout(WAIT, manager.provider().publish(route, envelope))
         .await
         .expect("raw publish timed out")
@@ -1051,7 +1048,7 @@ impl EventListener<Mail> for Mailer {
     }
 }
 
-async fn cli(line: &[&str]) -> eventing::Result<String> {
+async fn cli(line: &[&str]) -> Result<String, eventing::cli::CliError> {
     let args = line.iter().map(|s| s.to_string());
     tokio::time::timeout(WAIT, eventing::cli::run_args(args))
         .await
@@ -1115,8 +1112,12 @@ pub async fn cli_send_and_dead_letters(env: &mut TestEnv<'_>) {
     let error = cli(&[&unknown[..], &common[..]].concat())
         .await
         .expect_err("unknown queue");
+    // The wording of eventing's `Error::UnknownQueue` (5b3a85f; "no registered
+    // listener ..." before it).
     assert!(
-        error.to_string().contains("no registered listener"),
+        error
+            .to_string()
+            .contains("no listener uses queue `no-such-queue`"),
         "{error}"
     );
 

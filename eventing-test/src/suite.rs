@@ -707,10 +707,7 @@ pub async fn send_raw<E: Event>(
     if let Some(event) = event_header {
         envelope.headers.insert(header::EVENT, event);
     }
-    let route = Route {
-        address: &address,
-        durable: E::descriptor().durable(),
-    };
+    let route = Route::new(&address, E::descriptor().durable());
     manager
         .provider()
         .publish(route, envelope)

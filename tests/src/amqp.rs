@@ -11,7 +11,7 @@ use lapin::{Channel, Connection, ConnectionProperties};
 // Links the provider: `amqp://` URLs resolve to it.
 use eventing_amqp as _;
 
-use crate::harness::Harness;
+use eventing_test::Harness;
 
 /// The variable with the broker URL.
 pub const URL_VARIABLE: &str = "EVENTING_AMQP_URL";
@@ -94,8 +94,8 @@ impl Harness for AmqpHarness {
 
     fn cleanup<'a>(&'a self, queues: &'a [QueueSpec], events: &'a [String]) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            let names = crate::harness::with_dead_letter_queues(queues);
-            crate::harness::bounded_cleanup(self.delete(&names, events)).await;
+            let names = eventing_test::harness::with_dead_letter_queues(queues);
+            eventing_test::harness::bounded_cleanup(self.delete(&names, events)).await;
         })
     }
 
@@ -183,7 +183,7 @@ pub async fn list_exchanges(filter: &str) -> Vec<(String, String, bool)> {
         .collect()
 }
 
-pub use crate::harness::{port_open, rabbitmqctl};
+pub use crate::rabbitmq::{port_open, rabbitmqctl};
 
 /// Restarts the broker application (`rabbitmqctl stop_app` then `start_app`, as
 /// `scripts/broker.sh restart` does): connections drop, durable queues and

@@ -238,7 +238,7 @@ impl Node {
         let deadline = tokio::time::Instant::now() + limit;
         for port in self.ports.all() {
             loop {
-                if crate::harness::port_open(port).await {
+                if crate::rabbitmq::port_open(port).await {
                     break;
                 }
                 if !self.is_running() {

@@ -8,7 +8,7 @@ use eventing_stomp::frame::{Command, Frame};
 use eventing_stomp::{RabbitAdmin, StompConfig};
 use futures_util::future::BoxFuture;
 
-use crate::harness::Harness;
+use eventing_test::Harness;
 
 /// The variable with the broker URL.
 pub const URL_VARIABLE: &str = "EVENTING_STOMP_URL";
@@ -79,8 +79,8 @@ impl Harness for StompHarness {
 
     fn cleanup<'a>(&'a self, queues: &'a [QueueSpec], events: &'a [String]) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            let names = crate::harness::with_dead_letter_queues(queues);
-            crate::harness::bounded_cleanup(self.delete(&names, events)).await;
+            let names = eventing_test::harness::with_dead_letter_queues(queues);
+            eventing_test::harness::bounded_cleanup(self.delete(&names, events)).await;
         })
     }
 
@@ -92,7 +92,7 @@ impl Harness for StompHarness {
             let config = self.config();
             let limit = Duration::from_secs(120);
             let ports = [config.port, config.amqp_port];
-            match crate::harness::restart_rabbitmq_app(&config.host, &ports, limit).await {
+            match crate::rabbitmq::restart_rabbitmq_app(&config.host, &ports, limit).await {
                 Ok(Some(_)) => {}
                 Ok(None) => return false,
                 Err(error) => panic!("restarting RabbitMQ failed: {error}"),
@@ -138,7 +138,7 @@ pub async fn queue_names(filter: &str) -> Vec<String> {
     names
 }
 
-pub use crate::harness::{port_open, rabbitmqctl};
+pub use crate::rabbitmq::{port_open, rabbitmqctl};
 
 /// Restarts the broker application (`rabbitmqctl stop_app` then `start_app`, as
 /// `scripts/broker.sh restart` does) and returns once STOMP answers a `CONNECT`

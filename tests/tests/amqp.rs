@@ -2,4 +2,4 @@
 //! `amqp://guest:guest@127.0.0.1:5672/%2f`).
 #![cfg(feature = "amqp")]
 
-eventing_tests::conformance_tests!(eventing_tests::amqp::AmqpHarness::from_env());
+eventing_test::conformance_tests!(eventing_tests::amqp::AmqpHarness::from_env());

@@ -35,9 +35,9 @@ use eventing::{
     Context, Error, EventListener, EventManager, ListenerResult, QueueSpec, event, event_listener,
     header,
 };
+use eventing_test::faults::{Counter, Item, RssSampler, Tally, count, eventually};
+use eventing_test::harness::bounded_cleanup;
 use eventing_tests::amqp::{AmqpHarness, list_exchanges, list_queues, rabbitmqctl};
-use eventing_tests::faults::{Counter, Item, RssSampler, Tally, count, eventually};
-use eventing_tests::harness::bounded_cleanup;
 use eventing_tests::nodes::{Node, NodeOptions, leftover_beams, new_cookie};
 use eventing_tests::{Harness, TestEnv};
 use futures_util::StreamExt;

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use eventing::{EventManager, Provider, ProviderConfig, header};
 use eventing_amqp::AmqpProvider;
+use eventing_test::suite::{Flaky, FlakyListener, Recorder, dead_letters, send_raw};
 use eventing_tests::Harness;
 use eventing_tests::TestEnv;
 use eventing_tests::amqp::{AmqpHarness, rabbitmqctl};
-use eventing_tests::suite::{Flaky, FlakyListener, Recorder, dead_letters, send_raw};
 use tracing_subscriber::fmt::MakeWriter;
 
 /// Everything logged, as text.
@@ -76,11 +76,7 @@ async fn credentials_never_reach_logs_errors_or_debug_output() {
         env.finish().await;
 
         // The provider's own Debug output and a wrong password's errors.
-        let config = |url: String| ProviderConfig {
-            url,
-            server_name: "creds".into(),
-            send_timeout: Duration::from_secs(10),
-        };
+        let config = |url: String| ProviderConfig::new(url, "creds", Duration::from_secs(10));
         let provider = AmqpProvider::connect(config(url.clone()))
             .await
             .expect("connect");

@@ -9,11 +9,11 @@ use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
 use eventing::{Event, header};
-use eventing_tests::TestEnv;
-use eventing_tests::amqp::{AmqpHarness, list_queues, restart_broker_app};
-use eventing_tests::suite::{
+use eventing_test::suite::{
     CacheListener, Flaky, FlakyListener, Recorder, Work, Worker, dead_letters, send_raw,
 };
+use eventing_tests::TestEnv;
+use eventing_tests::amqp::{AmqpHarness, list_queues, restart_broker_app};
 
 /// One restart at a time.
 static RESTARTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -12,11 +12,11 @@ use eventing::{
     Context, Envelope, Error, Event, EventListener, ListenerResult, QueueSpec, Route,
     SessionPipeline, event_listener, header,
 };
-use eventing_tests::amqp::{AmqpHarness, list_exchanges, list_queues};
-use eventing_tests::suite::{
+use eventing_test::suite::{
     CacheListener, Flaky, FlakyListener, Ping, PingListener, Pong, PongListener, Recorder, Slow,
     SlowListener, Work, Worker, dead_letters, eventually,
 };
+use eventing_tests::amqp::{AmqpHarness, list_exchanges, list_queues};
 use eventing_tests::{Harness, TestEnv};
 use lapin::BasicProperties;
 use lapin::options::{
@@ -584,10 +584,7 @@ async fn sending_to_an_event_nobody_listens_to_is_fine() {
         }
         let provider = manager.provider();
         let long = "x".repeat(300);
-        let route = Route {
-            address: &long,
-            durable: true,
-        };
+        let route = Route::new(&long, true);
         let too_long = provider.publish(route, Envelope::default()).await;
         assert!(
             matches!(too_long, Err(Error::Provider { .. })),

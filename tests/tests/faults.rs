@@ -1,4 +1,4 @@
-//! The fault tests of `eventing_tests::faults` on every provider built in: broker
+//! The fault tests of `eventing_test::faults` on every provider built in: broker
 //! restart mid-stream, a killed consumer, poison messages, backlog drain with bounded
 //! memory, shutdown mid-stream. Each prints one `fault <test> <provider>: ...` line
 //! (`cargo test -p eventing-tests --features stomp,amqp --test faults -- --nocapture`).
@@ -9,15 +9,15 @@
 //! another (this binary never overlaps another test binary of the workspace).
 
 mod memory {
-    eventing_tests::faults_tests!(eventing_tests::MemoryHarness);
+    eventing_test::faults_tests!(eventing_test::MemoryHarness);
 }
 
 #[cfg(feature = "stomp")]
 mod stomp {
-    eventing_tests::faults_tests!(eventing_tests::stomp::StompHarness::from_env());
+    eventing_test::faults_tests!(eventing_tests::stomp::StompHarness::from_env());
 }
 
 #[cfg(feature = "amqp")]
 mod amqp {
-    eventing_tests::faults_tests!(eventing_tests::amqp::AmqpHarness::from_env());
+    eventing_test::faults_tests!(eventing_tests::amqp::AmqpHarness::from_env());
 }

@@ -3,4 +3,4 @@
 //! (`EVENTING_AMQP_URL`, default `amqp://guest:guest@127.0.0.1:5672/%2f`).
 #![cfg(feature = "amqp")]
 
-eventing_tests::features_tests!(eventing_tests::amqp::AmqpHarness::from_env());
+eventing_test::features_tests!(eventing_tests::amqp::AmqpHarness::from_env());

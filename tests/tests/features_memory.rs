@@ -1,4 +1,4 @@
 //! The issue 6 features (event log, versions, `{env}` names, singleton, trace
 //! context, codecs, metrics, command line) on the in-process provider.
 
-eventing_tests::features_tests!(eventing_tests::MemoryHarness);
+eventing_test::features_tests!(eventing_test::MemoryHarness);

@@ -3,4 +3,4 @@
 //! (`EVENTING_STOMP_URL`, default `stomp://guest:guest@127.0.0.1:61613`).
 #![cfg(feature = "stomp")]
 
-eventing_tests::features_tests!(eventing_tests::stomp::StompHarness::from_env());
+eventing_test::features_tests!(eventing_tests::stomp::StompHarness::from_env());

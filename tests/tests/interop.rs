@@ -9,9 +9,9 @@ use std::time::Duration;
 use eventing::{
     BoxError, Envelope, EnvelopePipeline, EventDescriptor, EventManagerBuilder, SessionPipeline,
 };
+use eventing_test::suite::{Ping, PingListener, Recorder};
 use eventing_tests::amqp::AmqpHarness;
 use eventing_tests::stomp::StompHarness;
-use eventing_tests::suite::{Ping, PingListener, Recorder};
 use eventing_tests::{Harness, TestEnv};
 
 /// Adds headers that need care on both protocols and remembers what it sent.

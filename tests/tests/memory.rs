@@ -1,3 +1,3 @@
 //! The behaviour suite on the in-process provider.
 
-eventing_tests::conformance_tests!(eventing_tests::MemoryHarness);
+eventing_test::conformance_tests!(eventing_test::MemoryHarness);

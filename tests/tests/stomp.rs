@@ -11,14 +11,14 @@ use bytes::Bytes;
 use eventing::{ConsumeOptions, Envelope, Error, Provider, QueueSpec, Route, header};
 use eventing_stomp::StompProvider;
 use eventing_stomp::frame::{Command, Frame};
-use eventing_tests::TestEnv;
-use eventing_tests::stomp::{FreezingProxy, RawStomp, StompHarness, queue_names, rabbitmqctl};
-use eventing_tests::suite::{
+use eventing_test::suite::{
     self, CacheListener, FlakyListener, Ping, PingListener, Recorder, Worker,
 };
+use eventing_tests::TestEnv;
+use eventing_tests::stomp::{FreezingProxy, RawStomp, StompHarness, queue_names, rabbitmqctl};
 use futures_util::StreamExt;
 
-eventing_tests::conformance_tests!(eventing_tests::stomp::StompHarness::from_env());
+eventing_test::conformance_tests!(eventing_tests::stomp::StompHarness::from_env());
 
 /// Runs a test body with a time limit.
 async fn bounded(body: impl std::future::Future<Output = ()>) {
@@ -286,13 +286,10 @@ async fn silent_broker_is_a_lost_connection() {
             .await
             .expect("declare");
         let mut consumer = provider
-            .subscribe(&queue, ConsumeOptions { prefetch: 10 })
+            .subscribe(&queue, ConsumeOptions::new(10))
             .await
             .expect("subscribe");
-        let route = || Route {
-            address: &event,
-            durable: true,
-        };
+        let route = || Route::new(&event, true);
         let envelope = || Envelope::new(&event, eventing::JSON, Bytes::from_static(b"{}"));
         provider
             .publish(route(), envelope())
@@ -386,13 +383,10 @@ async fn dropped_consumer_leaves_unacked_messages_for_redelivery() {
                 Bytes::from(format!("{{\"n\":{n}}}")),
             );
             sent.push(envelope.message_id().to_string());
-            let route = Route {
-                address: &event,
-                durable: true,
-            };
+            let route = Route::new(&event, true);
             provider.publish(route, envelope).await.expect("publish");
         }
-        let options = || ConsumeOptions { prefetch: 10 };
+        let options = || ConsumeOptions::new(10);
         let mut first = provider
             .subscribe(&queue, options())
             .await

@@ -17,9 +17,9 @@ use eventing::{
     event_listener, header,
 };
 use eventing_stomp::{StompConfig, StompProvider};
+use eventing_test::suite;
 use eventing_tests::TestEnv;
 use eventing_tests::stomp::{StompHarness, queue_names, rabbitmqctl};
-use eventing_tests::suite;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use eventing_test::suite::{Recorder, Work, Worker};
 use eventing_tests::TestEnv;
 use eventing_tests::stomp::{StompHarness, restart_broker_app};
-use eventing_tests::suite::{Recorder, Work, Worker};
 
 /// Durable events sent (each confirmed by a RECEIPT) while no consumer runs are
 /// all handled by a manager started after `rabbitmqctl stop_app && start_app`.
