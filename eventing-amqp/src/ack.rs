@@ -173,6 +173,30 @@ impl AckWindow {
         }
     }
 
+    /// Everything settled so far, at once (acks above an open delivery one by one),
+    /// for a consumer being cancelled: its acks reach the broker before the cancel.
+    /// Nothing once closing (the flusher task sends the rest).
+    pub(crate) fn take_settled(&mut self) -> Option<Flush> {
+        if self.closing || (self.requeues.is_empty() && self.acked.is_empty()) {
+            return None;
+        }
+        let mut flush = Flush {
+            requeue: std::mem::take(&mut self.requeues),
+            ..Flush::default()
+        };
+        let stragglers = match self.open.first() {
+            Some(&oldest) => self.acked.split_off(&oldest),
+            None => BTreeSet::new(),
+        };
+        flush.ack_up_to = self.acked.last().copied();
+        flush.ack_each = stragglers.into_iter().collect();
+        self.acked.clear();
+        self.first_pending_at = None;
+        self.flush_requested = false;
+        self.hole = None;
+        Some(flush)
+    }
+
     /// True once closing was asked for: only the flusher task sends from then on.
     pub(crate) fn is_closing(&self) -> bool {
         self.closing
@@ -400,6 +424,28 @@ mod tests {
         let flush = send(w.next_step(now));
         assert_eq!(flush.requeue, vec![2]);
         assert_eq!(flush.ack_up_to, Some(3));
+    }
+
+    #[test]
+    fn settling_now_sends_every_ack_and_requeue_without_closing() {
+        let now = Instant::now();
+        let mut w = window(256, 1..=6);
+        assert_eq!(w.take_settled(), None, "nothing settled yet");
+        w.ack(1, now).unwrap();
+        w.ack(2, now).unwrap();
+        w.ack(4, now).unwrap();
+        w.requeue(5).unwrap();
+        let flush = w.take_settled().expect("settled");
+        assert_eq!(flush.requeue, vec![5]);
+        assert_eq!(flush.ack_up_to, Some(2), "below the open 3");
+        assert_eq!(flush.ack_each, vec![4], "above it, one by one");
+        assert_eq!(w.take_settled(), None);
+        w.ack(3, now).unwrap();
+        assert_eq!(
+            w.take_settled().expect("still open").ack_up_to,
+            Some(3),
+            "later acks still go"
+        );
     }
 
     #[test]

@@ -132,6 +132,16 @@ impl Settler {
         self.wake.notify_one();
     }
 
+    /// Sends everything settled now, the acks above an open delivery included.
+    fn settle_now(&self) {
+        let mut window = self.window.lock();
+        if let Some(flush) = window.take_settled()
+            && let Err(error) = self.send(&flush)
+        {
+            self.lost(&mut window, &error);
+        }
+    }
+
     /// Sends what is settled, then closes the channel: the broker requeues every
     /// delivery not acknowledged by then.
     pub(crate) fn close(&self) {
@@ -212,7 +222,9 @@ async fn close_channel(settler: &Settler) {
 struct AmqpAcker {
     settler: Arc<Settler>,
     publisher: Arc<Publisher>,
-    dead_letters: DeadLetterQueue,
+    /// Where its dead letters go; `None` for a consumer of a dead-letter queue,
+    /// whose letters are not dead-lettered again.
+    dead_letters: Option<DeadLetterQueue>,
 }
 
 impl Acker for AmqpAcker {
@@ -227,7 +239,13 @@ impl Acker for AmqpAcker {
     fn dead_letter(&self, tag: u64, envelope: Envelope) -> BoxFuture<'static, Result<()>> {
         let settler = Arc::clone(&self.settler);
         let publisher = Arc::clone(&self.publisher);
-        let dlq = self.dead_letters.clone();
+        let Some(dlq) = self.dead_letters.clone() else {
+            // A letter of a dead-letter queue is not moved to another one.
+            return Box::pin(std::future::ready(Err(eventing::Error::Unsupported {
+                provider: crate::error::PROVIDER,
+                operation: "dead-lettering a message of a dead-letter queue",
+            })));
+        };
         Box::pin(async move {
             // Stored and confirmed first: a crash in between leaves a duplicate in the
             // dead-letter queue at worst, never a lost message.
@@ -254,11 +272,13 @@ pub(crate) struct AmqpConsumer {
 }
 
 impl AmqpConsumer {
+    /// `dead_letters`: where the acker dead-letters to (`None` when consuming a
+    /// dead-letter queue).
     pub(crate) fn new(
         stream: lapin::Consumer,
         settler: Arc<Settler>,
         publisher: Arc<Publisher>,
-        dead_letters: DeadLetterQueue,
+        dead_letters: Option<DeadLetterQueue>,
     ) -> Self {
         let acker = Arc::new(AmqpAcker {
             settler: Arc::clone(&settler),
@@ -285,12 +305,10 @@ impl Stream for AmqpConsumer {
                 let tag = delivery.delivery_tag;
                 this.settler.delivered(tag);
                 let envelope = headers::to_envelope(&delivery.properties, delivery.data);
-                Poll::Ready(Some(Ok(Delivery {
-                    envelope,
-                    tag,
-                    redelivered: delivery.redelivered,
-                    acker: Arc::clone(&this.acker),
-                })))
+                let acker = Arc::clone(&this.acker);
+                Poll::Ready(Some(Ok(
+                    Delivery::new(envelope, tag, acker).redelivered(delivery.redelivered)
+                )))
             }
             Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(broker(
                 "consuming from queue",
@@ -317,6 +335,9 @@ impl Consumer for AmqpConsumer {
             if !channel.status().connected() {
                 return Ok(());
             }
+            // Acks given so far go out before the cancel, and the broker answers
+            // the cancel after them: once it returns, they are settled.
+            self.settler.settle_now();
             let cancel = channel.basic_cancel(self.tag.clone(), BasicCancelOptions::default());
             match tokio::time::timeout(CANCEL_TIMEOUT, cancel).await {
                 Ok(Ok(())) => {
@@ -342,5 +363,23 @@ impl Drop for AmqpConsumer {
         // Acks already given go out; the channel then closes and the broker
         // redelivers whatever was not acknowledged.
         self.settler.close();
+    }
+}
+
+/// A consumer of nothing: the stream ends at once (a dead-letter queue that does
+/// not exist holds no letters).
+pub(crate) struct Finished;
+
+impl Stream for Finished {
+    type Item = Result<Delivery>;
+
+    fn poll_next(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Poll::Ready(None)
+    }
+}
+
+impl Consumer for Finished {
+    fn cancel(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(std::future::ready(Ok(())))
     }
 }

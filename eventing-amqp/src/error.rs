@@ -47,32 +47,12 @@ pub enum AmqpError {
         /// Its length in bytes.
         len: usize,
     },
-    /// The broker returned a message sent to a queue (a dead letter, or a replayed
-    /// one) as unroutable: the queue does not exist.
-    #[error("queue `{queue}` does not exist; the broker returned the message")]
-    Unroutable {
-        /// The queue.
-        queue: String,
-    },
     /// A durable message was published on a channel that did not confirm it: it is
     /// not reported as sent.
     #[error("publishing to `{target}`: the channel gave no publisher confirm")]
     NotConfirmed {
         /// The exchange or queue.
         target: String,
-    },
-    /// Replaying dead letters stopped part-way: `moved` of them are back on the
-    /// queue, the rest are still in the dead-letter queue.
-    #[error("replaying dead letters of `{queue}` stopped after {moved} moved: {source}")]
-    ReplayInterrupted {
-        /// The queue the letters go back to.
-        queue: String,
-        /// How many were moved (published, confirmed and removed from the
-        /// dead-letter queue) before the failure.
-        moved: usize,
-        /// Why it stopped.
-        #[source]
-        source: Box<Error>,
     },
 }
 

@@ -102,14 +102,16 @@
 //!
 //! `dead_letters` reads `<queue>.dlq` with `basic.get` and puts the messages back
 //! unacknowledged, so the listing leaves the queue as it was.
-//! `replay_dead_letters` takes them one at a time the same way, removes the
-//! `x-dead-letter-*` headers, publishes each persistently to the queue itself
-//! through the default exchange (so other listeners of the event do not get it
-//! again), waits for the broker's confirm and only then acknowledges it in the
-//! dead-letter queue; it moves at most as many as the dead-letter queue held when
-//! it began. A failure leaves the rest in the dead-letter queue (and says how many
-//! moved, [`AmqpError::ReplayInterrupted`]); a missing queue is
-//! [`AmqpError::Unroutable`].
+//!
+//! Replaying them is the runtime's (`EventManager::replay_dead_letters`), over three
+//! primitives: the depth of `<queue>.dlq` (a passive `queue.declare`; a missing
+//! queue is [`Error::QueueNotFound`](eventing::Error::QueueNotFound), a missing
+//! dead-letter queue holds none), a consumer of `<queue>.dlq` (`basic.consume`
+//! with `basic.qos` = the replay's window; acknowledgements given before it is
+//! cancelled reach the broker before the cancel, the rest return to the
+//! dead-letter queue when its channel closes) and a send to the queue alone
+//! (persistent, `mandatory`, through the default exchange with the queue's name
+//! as routing key, confirmed; a returned message is `QueueNotFound`).
 //!
 //! A received body over the manager's `max_body_size` is dead-lettered by the
 //! runtime with the reason, before decoding; lapin reassembles a message of any
@@ -159,7 +161,6 @@ mod headers;
 mod link;
 mod provider;
 mod publish;
-mod replay;
 mod topology;
 mod url;
 
@@ -167,15 +168,10 @@ pub use error::AmqpError;
 pub use provider::AmqpProvider;
 pub use topology::PER_PROCESS_DEAD_LETTER_TTL;
 
-use std::sync::Arc;
+use eventing::{ConnectFuture, Provider, ProviderConfig};
 
-use eventing::{BoxFuture, Provider, ProviderConfig, Result};
-
-fn connect(config: ProviderConfig) -> BoxFuture<'static, Result<Arc<dyn Provider>>> {
-    Box::pin(async move {
-        let provider = AmqpProvider::connect(config).await?;
-        Ok(Arc::new(provider) as Arc<dyn Provider>)
-    })
+fn connect(config: ProviderConfig) -> ConnectFuture {
+    Box::pin(async move { Ok(AmqpProvider::connect(config).await?.into_dyn()) })
 }
 
 eventing::register_provider!(["amqp", "amqps"], connect);

@@ -5,7 +5,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use eventing::{
-    BoxFuture, ConsumeOptions, Consumer, Envelope, Provider, ProviderConfig, QueueSpec, Result,
+    Capabilities, ConsumeOptions, Consumer, Envelope, Provider, ProviderConfig, QueueSpec, Result,
     Route,
 };
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
@@ -14,10 +14,9 @@ use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 
 use crate::consume::{self, AmqpConsumer, Settler};
-use crate::error::{PROVIDER, broker, short};
+use crate::error::{PROVIDER, broker, is_not_found, short};
 use crate::link::Link;
 use crate::publish::Publisher;
-use crate::replay;
 use crate::topology::{self, DeadLetterQueue};
 use crate::url;
 
@@ -111,47 +110,48 @@ impl AmqpProvider {
         &self.inner.url
     }
 
-    async fn start_consuming(
+    /// Consumes `queue` on a channel of its own with `basic.qos` = `prefetch`.
+    /// Dead letters go to `dead_letters` (`None`: consuming a dead-letter queue).
+    async fn consume(
         &self,
-        spec: &QueueSpec,
-        options: ConsumeOptions,
-    ) -> Result<AmqpConsumer> {
-        let queue = short("queue", &spec.name)?;
-        let dead_letters = DeadLetterQueue::of(spec)?.with_type(self.inner.queue_type);
-        let connection = self.inner.consuming.get().await?;
-        topology::declare(
-            &connection,
-            std::slice::from_ref(spec),
-            self.inner.queue_type,
-        )
-        .await?;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|e| broker("opening a channel to consume from queue", &spec.name, e))?;
-        let prefetch = options.prefetch.max(1);
-        channel
-            .basic_qos(prefetch, BasicQosOptions { global: false })
-            .await
-            .map_err(|e| broker("setting the prefetch count for queue", &spec.name, e))?;
-        let tag = ShortString::from(format!("eventing-{}", uuid::Uuid::new_v4().simple()));
-        let stream = channel
-            .basic_consume(
-                queue,
-                tag,
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| broker("consuming from queue", &spec.name, e))?;
-        let settler = Arc::new(Settler::new(channel, &spec.name, prefetch));
+        queue: &str,
+        prefetch: u16,
+        dead_letters: Option<DeadLetterQueue>,
+    ) -> std::result::Result<AmqpConsumer, Consume> {
+        let name = short("queue", queue).map_err(Consume::Other)?;
+        let connection = self.inner.consuming.get().await.map_err(Consume::Other)?;
+        let channel = connection.create_channel().await.map_err(|e| {
+            Consume::Other(broker("opening a channel to consume from queue", queue, e))
+        })?;
+        let prefetch = prefetch.max(1);
+        let consumed = async {
+            channel
+                .basic_qos(prefetch, BasicQosOptions { global: false })
+                .await
+                .map_err(|e| ("setting the prefetch count for queue", e))?;
+            let tag = ShortString::from(format!("eventing-{}", uuid::Uuid::new_v4().simple()));
+            channel
+                .basic_consume(
+                    name,
+                    tag,
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| ("consuming from queue", e))
+        };
+        let stream = match consumed.await {
+            Ok(stream) => stream,
+            Err((_, error)) if is_not_found(&error) => return Err(Consume::NotFound),
+            Err((operation, error)) => return Err(Consume::Other(broker(operation, queue, error))),
+        };
+        let settler = Arc::new(Settler::new(channel, queue, prefetch));
         let task = tokio::spawn(consume::send_acks(Arc::clone(&settler)));
         {
             let mut consumers = self.inner.consumers.lock();
             consumers.retain(|(_, task)| !task.is_finished());
             consumers.push((Arc::downgrade(&settler), task));
         }
-        tracing::info!(queue = %spec.name, event = %spec.event, prefetch, "consuming");
         Ok(AmqpConsumer::new(
             stream,
             settler,
@@ -161,80 +161,108 @@ impl AmqpProvider {
     }
 }
 
+/// Why consuming a queue failed.
+enum Consume {
+    /// The queue does not exist (404).
+    NotFound,
+    Other(eventing::Error),
+}
+
 impl Provider for AmqpProvider {
     fn name(&self) -> &'static str {
         PROVIDER
     }
 
-    fn declare<'a>(&'a self, queues: &'a [QueueSpec]) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let connection = self.inner.consuming.get().await?;
-            topology::declare(&connection, queues, self.inner.queue_type).await?;
-            for spec in queues {
-                self.inner.publisher.exchange_declared(&spec.event);
-            }
-            Ok(())
-        })
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::NONE.with_dead_letters()
     }
 
-    fn publish<'a>(&'a self, route: Route<'a>, envelope: Envelope) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move { self.inner.publisher.publish(route, &envelope).await })
+    async fn declare(&self, queues: &[QueueSpec]) -> Result<()> {
+        let connection = self.inner.consuming.get().await?;
+        topology::declare(&connection, queues, self.inner.queue_type).await?;
+        for spec in queues {
+            self.inner.publisher.exchange_declared(&spec.event);
+        }
+        Ok(())
     }
 
-    fn subscribe<'a>(
-        &'a self,
-        queue: &'a QueueSpec,
+    async fn publish(&self, route: Route<'_>, envelope: Envelope) -> Result<()> {
+        self.inner.publisher.publish(route, &envelope).await
+    }
+
+    async fn subscribe(
+        &self,
+        spec: &QueueSpec,
         options: ConsumeOptions,
-    ) -> BoxFuture<'a, Result<Box<dyn Consumer>>> {
-        Box::pin(async move {
-            let consumer = self.start_consuming(queue, options).await?;
-            Ok(Box::new(consumer) as Box<dyn Consumer>)
-        })
+    ) -> Result<Box<dyn Consumer>> {
+        let dead_letters = DeadLetterQueue::of(spec)?.with_type(self.inner.queue_type);
+        Provider::declare(self, std::slice::from_ref(spec)).await?;
+        let prefetch = options.prefetch.max(1);
+        let consumer = match self.consume(&spec.name, prefetch, Some(dead_letters)).await {
+            Ok(consumer) => consumer,
+            Err(Consume::Other(error)) => return Err(error),
+            // Deleted between the declaration and the consume: the runtime tries again.
+            Err(Consume::NotFound) => {
+                return Err(eventing::Error::QueueNotFound {
+                    queue: spec.name.clone(),
+                });
+            }
+        };
+        tracing::info!(queue = %spec.name, event = %spec.event, prefetch, "consuming");
+        Ok(Box::new(consumer))
     }
 
-    fn dead_letters<'a>(
-        &'a self,
-        queue: &'a QueueSpec,
-        limit: usize,
-    ) -> BoxFuture<'a, Result<Vec<Envelope>>> {
-        Box::pin(async move {
-            let connection = self.inner.consuming.get().await?;
-            topology::peek_dead_letters(&connection, queue, limit).await
-        })
+    async fn close(&self) -> Result<()> {
+        if self.inner.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let consumers = std::mem::take(&mut *self.inner.consumers.lock());
+        for (settler, _) in &consumers {
+            if let Some(settler) = settler.upgrade() {
+                settler.close();
+            }
+        }
+        for (_, task) in consumers {
+            match tokio::time::timeout(CLOSE_TIMEOUT, task).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::error!(%error, "acknowledgement task failed"),
+                Err(_) => tracing::warn!("acknowledgement task did not finish in time"),
+            }
+        }
+        tokio::join!(self.inner.consuming.close(), self.inner.publisher.close());
+        tracing::info!(url = %self.inner.url, "disconnected");
+        Ok(())
     }
 
-    fn replay_dead_letters<'a>(
-        &'a self,
-        queue: &'a QueueSpec,
-        limit: usize,
-    ) -> BoxFuture<'a, Result<usize>> {
-        Box::pin(async move {
-            let connection = self.inner.consuming.get().await?;
-            replay::replay(&connection, &self.inner.publisher, queue, limit).await
-        })
+    async fn dead_letters(&self, queue: &QueueSpec, limit: usize) -> Result<Vec<Envelope>> {
+        let connection = self.inner.consuming.get().await?;
+        topology::peek_dead_letters(&connection, queue, limit).await
     }
 
-    fn close(&self) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move {
-            if self.inner.closed.swap(true, Ordering::SeqCst) {
-                return Ok(());
-            }
-            let consumers = std::mem::take(&mut *self.inner.consumers.lock());
-            for (settler, _) in &consumers {
-                if let Some(settler) = settler.upgrade() {
-                    settler.close();
-                }
-            }
-            for (_, task) in consumers {
-                match tokio::time::timeout(CLOSE_TIMEOUT, task).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => tracing::error!(%error, "acknowledgement task failed"),
-                    Err(_) => tracing::warn!("acknowledgement task did not finish in time"),
-                }
-            }
-            tokio::join!(self.inner.consuming.close(), self.inner.publisher.close());
-            tracing::info!(url = %self.inner.url, "disconnected");
-            Ok(())
-        })
+    async fn dead_letter_depth(&self, queue: &QueueSpec) -> Result<usize> {
+        let connection = self.inner.consuming.get().await?;
+        topology::dead_letter_depth(&connection, queue).await
+    }
+
+    /// `basic.consume` on `<queue>.dlq` with `basic.qos` = `prefetch`; no
+    /// dead-letter queue is a consumer that ends at once.
+    async fn take_dead_letters(
+        &self,
+        queue: &QueueSpec,
+        prefetch: u16,
+    ) -> Result<Box<dyn Consumer>> {
+        let dlq = DeadLetterQueue::of(queue)?;
+        match self.consume(dlq.name.as_str(), prefetch, None).await {
+            Ok(consumer) => Ok(Box::new(consumer)),
+            Err(Consume::NotFound) => Ok(Box::new(consume::Finished)),
+            Err(Consume::Other(error)) => Err(error),
+        }
+    }
+
+    /// Published persistently and `mandatory` to the default exchange (routing
+    /// key = the queue), confirmed; a missing queue (the broker returns the
+    /// message) is [`Error::QueueNotFound`](eventing::Error::QueueNotFound).
+    async fn send_to_queue(&self, queue: &QueueSpec, envelope: Envelope) -> Result<()> {
+        self.inner.publisher.to_queue(&queue.name, &envelope).await
     }
 }

@@ -15,6 +15,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use eventing::backoff::Backoff;
 use eventing::{Envelope, Error, Result, Route};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
@@ -30,10 +31,10 @@ use crate::headers;
 use crate::link::Link;
 use crate::topology::{self, DeadLetterQueue};
 
-/// The first pause before a publish is made again.
-const FIRST_BACKOFF: Duration = Duration::from_millis(20);
-/// The longest pause between two attempts of one publish.
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// The pause after a failed attempt: 20 ms doubling up to 1 s, less up to half of
+/// it at random, so waiting publishes do not retry in step.
+const BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(20), Duration::from_secs(1)).jitter(0.5);
 /// The time left for the last attempt before a publish gives up.
 const LAST_ATTEMPT: Duration = Duration::from_millis(20);
 
@@ -183,17 +184,14 @@ impl Publisher {
                 Stored::NoQueue => break,
             }
         }
-        Err(Error::provider(
-            PROVIDER,
-            AmqpError::Unroutable {
-                queue: dlq.name.to_string(),
-            },
-        ))
+        Err(Error::QueueNotFound {
+            queue: dlq.name.to_string(),
+        })
     }
 
     /// Stores `envelope` persistently in `queue` through the default exchange (so
     /// only that queue gets it) and waits for the broker's confirm. A missing queue
-    /// is an error.
+    /// (the broker returns the mandatory message) is [`Error::QueueNotFound`].
     pub(crate) async fn to_queue(&self, queue: &str, envelope: &Envelope) -> Result<()> {
         let message = Message {
             exchange: "",
@@ -207,12 +205,9 @@ impl Publisher {
         };
         match self.stored(&message).await? {
             Stored::Yes => Ok(()),
-            Stored::NoQueue => Err(Error::provider(
-                PROVIDER,
-                AmqpError::Unroutable {
-                    queue: queue.to_string(),
-                },
-            )),
+            Stored::NoQueue => Err(Error::QueueNotFound {
+                queue: queue.to_string(),
+            }),
         }
     }
 
@@ -262,7 +257,7 @@ impl Publisher {
                     );
                     lane.renew(&self.link, &channel).await;
                     last = Some("the broker nacked the message (publisher confirm)".into());
-                    tokio::time::sleep(backoff(attempts).min(remaining - LAST_ATTEMPT)).await;
+                    tokio::time::sleep(BACKOFF.delay(attempts).min(remaining - LAST_ATTEMPT)).await;
                     continue;
                 }
                 Ok(Ok((confirmation, _))) => {
@@ -295,7 +290,7 @@ impl Publisher {
             if remaining <= LAST_ATTEMPT {
                 return Err(self.gave_up(message, began, attempts, Some(failed.reason())));
             }
-            let pause = backoff(attempts).min(remaining - LAST_ATTEMPT);
+            let pause = BACKOFF.delay(attempts).min(remaining - LAST_ATTEMPT);
             tracing::debug!(
                 target = message.target,
                 message_id = message.envelope.message_id(),
@@ -474,15 +469,6 @@ pub(crate) fn deadline(send_timeout: Duration) -> Duration {
     send_timeout.saturating_sub(margin)
 }
 
-/// The pause after failed attempt number `attempt` (from 1): 20 ms doubling up to
-/// 1 s, less up to half of it at random, so waiting publishes do not retry in step.
-pub(crate) fn backoff(attempt: u32) -> Duration {
-    let exponent = attempt.saturating_sub(1).min(16);
-    let base = FIRST_BACKOFF.saturating_mul(1 << exponent).min(MAX_BACKOFF);
-    let random = f64::from(uuid::Uuid::new_v4().as_u128() as u32) / f64::from(u32::MAX);
-    base.saturating_sub(base.mul_f64(random * 0.5))
-}
-
 /// One publishing channel, opened again when the broker or the connection lost it.
 struct Lane {
     channel: RwLock<Arc<Channel>>,
@@ -625,6 +611,9 @@ mod tests {
 
     #[test]
     fn backoff_grows_to_its_cap_with_jitter() {
+        const FIRST_BACKOFF: Duration = Duration::from_millis(20);
+        const MAX_BACKOFF: Duration = Duration::from_secs(1);
+        let backoff = |attempt| BACKOFF.delay(attempt);
         for _ in 0..100 {
             let first = backoff(1);
             assert!(

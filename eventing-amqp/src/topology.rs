@@ -290,6 +290,46 @@ pub(crate) async fn peek_dead_letters(
     outcome.map(|()| letters)
 }
 
+/// How many letters `spec`'s dead-letter queue holds (ready, not being read), 0
+/// if it does not exist. A missing queue `spec` is [`Error::QueueNotFound`]: its
+/// letters could not be put back onto it (RabbitMQ would return them as
+/// unroutable). Passive declarations, each on a channel of its own, since a
+/// refusal closes the channel.
+pub(crate) async fn dead_letter_depth(connection: &Connection, spec: &QueueSpec) -> Result<usize> {
+    let queue = short("queue", &spec.name)?;
+    let dlq = DeadLetterQueue::of(spec)?;
+    match message_count(connection, queue).await {
+        Ok(_) => {}
+        Err(error) if is_not_found(&error) => {
+            return Err(Error::QueueNotFound {
+                queue: spec.name.clone(),
+            });
+        }
+        // Exclusive to another connection (a per-process queue of a running server).
+        Err(error) if soft_error(&error) == Some(AMQPSoftError::RESOURCELOCKED) => {}
+        Err(error) => return Err(broker("checking queue", &spec.name, error)),
+    }
+    match message_count(connection, dlq.name).await {
+        Ok(count) => Ok(usize::try_from(count).unwrap_or(usize::MAX)),
+        Err(error) if is_not_found(&error) => Ok(0),
+        Err(error) => Err(broker("checking dead-letter queue", &spec.name, error)),
+    }
+}
+
+/// The ready messages of `queue` (a passive `queue.declare`).
+async fn message_count(connection: &Connection, queue: ShortString) -> lapin::Result<u32> {
+    let channel = connection.create_channel().await?;
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let declared = channel
+        .queue_declare(queue, options, FieldTable::default())
+        .await;
+    close(channel).await;
+    declared.map(|queue| queue.message_count())
+}
+
 /// RabbitMQ's own header: why it dead-lettered a message the first time.
 const FIRST_DEATH_REASON: &str = "x-first-death-reason";
 /// RabbitMQ's own header: the queue it dead-lettered a message from the first time.

@@ -43,6 +43,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use eventing::backoff::Backoff;
 use eventing::{Acker, BoxFuture, Consumer, Delivery, Envelope, QueueSpec, header};
 use futures_util::Stream;
 use parking_lot::Mutex;
@@ -62,18 +63,27 @@ pub(crate) const SUBSCRIPTION_ID: &str = "0";
 /// whole: why (the letter's body is empty when it was too large).
 pub(crate) const UNREADABLE: &str = "x-stomp-unreadable";
 
-/// First and longest wait between attempts to dead-letter an unreadable message.
-const DEAD_LETTER_BACKOFF: (Duration, Duration) =
-    (Duration::from_millis(500), Duration::from_secs(30));
+/// The wait between attempts to dead-letter an unreadable message: 500 ms
+/// doubling up to 30 s, with jitter.
+const DEAD_LETTER_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
 
-/// The consumer of one queue.
+/// How long subscribing to a stuck queue is refused: 1 s doubling up to 5 min,
+/// without jitter (one provider's own wait; nothing retries in step with it).
+const STUCK_BACKOFF: Backoff =
+    Backoff::new(Duration::from_secs(1), Duration::from_secs(300)).jitter(0.0);
+
+/// The consumer of one queue, or of one dead-letter queue (for a replay).
 pub(crate) struct StompConsumer {
     rx: mpsc::Receiver<Inbound>,
+    kind: Kind,
     settle: Arc<Settle>,
     acker: Arc<dyn Acker>,
     dialect: Dialect,
     next_tag: u64,
     cancelled: bool,
+    /// `UNSUBSCRIBE` was sent already (a dead-letter consumer's `cancel`).
+    unsubscribed: bool,
     reported: bool,
     /// The subscription's prefetch.
     prefetch: usize,
@@ -85,8 +95,21 @@ pub(crate) struct StompConsumer {
     stuck: bool,
 }
 
+/// What a consumer reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// A listener's queue: unreadable messages are dead-lettered, a requeue is
+    /// a `NACK`.
+    Queue,
+    /// A dead-letter queue: unreadable letters and requeued ones stay where they
+    /// are (unacknowledged, they return when the session closes), nothing is
+    /// dead-lettered again, and `cancel` waits until the broker has the `ACK`s.
+    DeadLetters,
+}
+
 /// What the acker needs; shared by the consumer and its deliveries.
 struct Settle {
+    kind: Kind,
     conn: Connection,
     provider: Arc<Inner>,
     queue: QueueSpec,
@@ -96,7 +119,30 @@ struct Settle {
 }
 
 impl StompConsumer {
+    /// The consumer of `queue`'s subscription on `conn`.
     pub(crate) fn new(
+        conn: Connection,
+        rx: mpsc::Receiver<Inbound>,
+        provider: Arc<Inner>,
+        queue: QueueSpec,
+        prefetch: u16,
+    ) -> StompConsumer {
+        StompConsumer::of(Kind::Queue, conn, rx, provider, queue, prefetch)
+    }
+
+    /// The consumer of the subscription on `conn` to `queue`'s dead-letter queue.
+    pub(crate) fn dead_letters(
+        conn: Connection,
+        rx: mpsc::Receiver<Inbound>,
+        provider: Arc<Inner>,
+        queue: QueueSpec,
+        prefetch: u16,
+    ) -> StompConsumer {
+        StompConsumer::of(Kind::DeadLetters, conn, rx, provider, queue, prefetch)
+    }
+
+    fn of(
+        kind: Kind,
         conn: Connection,
         rx: mpsc::Receiver<Inbound>,
         provider: Arc<Inner>,
@@ -105,6 +151,7 @@ impl StompConsumer {
     ) -> StompConsumer {
         let dialect = provider.dialect();
         let settle = Arc::new(Settle {
+            kind,
             conn,
             provider,
             queue,
@@ -113,11 +160,13 @@ impl StompConsumer {
         });
         StompConsumer {
             rx,
+            kind,
             acker: Arc::new(StompAcker(Arc::clone(&settle))),
             settle,
             dialect,
             next_tag: 0,
             cancelled: false,
+            unsubscribed: false,
             reported: false,
             prefetch: usize::from(prefetch.max(1)),
             held: 0,
@@ -132,6 +181,17 @@ impl StompConsumer {
     fn reject(&mut self, rejected: Rejected) -> Option<StompError> {
         let settle = &self.settle;
         let queue = &settle.queue;
+        if self.kind == Kind::DeadLetters {
+            // It cannot be sent again as it was: it stays in the dead-letter queue
+            // (unacknowledged, it returns there when the session closes).
+            tracing::warn!(
+                queue = %queue.name,
+                size = rejected.size,
+                reason = %rejected,
+                "a dead letter this client cannot read whole is left in place"
+            );
+            return None;
+        }
         let Unreadable {
             ack,
             stomp_id,
@@ -168,6 +228,17 @@ impl StompConsumer {
     ) -> Option<StompError> {
         let settle = &self.settle;
         let queue = &settle.queue;
+        if self.kind == Kind::DeadLetters {
+            tracing::warn!(
+                queue = %queue.name,
+                %message_id,
+                %stomp_id,
+                size,
+                %reason,
+                "a dead letter without a readable `ack` header is left in place"
+            );
+            return None;
+        }
         self.held += 1;
         settle.provider.count_unreadable_held();
         tracing::error!(
@@ -254,8 +325,9 @@ impl Unreadable {
 /// broker delivers the message again, to be dead-lettered then).
 async fn dead_letter_unreadable(settle: Arc<Settle>, ack: String, letter: Envelope) {
     let queue = &settle.queue;
-    let (mut wait, max_wait) = DEAD_LETTER_BACKOFF;
+    let mut attempt = 0;
     loop {
+        attempt += 1;
         match settle.provider.send_dead_letter(queue, &letter).await {
             Ok(()) => {
                 settle
@@ -280,6 +352,7 @@ async fn dead_letter_unreadable(settle: Arc<Settle>, ack: String, letter: Envelo
                     );
                     return;
                 }
+                let wait = DEAD_LETTER_BACKOFF.delay(attempt);
                 tracing::error!(
                     queue = %queue.name,
                     message_id = %letter.message_id(),
@@ -291,7 +364,6 @@ async fn dead_letter_unreadable(settle: Arc<Settle>, ack: String, letter: Envelo
                     () = tokio::time::sleep(wait) => {}
                     () = settle.conn.closed() => {}
                 }
-                wait = (wait * 2).min(max_wait);
             }
         }
     }
@@ -387,8 +459,7 @@ fn fit_dead_letter(
 /// How long subscribing to a queue is refused after its sessions got stuck
 /// `strikes` times in a row: 1 s, doubling, at most 5 min.
 pub(crate) fn stuck_wait(strikes: u32) -> Duration {
-    let exponent = strikes.saturating_sub(1).min(16);
-    Duration::from_secs(1u64 << exponent).min(Duration::from_secs(300))
+    STUCK_BACKOFF.delay(strikes)
 }
 
 /// A dead letter listed by this client that it could not read whole: the
@@ -407,8 +478,9 @@ impl Stream for StompConsumer {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        if this.stuck {
-            // What was buffered goes back to the broker with the session.
+        if this.stuck || (this.cancelled && this.kind == Kind::DeadLetters) {
+            // What was buffered goes back to the broker with the session (the
+            // subscription of dead letters is over: they could not be acknowledged).
             return Poll::Ready(None);
         }
         loop {
@@ -431,7 +503,7 @@ impl Stream for StompConsumer {
                         }
                         continue;
                     };
-                    if !this.progressed {
+                    if !this.progressed && this.kind == Kind::Queue {
                         this.progressed = true;
                         this.settle.provider.release_queue(&this.settle.queue.name);
                     }
@@ -439,12 +511,9 @@ impl Stream for StompConsumer {
                     this.next_tag += 1;
                     let tag = this.next_tag;
                     this.settle.pending.lock().insert(tag, ack);
-                    let delivery = Delivery {
-                        envelope: this.dialect.envelope_of(frame),
-                        tag,
-                        redelivered,
-                        acker: Arc::clone(&this.acker),
-                    };
+                    let envelope = this.dialect.envelope_of(frame);
+                    let acker = Arc::clone(&this.acker);
+                    let delivery = Delivery::new(envelope, tag, acker).redelivered(redelivered);
                     return Poll::Ready(Some(Ok(delivery)));
                 }
                 None if !this.cancelled && !this.reported => {
@@ -480,19 +549,52 @@ impl Consumer for StompConsumer {
     /// broker pushes meanwhile are left unacknowledged and return to the queue
     /// when the session closes.
     fn cancel(&mut self) -> BoxFuture<'_, eventing::Result<()>> {
-        self.cancelled = true;
+        let first = !std::mem::replace(&mut self.cancelled, true);
         self.settle.cancelled.store(true, Ordering::Relaxed);
         self.rx.close();
         tracing::debug!(queue = %self.settle.queue.name, "consumer cancelled");
-        Box::pin(std::future::ready(Ok(())))
+        if !first || self.kind == Kind::Queue || self.settle.conn.is_closed() {
+            return Box::pin(std::future::ready(Ok(())));
+        }
+        // A replay acknowledges nothing after this: `UNSUBSCRIBE` now, and its
+        // receipt says the broker has every `ACK` sent before it.
+        Box::pin(async move {
+            self.unsubscribed = true;
+            let unsubscribe = Frame::new(Command::Unsubscribe).header("id", SUBSCRIPTION_ID);
+            let wait = self.settle.provider.send_timeout();
+            self.settle
+                .conn
+                .request(unsubscribe, wait, "UNSUBSCRIBE from dead letters")
+                .await
+                .map_err(StompError::into_eventing)
+        })
     }
 }
 
 impl Drop for StompConsumer {
     fn drop(&mut self) {
         self.settle.cancelled.store(true, Ordering::Relaxed);
-        let unsubscribe = Frame::new(Command::Unsubscribe).header("id", SUBSCRIPTION_ID);
-        self.settle.conn.close_soon(Some(unsubscribe));
+        let unsubscribe = (!self.unsubscribed)
+            .then(|| Frame::new(Command::Unsubscribe).header("id", SUBSCRIPTION_ID));
+        self.settle.conn.close_soon(unsubscribe);
+    }
+}
+
+/// A consumer of nothing: the stream ends at once (a dead-letter queue that does
+/// not exist holds no letters).
+pub(crate) struct Finished;
+
+impl Stream for Finished {
+    type Item = eventing::Result<Delivery>;
+
+    fn poll_next(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Poll::Ready(None)
+    }
+}
+
+impl Consumer for Finished {
+    fn cancel(&mut self) -> BoxFuture<'_, eventing::Result<()>> {
+        Box::pin(std::future::ready(Ok(())))
     }
 }
 
@@ -518,9 +620,10 @@ impl Acker for StompAcker {
         let Some(id) = self.0.pending.lock().remove(&tag) else {
             return;
         };
-        if self.0.cancelled.load(Ordering::Relaxed) {
+        if self.0.kind == Kind::DeadLetters || self.0.cancelled.load(Ordering::Relaxed) {
             // A NACK now would hand the message straight back to this still
-            // subscribed session; closing the session returns it instead.
+            // subscribed session; closing the session returns it instead (a
+            // dead letter to its place in the dead-letter queue).
             return;
         }
         self.0.conn.send_now(
@@ -535,6 +638,13 @@ impl Acker for StompAcker {
         tag: u64,
         envelope: Envelope,
     ) -> BoxFuture<'static, eventing::Result<()>> {
+        if self.0.kind == Kind::DeadLetters {
+            // A letter of a dead-letter queue is not moved to another one.
+            return Box::pin(std::future::ready(Err(eventing::Error::Unsupported {
+                provider: crate::error::PROVIDER,
+                operation: "dead-lettering a message of a dead-letter queue",
+            })));
+        }
         let settle = Arc::clone(&self.0);
         Box::pin(async move {
             // Sent on the provider's publishing session: its receipt cannot be

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use eventing::backoff::Backoff;
 use eventing::{
-    BoxFuture, ConsumeOptions, Consumer, Envelope, Error, Provider, ProviderConfig, QueueSpec,
+    Capabilities, ConsumeOptions, Consumer, Envelope, Error, Provider, ProviderConfig, QueueSpec,
     Route,
 };
 use parking_lot::Mutex;
@@ -20,7 +21,7 @@ use crate::connection::{Connection, Inbound, Options};
 use crate::consumer::{SUBSCRIPTION_ID, StompConsumer};
 use crate::dialect::Dialect;
 use crate::error::{PROVIDER, StompError};
-use crate::frame::{Command, Frame};
+use crate::frame::Frame;
 use crate::transport::Transport;
 
 /// The publishing session: up to 1024 frames queued before `publish` waits.
@@ -36,6 +37,9 @@ const DEAD_LETTER_READER: Options = Options {
 /// How long the dead-letter queue of a per-process queue outlives its last use
 /// (the AMQP provider's `PER_PROCESS_DEAD_LETTER_TTL`).
 pub const PER_PROCESS_DEAD_LETTER_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The pause between attempts to reopen the publishing session: 100 ms doubling
+/// up to 2 s, with jitter.
+const RECONNECT: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
 /// How long `dead_letters` waits for one more message before it stops reading.
 const BROWSE_IDLE: Duration = Duration::from_millis(300);
 
@@ -176,6 +180,11 @@ impl Inner {
         }
     }
 
+    /// How long a send may wait for the broker.
+    pub(crate) fn send_timeout(&self) -> Duration {
+        self.send_timeout
+    }
+
     fn declares(&self) -> bool {
         self.config.dialect.needs_exchanges() && self.config.declare_topology
     }
@@ -190,23 +199,24 @@ impl Inner {
         if let Some(conn) = self.current_publisher() {
             return Ok(conn);
         }
-        let mut backoff = Duration::from_millis(100);
+        let mut attempt = 0;
         loop {
+            attempt += 1;
             if self.closed.load(Ordering::Relaxed) {
                 return Err(StompError::Closed {
                     reason: "the provider was closed".into(),
                 });
             }
+            let pause = RECONNECT.delay(attempt);
             match Connection::open(&self.config, &self.transport, PUBLISHER).await {
                 Ok(conn) => {
                     tracing::info!(broker = %conn.label(), "STOMP publishing session reopened");
                     *self.publisher.lock() = Some(conn.clone());
                     return Ok(conn);
                 }
-                Err(error) if error.is_transient() && Instant::now() + backoff < deadline => {
-                    tracing::debug!(%error, ?backoff, "STOMP broker unavailable; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                Err(error) if error.is_transient() && Instant::now() + pause < deadline => {
+                    tracing::debug!(%error, ?pause, "STOMP broker unavailable; retrying");
+                    tokio::time::sleep(pause).await;
                 }
                 Err(error) => return Err(error),
             }
@@ -295,16 +305,47 @@ impl Inner {
         queue: &QueueSpec,
         envelope: &Envelope,
     ) -> eventing::Result<()> {
-        let deadline = Instant::now() + self.send_timeout;
         let frame = self.dialect().dead_letter_frame(queue, envelope);
+        let target = queue.dead_letter_queue();
+        self.send_receipted(
+            frame,
+            &target,
+            envelope,
+            "waiting for the RECEIPT of a dead letter",
+        )
+        .await
+    }
+
+    /// Sends `envelope` persistently to `queue` alone and waits for its receipt.
+    async fn send_to_queue(&self, queue: &QueueSpec, envelope: &Envelope) -> eventing::Result<()> {
+        let frame = self.dialect().replay_frame(queue, envelope);
+        self.send_receipted(
+            frame,
+            &queue.name,
+            envelope,
+            "waiting for the RECEIPT of a message for one queue",
+        )
+        .await
+    }
+
+    /// Sends `frame` (carrying `envelope`, for `target`) on the publishing
+    /// session and waits for its receipt, within the send timeout.
+    async fn send_receipted(
+        &self,
+        frame: Frame,
+        target: &str,
+        envelope: &Envelope,
+        operation: &'static str,
+    ) -> eventing::Result<()> {
+        let deadline = Instant::now() + self.send_timeout;
         if let Some(reason) = self.dialect().unsendable(&frame) {
             return Err(StompError::Unsendable { reason }.into());
         }
         let conn = self.publisher(deadline).await?;
         let wait = deadline.saturating_duration_since(Instant::now());
-        conn.request(frame, wait, "waiting for the RECEIPT of a dead letter")
+        conn.request(frame, wait, operation)
             .await
-            .map_err(|error| refused(error, &queue.dead_letter_queue(), envelope))
+            .map_err(|error| refused(error, target, envelope))
     }
 
     async fn publish(&self, route: Route<'_>, envelope: Envelope) -> eventing::Result<()> {
@@ -396,6 +437,27 @@ impl Inner {
         queue: &QueueSpec,
         limit: usize,
     ) -> eventing::Result<Vec<Envelope>> {
+        let letters = self.browse_dead_letters(queue, limit).await?;
+        let dialect = self.dialect();
+        Ok(letters
+            .into_iter()
+            .map(|letter| match letter {
+                Inbound::Message(frame) => dialect.envelope_of(frame),
+                Inbound::Rejected(rejected) => {
+                    crate::consumer::unreadable_letter(dialect, rejected)
+                }
+            })
+            .collect())
+    }
+
+    /// Up to `limit` messages of `queue`'s dead-letter queue, oldest first, read
+    /// on a session of their own and left in place: unacknowledged, they return
+    /// to the queue in their order when the session closes.
+    async fn browse_dead_letters(
+        &self,
+        queue: &QueueSpec,
+        limit: usize,
+    ) -> eventing::Result<Vec<Inbound>> {
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -418,11 +480,7 @@ impl Inner {
                 while letters.len() < limit {
                     let idle = BROWSE_IDLE.min(deadline.saturating_duration_since(Instant::now()));
                     match tokio::time::timeout(idle, rx.recv()).await {
-                        Ok(Some(Inbound::Message(frame))) => {
-                            letters.push(self.dialect().envelope_of(frame));
-                        }
-                        Ok(Some(Inbound::Rejected(rejected))) => letters
-                            .push(crate::consumer::unreadable_letter(self.dialect(), rejected)),
+                        Ok(Some(letter)) => letters.push(letter),
                         Ok(None) | Err(_) => break,
                     }
                 }
@@ -432,132 +490,86 @@ impl Inner {
             Err(StompError::Broker(error)) if error.message == "not_found" => Ok(Vec::new()),
             Err(error) => Err(error.into()),
         };
-        // Unacknowledged, they return to the queue in their order.
         conn.close().await;
         letters
     }
 
-    /// Moves up to `limit` dead letters of `queue` back onto `queue` alone: each is
-    /// sent persistently without its dead-letter headers, and acknowledged on the
-    /// dead-letter queue only after the broker's receipt, so a failure part way
-    /// leaves the rest (at worst one duplicate) on the dead-letter queue.
+    /// How many letters `queue`'s dead-letter queue holds; an error if `queue`
+    /// does not exist.
     ///
-    /// Only the letters there when it starts are moved: one that fails again and
-    /// comes back to the dead-letter queue meanwhile stays there.
-    async fn replay_dead_letters(
-        &self,
+    /// On RabbitMQ with `declare=amqp` the queue is declared as `declare` does
+    /// (competing queues), then both are checked with passive declarations over
+    /// AMQP: RabbitMQ confirms a message sent to a queue that does not exist (and
+    /// drops it), so a replay must not start then. Otherwise (`declare=none`,
+    /// Artemis) the letters are counted by browsing them, up to 65535, and the
+    /// queue's existence cannot be checked.
+    async fn dead_letter_depth(&self, queue: &QueueSpec) -> eventing::Result<usize> {
+        if !self.declares() {
+            return Ok(self.browse_dead_letters(queue, usize::MAX).await?.len());
+        }
+        self.declare_all(std::slice::from_ref(queue)).await?;
+        let mut admin = self.admin().await?;
+        let checked = async {
+            let exists = admin.queue_exists(&queue.name).await?;
+            let depth = admin.queue_depth(&queue.dead_letter_queue()).await?;
+            Ok::<_, StompError>((exists, depth))
+        }
+        .await;
+        admin.close().await;
+        let (exists, depth) = checked?;
+        if !exists {
+            return Err(Error::QueueNotFound {
+                queue: queue.name.clone(),
+            });
+        }
+        Ok(depth.map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX)))
+    }
+
+    /// A client-individual subscription to `queue`'s dead-letter queue on a
+    /// session of its own, `prefetch` at a time. No dead-letter queue: a consumer
+    /// that ends at once.
+    async fn take_dead_letters(
+        self: &Arc<Self>,
         queue: &QueueSpec,
-        limit: usize,
-    ) -> eventing::Result<usize> {
-        let mut limit = limit;
-        if self.declares() && limit > 0 {
-            // RabbitMQ confirms a message sent to a queue that does not exist (and
-            // drops it): make sure the queue is there first.
-            self.declare_all(std::slice::from_ref(queue)).await?;
-            let mut admin = self.admin().await?;
-            let checked = async {
-                let exists = admin.queue_exists(&queue.name).await?;
-                let depth = admin.queue_depth(&queue.dead_letter_queue()).await?;
-                Ok::<_, StompError>((exists, depth))
-            }
-            .await;
-            admin.close().await;
-            let (exists, depth) = checked?;
-            if !exists {
-                return Err(Error::State(
-                    "the queue to replay onto does not exist (a per-process queue whose server is not running)",
-                ));
-            }
-            limit = limit.min(depth.map_or(0, |n| n as usize));
-        }
-        if limit == 0 {
-            return Ok(0);
-        }
-        let deadline = Instant::now() + self.send_timeout;
-        let window = u16::try_from(limit).unwrap_or(u16::MAX).min(256);
-        let reader = Connection::open(&self.config, &self.transport, DEAD_LETTER_READER).await?;
-        let id = "replay";
-        let mut rx = reader.subscription(id, usize::from(window) + 16);
-        let frame = self.dialect().dead_letter_take_frame(queue, id, window);
-        let moved = match reader
+        prefetch: u16,
+    ) -> eventing::Result<Box<dyn Consumer>> {
+        let prefetch = prefetch.max(1);
+        let options = Options {
+            role: "dead-letter reader",
+            capacity: 2 * usize::from(prefetch) + 16,
+        };
+        let conn = Connection::open(&self.config, &self.transport, options).await?;
+        let rx = conn.subscription(SUBSCRIPTION_ID, usize::from(prefetch) + 16);
+        let frame = self
+            .dialect()
+            .dead_letter_take_frame(queue, SUBSCRIPTION_ID, prefetch);
+        match conn
             .request(frame, self.send_timeout, "SUBSCRIBE to dead letters")
             .await
         {
-            Ok(()) => {
-                self.replay_from(&reader, &mut rx, queue, limit, deadline)
-                    .await
+            Ok(()) => {}
+            Err(StompError::Broker(error)) if error.message == "not_found" => {
+                conn.close().await;
+                return Ok(Box::new(crate::consumer::Finished));
             }
-            Err(StompError::Broker(error)) if error.message == "not_found" => Ok(0),
-            Err(error) => Err(error.into()),
-        };
-        // Letters received but not acknowledged return to the dead-letter queue.
-        reader.close().await;
-        moved
-    }
-
-    async fn replay_from(
-        &self,
-        reader: &Connection,
-        rx: &mut tokio::sync::mpsc::Receiver<Inbound>,
-        queue: &QueueSpec,
-        limit: usize,
-        deadline: Instant,
-    ) -> eventing::Result<usize> {
-        let mut replayed = HashSet::new();
-        while replayed.len() < limit {
-            let idle = BROWSE_IDLE.min(deadline.saturating_duration_since(Instant::now()));
-            let frame = match tokio::time::timeout(idle, rx.recv()).await {
-                Ok(Some(Inbound::Message(frame))) => frame,
-                Ok(Some(Inbound::Rejected(rejected))) => {
-                    // Not readable whole: it cannot be sent again as it was, so it
-                    // stays on the dead-letter queue (returned when the reader closes).
-                    tracing::warn!(queue = %queue.name, size = rejected.size, "a dead letter this client cannot read whole is left in place");
-                    continue;
-                }
-                Ok(None) | Err(_) => break,
-            };
-            let Some(ack) = frame.get("ack").map(str::to_owned) else {
-                return Err(StompError::Protocol {
-                    reason: "a MESSAGE of a client-individual subscription has no `ack` header"
-                        .into(),
-                }
-                .into());
-            };
-            let mut letter = self.dialect().envelope_of(frame);
-            if replayed.contains(letter.message_id()) {
-                // Replayed by this call, failed again, dead-lettered again: it
-                // stays (unacknowledged, it returns when the reader closes).
-                break;
+            Err(error) => {
+                conn.close().await;
+                return Err(error.into());
             }
-            for name in eventing::header::DEAD_LETTER_HEADERS {
-                letter.headers.remove(name);
-            }
-            let send = self.dialect().replay_frame(queue, &letter);
-            if let Some(reason) = self.dialect().unsendable(&send) {
-                return Err(StompError::Unsendable { reason }.into());
-            }
-            let publisher = self.publisher(deadline).await?;
-            let wait = deadline.saturating_duration_since(Instant::now());
-            publisher
-                .request(
-                    send,
-                    wait,
-                    "waiting for the RECEIPT of a replayed dead letter",
-                )
-                .await
-                .map_err(|error| refused(error, &queue.name, &letter))?;
-            let wait = deadline.saturating_duration_since(Instant::now());
-            reader
-                .request(
-                    Frame::new(Command::Ack).header("id", ack),
-                    wait,
-                    "acknowledging a replayed dead letter",
-                )
-                .await?;
-            replayed.insert(letter.message_id().to_string());
         }
-        tracing::info!(queue = %queue.name, moved = replayed.len(), "replayed dead letters");
-        Ok(replayed.len())
+        {
+            let mut sessions = self.sessions.lock();
+            sessions.retain(|session| !session.is_closed());
+            sessions.push(conn.clone());
+        }
+        tracing::debug!(queue = %queue.name, prefetch, "taking dead letters");
+        Ok(Box::new(StompConsumer::dead_letters(
+            conn,
+            rx,
+            Arc::clone(self),
+            queue.clone(),
+            prefetch,
+        )))
     }
 
     /// Closes the publishing session and every consumer session (their
@@ -596,57 +608,60 @@ impl Provider for StompProvider {
         PROVIDER
     }
 
-    fn declare<'a>(&'a self, queues: &'a [QueueSpec]) -> BoxFuture<'a, eventing::Result<()>> {
-        Box::pin(async move { self.inner.declare_all(queues).await.map_err(Error::from) })
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::NONE.with_dead_letters()
     }
 
-    fn publish<'a>(
-        &'a self,
-        route: Route<'a>,
-        envelope: Envelope,
-    ) -> BoxFuture<'a, eventing::Result<()>> {
-        Box::pin(self.inner.publish(route, envelope))
+    async fn declare(&self, queues: &[QueueSpec]) -> eventing::Result<()> {
+        Ok(self.inner.declare_all(queues).await?)
     }
 
-    fn subscribe<'a>(
-        &'a self,
-        queue: &'a QueueSpec,
+    async fn publish(&self, route: Route<'_>, envelope: Envelope) -> eventing::Result<()> {
+        self.inner.publish(route, envelope).await
+    }
+
+    async fn subscribe(
+        &self,
+        queue: &QueueSpec,
         options: ConsumeOptions,
-    ) -> BoxFuture<'a, eventing::Result<Box<dyn Consumer>>> {
+    ) -> eventing::Result<Box<dyn Consumer>> {
         let span = tracing::debug_span!("subscribe", event = %queue.event, queue = %queue.name);
-        Box::pin(self.inner.subscribe(queue, options).instrument(span))
+        self.inner.subscribe(queue, options).instrument(span).await
     }
 
-    fn dead_letters<'a>(
-        &'a self,
-        queue: &'a QueueSpec,
+    async fn close(&self) -> eventing::Result<()> {
+        self.inner.close().await;
+        Ok(())
+    }
+
+    async fn dead_letters(
+        &self,
+        queue: &QueueSpec,
         limit: usize,
-    ) -> BoxFuture<'a, eventing::Result<Vec<Envelope>>> {
-        Box::pin(self.inner.dead_letters(queue, limit))
+    ) -> eventing::Result<Vec<Envelope>> {
+        self.inner.dead_letters(queue, limit).await
     }
 
-    fn replay_dead_letters<'a>(
-        &'a self,
-        queue: &'a QueueSpec,
-        limit: usize,
-    ) -> BoxFuture<'a, eventing::Result<usize>> {
-        Box::pin(self.inner.replay_dead_letters(queue, limit))
+    async fn dead_letter_depth(&self, queue: &QueueSpec) -> eventing::Result<usize> {
+        self.inner.dead_letter_depth(queue).await
     }
 
-    fn close(&self) -> BoxFuture<'_, eventing::Result<()>> {
-        Box::pin(async move {
-            self.inner.close().await;
-            Ok(())
-        })
+    async fn take_dead_letters(
+        &self,
+        queue: &QueueSpec,
+        prefetch: u16,
+    ) -> eventing::Result<Box<dyn Consumer>> {
+        self.inner.take_dead_letters(queue, prefetch).await
+    }
+
+    async fn send_to_queue(&self, queue: &QueueSpec, envelope: Envelope) -> eventing::Result<()> {
+        self.inner.send_to_queue(queue, &envelope).await
     }
 }
 
 /// The factory registered for `stomp://` and `stomps://`.
 fn connect(config: ProviderConfig) -> eventing::ConnectFuture {
-    Box::pin(async move {
-        let provider = StompProvider::connect(config).await?;
-        Ok(Arc::new(provider) as Arc<dyn Provider>)
-    })
+    Box::pin(async move { Ok(StompProvider::connect(config).await?.into_dyn()) })
 }
 
 eventing::register_provider!(["stomp", "stomps"], connect);

@@ -107,11 +107,7 @@ async fn serve(pki: &Pki) -> (u16, Arc<Mutex<Vec<Frame>>>) {
 }
 
 fn provider_config(url: String) -> ProviderConfig {
-    ProviderConfig {
-        url,
-        server_name: "tls-test".into(),
-        send_timeout: Duration::from_secs(5),
-    }
+    ProviderConfig::new(url, "tls-test", Duration::from_secs(5))
 }
 
 #[tokio::test]
@@ -137,10 +133,7 @@ async fn stomps_with_a_trusted_ca() {
         eventing::JSON,
         Bytes::from_static(b"{\"n\":1}"),
     );
-    let route = Route {
-        address: "tls.Event",
-        durable: true,
-    };
+    let route = Route::new("tls.Event", true);
     provider
         .publish(route, envelope.clone())
         .await
