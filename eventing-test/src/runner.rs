@@ -5,26 +5,35 @@
 //! attribute: the runtime is built here, multi-threaded with two workers.
 
 use std::future::Future;
+#[cfg(feature = "suites")]
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+#[cfg(feature = "suites")]
 use std::time::Duration;
 
+#[cfg(feature = "suites")]
 use crate::faults::{Ctx, block_on, serial};
+#[cfg(feature = "suites")]
 use crate::harness::{Harness, TestEnv};
 
 /// How long one behaviour test may run.
+#[cfg(feature = "suites")]
 pub(crate) const SUITE_LIMIT: Duration = Duration::from_secs(60);
 
 /// How long one features test may run, and then its cleanup.
+#[cfg(feature = "suites")]
 pub(crate) const FEATURES_LIMIT: Duration = Duration::from_secs(60);
 
 /// Held shared by every behaviour and features test of the kit, exclusively by
 /// each fault test (which restarts and loads the broker).
+#[cfg(feature = "suites")]
 static KIT: RwLock<()> = RwLock::new(());
 
+#[cfg(feature = "suites")]
 pub(crate) fn shared() -> RwLockReadGuard<'static, ()> {
     KIT.read().unwrap_or_else(PoisonError::into_inner)
 }
 
+#[cfg(feature = "suites")]
 pub(crate) fn exclusive() -> RwLockWriteGuard<'static, ()> {
     KIT.write().unwrap_or_else(PoisonError::into_inner)
 }
@@ -53,6 +62,7 @@ pub fn run<F: Future>(future: F) -> F::Output {
 
 /// One behaviour test of [`suite`](crate::suite): `case` on the harness `make`
 /// returns (called inside the runtime), bounded to 60 s.
+#[cfg(feature = "suites")]
 pub fn suite_case<H: Harness>(
     case: &'static str,
     make: impl FnOnce() -> H,
@@ -74,6 +84,7 @@ pub fn suite_case<H: Harness>(
 /// [`TestEnv`], bounded to 60 s, then the environment's managers shut down and its
 /// queues removed from the broker whether it passed, failed or timed out (bounded
 /// too), then its failure re-raised.
+#[cfg(feature = "suites")]
 pub fn features_case<H: Harness>(
     case: &'static str,
     make: impl FnOnce() -> H,
@@ -94,6 +105,7 @@ pub fn features_case<H: Harness>(
 /// One fault test of [`faults`](crate::faults): one at a time ([`serial`]), on its
 /// own runtime, bounded ([`block_on`]); `module_path` is `module_path!()` where the
 /// tests were generated (it names the `fault_child` test to run as a child).
+#[cfg(feature = "suites")]
 pub fn fault_case<H: Harness>(
     case: &'static str,
     module_path: &'static str,
@@ -110,6 +122,7 @@ pub fn fault_case<H: Harness>(
 
 /// The `fault_child` test: the consumer a killed-consumer test runs in a child
 /// process and kills; does nothing when the test binary runs normally.
+#[cfg(feature = "suites")]
 pub fn fault_child() {
     crate::faults::child_main();
 }
