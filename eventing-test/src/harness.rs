@@ -33,6 +33,14 @@ pub trait Harness: Send + Sync + 'static {
     fn restart_broker(&self) -> BoxFuture<'_, bool> {
         Box::pin(async { false })
     }
+
+    /// True if the broker lives in the test's own process (an in-memory provider):
+    /// the fault tests then stand in for a killed consumer process by dropping its
+    /// manager, and size the backlog to what the process holds beside the test.
+    /// False by default (a broker reached over the network).
+    fn in_process(&self) -> bool {
+        false
+    }
 }
 
 /// The in-process provider: one broker per test, named after the test's env.
@@ -42,6 +50,10 @@ pub struct MemoryHarness;
 impl Harness for MemoryHarness {
     fn name(&self) -> &'static str {
         "memory"
+    }
+
+    fn in_process(&self) -> bool {
+        true
     }
 
     fn url(&self, env: &str) -> String {

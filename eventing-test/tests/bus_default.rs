@@ -1,5 +1,5 @@
 //! `TestBus::start()` runs every registered listener, as a manager does by default:
-//! with the kit's suites linked (the default `suites` feature) that cannot work, and
+//! with the kit's suites linked (the `suites` feature) that cannot work, and
 //! the error says what to do instead.
 
 use std::time::Duration;

@@ -107,7 +107,7 @@ macro_rules! check {
 /// True if the harness's broker lives in this process (`memory://`): no other
 /// process can reach it.
 fn in_process(env: &TestEnv<'_>) -> bool {
-    env.harness.url(&env.env).starts_with("memory://")
+    env.harness.in_process()
 }
 
 fn healthy(id: u64) -> Outgoing {
