@@ -11,9 +11,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
+use eventing::codec::Codec;
+use eventing::memory::MemoryProvider;
+use eventing::pipeline::{Call, EnvelopePipeline};
+use eventing::topology::QueueSpec;
 use eventing::{
-    BoxError, Call, Codec, Envelope, EnvelopePipeline, Event, EventDescriptor, EventManager,
-    EventManagerBuilder, ListenerDescriptor, MemoryProvider, QueueSpec, header,
+    BoxError, Envelope, Event, EventDescriptor, EventManager, EventManagerBuilder,
+    ListenerDescriptor, header,
 };
 use tokio::sync::Notify;
 use tokio::time::Instant;

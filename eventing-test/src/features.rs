@@ -10,11 +10,15 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use eventing::codec::Codec;
+use eventing::eventlog::{
+    CALL_CHAIN, CALL_ID, EVENT_TYPE, EventLogConfig, EventLogEntry, EventLogPipeline, SERVICE,
+};
+use eventing::provider::Route;
+use eventing::trace::{TRACEPARENT, TraceContext, TraceContextPipeline};
 use eventing::{
-    CALL_CHAIN, CALL_ID, Codec, Context, EVENT_TYPE, Envelope, Event, EventListener,
-    EventLogConfig, EventLogEntry, EventLogPipeline, EventManager, ListenerOptions, ListenerResult,
-    RetryPolicy, Route, SERVICE, TRACEPARENT, TraceContext, TraceContextPipeline, event,
-    event_listener, header,
+    Context, Envelope, Event, EventListener, EventManager, ListenerOptions, ListenerResult,
+    RetryPolicy, event, event_listener, header,
 };
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt as _, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
@@ -337,22 +341,22 @@ pub async fn versioned_events(env: &mut TestEnv<'_>) {
     let body = b"{\"cents\":1}";
     publish_raw::<Priced>(
         &manager,
-        eventing::JSON,
+        eventing::codec::JSON,
         body,
         &[(header::EVENT_VERSION, "1.9.3")],
     )
     .await;
     publish_raw::<Priced>(
         &manager,
-        eventing::JSON,
+        eventing::codec::JSON,
         body,
         &[(header::EVENT_VERSION, "2.1.0")],
     )
     .await;
-    publish_raw::<Priced>(&manager, eventing::JSON, body, &[]).await;
+    publish_raw::<Priced>(&manager, eventing::codec::JSON, body, &[]).await;
     publish_raw::<Priced>(
         &manager,
-        eventing::JSON,
+        eventing::codec::JSON,
         body,
         &[(header::EVENT_VERSION, "two")],
     )
@@ -601,7 +605,7 @@ impl EventListener<Hop> for Hopper {
             hop.n,
             ctx.message_id().to_string(),
             ctx.header(TRACEPARENT).unwrap_or("").to_string(),
-            eventing::current_trace(),
+            eventing::trace::current_trace(),
             span,
         ));
         if hop.n > 0 {
@@ -635,7 +639,7 @@ pub async fn trace_context_chain(env: &mut TestEnv<'_>) {
     let harness = env.harness;
     let (manager, seen) = start_hopper(env).await;
     let root = TraceContext::new_root();
-    eventing::with_trace(root, manager.send_event(&Hop { n: 2 }))
+    eventing::trace::with_trace(root, manager.send_event(&Hop { n: 2 }))
         .await
         .expect("send");
     let got = seen.wait_for(3, WAIT).await;
@@ -824,7 +828,7 @@ pub async fn codecs(env: &mut TestEnv<'_>) {
     manager.send_event(&plain).await.expect("send cbor");
     publish_raw::<Plain>(
         &manager,
-        eventing::JSON,
+        eventing::codec::JSON,
         b"{\"items\":[3],\"bytes\":[0]}",
         &[],
     )
@@ -836,12 +840,12 @@ pub async fn codecs(env: &mut TestEnv<'_>) {
     assert_eq!(
         got,
         vec![
-            (eventing::CBOR.to_string(), format!("{plain:?}")),
+            (eventing::codec::CBOR.to_string(), format!("{plain:?}")),
             (
-                eventing::JSON.to_string(),
+                eventing::codec::JSON.to_string(),
                 "Plain { items: [3], bytes: [0] }".to_string()
             ),
-            (eventing::MSGPACK.to_string(), format!("{packed:?}")),
+            (eventing::codec::MSGPACK.to_string(), format!("{packed:?}")),
         ],
         "{}: bodies and content types cross the broker",
         harness.name()

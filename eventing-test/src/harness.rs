@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use eventing::{
-    EventManager, EventManagerBuilder, ListenerOptions, MemoryProvider, QueueSpec, RetryPolicy,
-};
+use eventing::memory::MemoryProvider;
+use eventing::topology::QueueSpec;
+use eventing::{EventManager, EventManagerBuilder, ListenerOptions, RetryPolicy};
 use futures_util::future::BoxFuture;
 
 /// A provider under test.

@@ -6,10 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use eventing::pipeline::{EnvelopePipeline, SessionPipeline};
+use eventing::provider::Route;
 use eventing::{
-    BoxError, Context, Envelope, EnvelopePipeline, Event, EventDescriptor, EventListener,
-    EventManager, ListenerDescriptor, ListenerResult, Route, SessionPipeline, event,
-    event_listener, header,
+    BoxError, Context, Envelope, Event, EventDescriptor, EventListener, EventManager,
+    ListenerDescriptor, ListenerResult, event, event_listener, header,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -23,7 +24,7 @@ pub struct Seen<T> {
     pub event: T,
     /// Its headers as the listener got them.
     pub headers: HashMap<String, String>,
-    /// `eventing::current_session()` inside `on`.
+    /// `eventing::pipeline::current_session()` inside `on`.
     pub session: Option<String>,
     /// The server that handled it.
     pub server: String,
@@ -53,7 +54,7 @@ impl<T: Clone> Recorder<T> {
         self.seen.lock().expect("recorder lock").push(Seen {
             event,
             headers,
-            session: eventing::current_session(),
+            session: eventing::pipeline::current_session(),
             server: server.to_string(),
         });
         self.changed.notify_waiters();
@@ -260,7 +261,7 @@ pub async fn headers_and_session(harness: &dyn Harness) {
                 }),
         )
         .await;
-    eventing::with_session("session-42", async {
+    eventing::pipeline::with_session("session-42", async {
         let ping = Ping {
             n: 1,
             text: "x".into(),
@@ -703,7 +704,7 @@ pub async fn send_raw<E: Event>(
     event_header: Option<&str>,
 ) {
     let address = manager.address_of(E::descriptor()).expect("address");
-    let mut envelope = Envelope::new(&address, eventing::JSON, Bytes::from_static(body));
+    let mut envelope = Envelope::new(&address, eventing::codec::JSON, Bytes::from_static(body));
     if let Some(event) = event_header {
         envelope.headers.insert(header::EVENT, event);
     }

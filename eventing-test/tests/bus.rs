@@ -4,9 +4,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use eventing::provider::Route;
 use eventing::{
     Context, Envelope, Event, EventListener, EventManager, ListenerOptions, ListenerResult,
-    RetryPolicy, Route, event, event_listener, header,
+    RetryPolicy, event, event_listener, header,
 };
 use eventing_test::bus::Record;
 use eventing_test::{TestBus, TestError};
@@ -195,7 +196,11 @@ async fn a_panic_and_an_undecodable_body_are_failures_with_their_reason() -> Res
     // A body that is not a `Greeted`, straight through the provider.
     let manager = bus.manager();
     let address = manager.address_of(Greeted::descriptor())?;
-    let envelope = Envelope::new(&address, eventing::JSON, Bytes::from_static(b"{\"nom\":1}"));
+    let envelope = Envelope::new(
+        &address,
+        eventing::codec::JSON,
+        Bytes::from_static(b"{\"nom\":1}"),
+    );
     manager
         .provider()
         .publish(Route::new(&address, false), envelope)

@@ -19,9 +19,10 @@ use std::time::{Duration, Instant};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use eventing::memory::MemoryProvider;
+use eventing::pipeline::SessionPipeline;
 use eventing::{
-    Context, EventListener, EventManager, ListenerOptions, ListenerResult, MemoryProvider,
-    SessionPipeline, event, event_listener,
+    Context, EventListener, EventManager, ListenerOptions, ListenerResult, event, event_listener,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc};

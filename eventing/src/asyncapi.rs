@@ -127,7 +127,7 @@ pub fn document(manager: &EventManager, title: &str, version: &str) -> Result<Va
     Ok(json!({
         "asyncapi": "3.0.0",
         "info": {"title": title, "version": version, "description": format!("server {}", topology.server)},
-        "defaultContentType": crate::JSON,
+        "defaultContentType": crate::codec::JSON,
         "channels": channels,
         "operations": operations,
         "components": {"messages": messages},

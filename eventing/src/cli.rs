@@ -259,7 +259,7 @@ async fn run(args: Args) -> Result<String> {
             let json = required(&args, "json")?;
             serde_json::from_str::<serde_json::Value>(json).map_err(|e| Error::Decode {
                 event: name.to_string(),
-                content_type: crate::JSON.to_string(),
+                content_type: crate::codec::JSON.to_string(),
                 reason: e.to_string(),
             })?;
             let event = registry::events()
@@ -270,7 +270,8 @@ async fn run(args: Args) -> Result<String> {
                 })?;
             let manager = builder(&args).build().await?;
             let address = manager.address_of(event)?;
-            let envelope = Envelope::new(&address, crate::JSON, Bytes::from(json.to_string()));
+            let envelope =
+                Envelope::new(&address, crate::codec::JSON, Bytes::from(json.to_string()));
             let id = envelope.message_id().to_string();
             let route = Route::new(&address, event.durable());
             manager.provider().publish(route, envelope).await?;

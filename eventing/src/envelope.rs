@@ -9,6 +9,8 @@ use smallvec::SmallVec;
 
 /// Names of the standard headers every envelope carries, and of the ones the runtime adds.
 pub mod header {
+    pub use super::{new_message_id, now_rfc3339};
+
     /// A unique id per message.
     pub const MESSAGE_ID: &str = "message-id";
     /// The event name (its address).
@@ -19,7 +21,7 @@ pub mod header {
     pub const CONTENT_TYPE: &str = "content-type";
     /// The event's schema version (`#[event(version = "1.2")]`), as `1.2.0`.
     pub const EVENT_VERSION: &str = "event-version";
-    /// The session of the sending task (set by [`SessionPipeline`](crate::SessionPipeline)).
+    /// The session of the sending task (set by [`SessionPipeline`](crate::pipeline::SessionPipeline)).
     pub const SESSION_ID: &str = "session-id";
     /// Why a message was dead-lettered.
     pub const DEAD_LETTER_REASON: &str = "x-dead-letter-reason";

@@ -52,8 +52,8 @@ impl EventDescriptor {
     }
 
     /// The codec chosen with `#[event(codec = "...")]`, if any (else the manager's).
-    pub fn codec(&self) -> Option<crate::Codec> {
-        self.codec.and_then(crate::Codec::from_name)
+    pub fn codec(&self) -> Option<crate::codec::Codec> {
+        self.codec.and_then(crate::codec::Codec::from_name)
     }
 
     /// The schema version (`#[event(version = "1.2")]`, normalized to `1.2.0`),

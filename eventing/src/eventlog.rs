@@ -10,7 +10,8 @@
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> eventing::Result<()> {
-//! use eventing::{EventLogConfig, EventLogPipeline, EventManager};
+//! use eventing::EventManager;
+//! use eventing::eventlog::{EventLogConfig, EventLogPipeline};
 //! let config = EventLogConfig { service: "billing".into(), auto_capture: true, ..Default::default() };
 //! let manager = EventManager::builder()
 //!     .var("eventlog", "audit.eventlog")
@@ -129,7 +130,11 @@ impl EnvelopePipeline for EventLogPipeline {
     }
 
     fn send(&self, envelope: &mut Envelope, event: &EventDescriptor) -> Result<(), BoxError> {
-        let call_id = format!("{}.{}", self.config.service, crate::new_message_id());
+        let call_id = format!(
+            "{}.{}",
+            self.config.service,
+            crate::header::new_message_id()
+        );
         let mut chain = current_call_chain();
         chain.push(call_id.clone());
         let headers = &mut envelope.headers;
@@ -176,7 +181,7 @@ impl EnvelopePipeline for EventLogPipeline {
                 None => "ok".to_string(),
                 Some(error) => format!("failed: {error}"),
             };
-            entry.timestamp = crate::now_rfc3339();
+            entry.timestamp = crate::header::now_rfc3339();
             if let Some(manager) = manager.and_then(|m| m.upgrade()) {
                 if let Err(error) = manager.send_event(&entry).await {
                     tracing::warn!(%error, "could not send an event-log entry");

@@ -1,23 +1,33 @@
 #![doc = include_str!("docs/crate.md")]
 
+//! # Layout
+//!
+//! The crate root holds what an application writes daily: the [`event`] and
+//! [`event_listener`] macros, [`Event`], [`EventListener`], [`Context`],
+//! [`EventManager`] and its builder, [`Envelope`], [`Error`] and [`Result`]. The rest
+//! lives in named modules: [`provider`] (the transport contract), [`memory`] (the
+//! in-process provider), [`pipeline`], [`header`], [`trace`], [`eventlog`],
+//! [`topology`], [`codec`], [`manager`] (health and statistics), [`backoff`],
+//! [`registry`], [`metrics`], [`asyncapi`] and, with the `cli` feature, [`cli`].
+
 pub mod asyncapi;
 pub mod backoff;
 #[cfg(feature = "cli")]
 pub mod cli;
-mod codec;
+pub mod codec;
 mod envelope;
 mod error;
 mod event;
-mod eventlog;
+pub mod eventlog;
 mod listener;
-mod manager;
-mod memory;
+pub mod manager;
+pub mod memory;
 pub mod metrics;
-mod pipeline;
+pub mod pipeline;
 pub mod provider;
 pub mod registry;
-mod topology;
-mod trace;
+pub mod topology;
+pub mod trace;
 
 #[doc(hidden)]
 pub mod __private;
@@ -25,28 +35,18 @@ pub mod __private;
 pub use eventing_macros::{event, event_listener};
 pub use futures_util::future::BoxFuture;
 
-pub use codec::{CBOR, Codec, JSON, MSGPACK};
-pub use envelope::{Envelope, Headers, header, new_message_id, now_rfc3339};
+pub use envelope::{Envelope, Headers, header};
 pub use error::{BoxError, Error, Result, redact_url};
 pub use event::{Event, EventDescriptor};
-pub use eventlog::{
-    CALL_CHAIN, CALL_ID, EVENT_TYPE, EventLogConfig, EventLogEntry, EventLogPipeline, SERVICE,
-    current_call_chain,
-};
 pub use listener::{Context, EventListener, ListenerDescriptor, ListenerResult};
-pub use manager::{
-    EventManager, EventManagerBuilder, Health, ListenerHealth, ListenerOptions, ListenerState,
-    RetryPolicy, Stats, URL_VARIABLE, WeakManager,
-};
-pub use memory::{DEFAULT_MAX_QUEUE_LEN, MemoryProvider};
-pub use pipeline::{
-    Call, EnvelopePipeline, Outcome, SessionPipeline, current_session, with_session,
-};
+pub use manager::{EventManager, EventManagerBuilder, ListenerOptions, RetryPolicy};
+
+// Transitional: the provider crates move to the module paths in the next commit.
+#[doc(hidden)]
+pub use codec::JSON;
+#[doc(hidden)]
 pub use provider::{
-    Acker, Capabilities, ConnectFuture, ConsumeOptions, Consumer, Delivery, DynProvider, Provider,
-    ProviderConfig, ProviderFactory, Route, connect,
+    Acker, ConnectFuture, ConsumeOptions, Consumer, Delivery, Provider, ProviderConfig, Route,
 };
-pub use topology::{EventInfo, QueueSpec, SINGLETON, Topology, queue_name};
-pub use trace::{
-    TRACEPARENT, TRACESTATE, TraceContext, TraceContextPipeline, current_trace, with_trace,
-};
+#[doc(hidden)]
+pub use topology::QueueSpec;

@@ -32,7 +32,8 @@ use crate::topology::QueueSpec;
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> eventing::Result<()> {
-/// use eventing::{EventManager, MemoryProvider};
+/// use eventing::EventManager;
+/// use eventing::memory::MemoryProvider;
 /// let broker = MemoryProvider::new();
 /// let server_a = EventManager::builder().provider(broker.clone()).server_name("a").build().await?;
 /// let server_b = EventManager::builder().provider(broker.clone()).server_name("b").build().await?;

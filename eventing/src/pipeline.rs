@@ -43,7 +43,8 @@ pub type Call = BoxFuture<'static, Outcome>;
 /// the error as the reason.
 ///
 /// ```
-/// use eventing::{Envelope, EnvelopePipeline, EventDescriptor, ListenerDescriptor, BoxError};
+/// use eventing::{Envelope, EventDescriptor, ListenerDescriptor, BoxError};
+/// use eventing::pipeline::EnvelopePipeline;
 ///
 /// /// Stamps the sending service on every event and insists on it when receiving.
 /// struct Origin(&'static str);
@@ -85,7 +86,7 @@ pub trait EnvelopePipeline: Send + Sync + 'static {
 
     /// Called once when the manager is built, with a handle the pipeline may use to
     /// send events of its own (held weakly, so it does not keep the manager alive).
-    fn attached(&self, manager: crate::WeakManager) {
+    fn attached(&self, manager: crate::manager::WeakManager) {
         let _ = manager;
     }
 
@@ -110,9 +111,9 @@ pub fn current_session() -> Option<String> {
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let seen = eventing::with_session("s-42", async { eventing::current_session() }).await;
+/// let seen = eventing::pipeline::with_session("s-42", async { eventing::pipeline::current_session() }).await;
 /// assert_eq!(seen.as_deref(), Some("s-42"));
-/// assert_eq!(eventing::current_session(), None);
+/// assert_eq!(eventing::pipeline::current_session(), None);
 /// # }
 /// ```
 pub async fn with_session<F: Future>(session: impl Into<String>, future: F) -> F::Output {

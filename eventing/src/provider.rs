@@ -435,7 +435,7 @@ inventory::collect!(ProviderFactory);
 ///
 /// ```
 /// use eventing::provider::{ConnectFuture, DynProvider, ProviderConfig};
-/// use eventing::MemoryProvider;
+/// use eventing::memory::MemoryProvider;
 ///
 /// fn connect(_: ProviderConfig) -> ConnectFuture {
 ///     Box::pin(async { Ok(std::sync::Arc::new(MemoryProvider::new()) as std::sync::Arc<dyn DynProvider>) })

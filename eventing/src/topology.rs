@@ -62,8 +62,8 @@ pub const SINGLETON: &str = "singleton";
 /// `<event>::<listener>-<server>` when `server` is given (per-process listeners).
 ///
 /// ```
-/// assert_eq!(eventing::queue_name("HelloEvent", "HelloListener", None), "HelloEvent::HelloListener");
-/// assert_eq!(eventing::queue_name("HelloEvent", "Cache", Some("web-1")), "HelloEvent::Cache-web-1");
+/// assert_eq!(eventing::topology::queue_name("HelloEvent", "HelloListener", None), "HelloEvent::HelloListener");
+/// assert_eq!(eventing::topology::queue_name("HelloEvent", "Cache", Some("web-1")), "HelloEvent::Cache-web-1");
 /// ```
 pub fn queue_name(event: &str, listener: &str, server: Option<&str>) -> String {
     match server {

@@ -9,7 +9,7 @@
 //! injects the OpenTelemetry context of the current `tracing` span (through a
 //! `tracing-opentelemetry` layer) as `traceparent` and `tracestate`, and the
 //! runtime makes each listener's `handle` span a child of the span that sent the
-//! event ([`adopt_remote_parent`], called before the span is first entered: the
+//! event (`adopt_remote_parent`, called before the span is first entered: the
 //! layer starts the OpenTelemetry span on entry, after which its parent is fixed,
 //! so this cannot happen in [`EnvelopePipeline::around`]).
 
@@ -153,7 +153,7 @@ pub async fn with_trace<F: Future>(trace: TraceContext, future: F) -> F::Output 
 ///     .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("shop")));
 /// tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
 ///
-/// let builder = eventing::EventManager::builder().pipeline(eventing::TraceContextPipeline);
+/// let builder = eventing::EventManager::builder().pipeline(eventing::trace::TraceContextPipeline);
 /// # drop(builder); }
 /// ```
 #[derive(Clone, Copy, Debug, Default)]
@@ -261,7 +261,7 @@ mod otel {
         /// let mut envelope = eventing::Envelope::default();
         /// envelope.headers.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         /// envelope.headers.insert("tracestate", "shop=a1");
-        /// let cx = eventing::TraceContextPipeline::extract(&envelope).expect("a parent");
+        /// let cx = eventing::trace::TraceContextPipeline::extract(&envelope).expect("a parent");
         /// let parent = cx.span().span_context().clone();
         /// assert_eq!(parent.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
         /// assert!(parent.is_remote() && parent.is_sampled());

@@ -1,9 +1,8 @@
 //! The AsyncAPI document: generated from the registry, parsed back and checked.
 #![cfg(feature = "asyncapi")]
 
-use eventing::{
-    Context, EventListener, EventManager, ListenerResult, MemoryProvider, event, event_listener,
-};
+use eventing::memory::MemoryProvider;
+use eventing::{Context, EventListener, EventManager, ListenerResult, event, event_listener};
 use serde::{Deserialize, Serialize};
 
 /// An order.

@@ -7,9 +7,12 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
+use eventing::codec::Codec;
+use eventing::memory::MemoryProvider;
+use eventing::provider::Route;
 use eventing::{
-    Codec, Context, Envelope, Event, EventListener, EventManager, ListenerResult, MemoryProvider,
-    Route, event, event_listener, header,
+    Context, Envelope, Event, EventListener, EventManager, ListenerResult, event, event_listener,
+    header,
 };
 use serde::{Deserialize, Serialize};
 
@@ -90,7 +93,7 @@ async fn bodies_travel_in_the_chosen_codec() {
     // A JSON body still reads: the receiver goes by content-type.
     let json = Envelope::new(
         "Plain",
-        eventing::JSON,
+        eventing::codec::JSON,
         Bytes::from_static(b"{\"items\":[3]}"),
     );
     let route = Route::new("Plain", false);

@@ -1,6 +1,7 @@
 //! Two event types with one name in one binary: `start()` names both.
 
-use eventing::{Error, EventManager, MemoryProvider, event};
+use eventing::memory::MemoryProvider;
+use eventing::{Error, EventManager, event};
 use serde::{Deserialize, Serialize};
 
 mod billing {

@@ -3,10 +3,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use eventing::{
-    CALL_CHAIN, CALL_ID, Context, EVENT_TYPE, EventListener, EventLogConfig, EventLogEntry,
-    EventLogPipeline, EventManager, ListenerResult, MemoryProvider, SERVICE, event, event_listener,
+use eventing::eventlog::{
+    CALL_CHAIN, CALL_ID, EVENT_TYPE, EventLogConfig, EventLogEntry, EventLogPipeline, SERVICE,
 };
+use eventing::memory::MemoryProvider;
+use eventing::{Context, EventListener, EventManager, ListenerResult, event, event_listener};
 use serde::{Deserialize, Serialize};
 
 /// A chain step.

@@ -5,9 +5,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use eventing::memory::MemoryProvider;
+use eventing::provider::Route;
 use eventing::{
-    Context, Envelope, Event, EventListener, EventManager, ListenerResult, MemoryProvider, Route,
-    event, event_listener, header,
+    Context, Envelope, Event, EventListener, EventManager, ListenerResult, event, event_listener,
+    header,
 };
 use serde::{Deserialize, Serialize};
 
@@ -92,7 +94,7 @@ async fn out_of_range_versions_are_dead_lettered_not_handled() {
     for version in [Some("2.1.0"), None, Some("two")] {
         let mut envelope = Envelope::new(
             "Priced",
-            eventing::JSON,
+            eventing::codec::JSON,
             Bytes::from_static(b"{\"cents\":1}"),
         );
         if let Some(version) = version {
@@ -203,7 +205,7 @@ pub struct Hop {
 }
 
 /// What each hop saw: its `traceparent` header and the current trace in `on`.
-type Hops = Arc<std::sync::Mutex<Vec<(String, Option<eventing::TraceContext>)>>>;
+type Hops = Arc<std::sync::Mutex<Vec<(String, Option<eventing::trace::TraceContext>)>>>;
 
 /// Records `(traceparent header, current trace)` and forwards the chain.
 #[event_listener(Hop, name = "Hopper")]
@@ -214,11 +216,14 @@ pub struct Hopper {
 
 impl EventListener<Hop> for Hopper {
     async fn on(&self, hop: Hop, ctx: &Context) -> ListenerResult {
-        let header = ctx.header(eventing::TRACEPARENT).unwrap_or("").to_string();
+        let header = ctx
+            .header(eventing::trace::TRACEPARENT)
+            .unwrap_or("")
+            .to_string();
         self.seen
             .lock()
             .map_err(|_| "poisoned")?
-            .push((header, eventing::current_trace()));
+            .push((header, eventing::trace::current_trace()));
         if hop.n > 0 {
             if let Some(manager) = self.manager.get() {
                 manager.send_event(&Hop { n: hop.n - 1 }).await?;
@@ -234,7 +239,7 @@ async fn trace_context_follows_a_chain_of_events() {
     let cell = Arc::new(tokio::sync::OnceCell::new());
     let manager = EventManager::builder()
         .provider(MemoryProvider::new())
-        .pipeline(eventing::TraceContextPipeline)
+        .pipeline(eventing::trace::TraceContextPipeline)
         .only_bound_listeners()
         .listener(Hopper {
             seen: Arc::clone(&seen),
@@ -245,15 +250,15 @@ async fn trace_context_follows_a_chain_of_events() {
         .expect("build");
     cell.set(manager.clone()).ok();
     manager.start().await.expect("start");
-    let root = eventing::TraceContext::new_root();
-    eventing::with_trace(root, manager.send_event(&Hop { n: 2 }))
+    let root = eventing::trace::TraceContext::new_root();
+    eventing::trace::with_trace(root, manager.send_event(&Hop { n: 2 }))
         .await
         .expect("send");
     assert!(eventually(|| seen.lock().map(|s| s.len()).unwrap_or(0) == 3).await);
     let seen = seen.lock().expect("lock").clone();
     let mut span_ids = Vec::new();
     for (header, current) in &seen {
-        let parsed = eventing::TraceContext::parse(header).expect("valid traceparent");
+        let parsed = eventing::trace::TraceContext::parse(header).expect("valid traceparent");
         assert_eq!(
             parsed.trace_id(),
             root.trace_id(),

@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use eventing::memory::MemoryProvider;
 use eventing::{
-    Context, Error, EventListener, EventManager, ListenerOptions, ListenerResult, MemoryProvider,
-    RetryPolicy, event, event_listener,
+    Context, Error, EventListener, EventManager, ListenerOptions, ListenerResult, RetryPolicy,
+    event, event_listener,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
@@ -429,8 +430,9 @@ async fn listeners_resubscribe_after_an_outage_and_sends_time_out_during_it() {
 
     broker.set_available(false);
     assert!(
-        eventually(|| manager.health().listeners[0].state == eventing::ListenerState::Reconnecting)
-            .await,
+        eventually(|| manager.health().listeners[0].state
+            == eventing::manager::ListenerState::Reconnecting)
+        .await,
         "{:?}",
         manager.health()
     );

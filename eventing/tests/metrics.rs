@@ -3,9 +3,8 @@
 
 use std::time::Duration;
 
-use eventing::{
-    Context, EventListener, EventManager, ListenerResult, MemoryProvider, event, event_listener,
-};
+use eventing::memory::MemoryProvider;
+use eventing::{Context, EventListener, EventManager, ListenerResult, event, event_listener};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use serde::{Deserialize, Serialize};
 

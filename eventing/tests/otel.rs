@@ -7,9 +7,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use eventing::memory::MemoryProvider;
+use eventing::trace::{TRACEPARENT, TRACESTATE, TraceContextPipeline};
 use eventing::{
-    Context, Envelope, EventListener, EventManager, ListenerResult, MemoryProvider, TRACEPARENT,
-    TRACESTATE, TraceContextPipeline, event, event_listener,
+    Context, Envelope, EventListener, EventManager, ListenerResult, event, event_listener,
 };
 use opentelemetry::propagation::TextMapPropagator as _;
 use opentelemetry::trace::{

@@ -1,7 +1,7 @@
 //! The reference provider: the template a new transport copies.
 //!
 //! It is a plain broker in memory, written for reading rather than speed (one lock
-//! for the whole broker; the tuned in-process broker is `eventing::MemoryProvider`).
+//! for the whole broker; the tuned in-process broker is `eventing::memory::MemoryProvider`).
 //! What it shows is the shape every provider has:
 //!
 //! - [`Provider`] is a handful of `async fn`s: `declare` the queues of a topology,
@@ -37,7 +37,8 @@ use eventing::provider::{
     Acker, Capabilities, ConnectFuture, ConsumeOptions, Consumer, Delivery, Provider,
     ProviderConfig, Route,
 };
-use eventing::{BoxFuture, Envelope, Error, QueueSpec, Result};
+use eventing::topology::QueueSpec;
+use eventing::{BoxFuture, Envelope, Error, Result};
 use futures_util::Stream;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc};

@@ -12,9 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use eventing::{
-    Context, EventListener, EventManager, ListenerResult, SessionPipeline, event, event_listener,
-};
+use eventing::pipeline::SessionPipeline;
+use eventing::{Context, EventListener, EventManager, ListenerResult, event, event_listener};
 use serde::{Deserialize, Serialize};
 
 // Link the broker providers the build enables; their schemes register themselves.
@@ -39,7 +38,7 @@ impl EventListener<HelloEvent> for HelloListener {
         println!(
             "HelloListener got {event:?} (message-id {}, session {})",
             ctx.message_id(),
-            eventing::current_session().unwrap_or_default()
+            eventing::pipeline::current_session().unwrap_or_default()
         );
         Ok(())
     }
@@ -80,7 +79,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     print!("{}", manager.topology()?);
     manager.start().await?;
 
-    eventing::with_session("session-1", async {
+    eventing::pipeline::with_session("session-1", async {
         manager
             .send_event(&HelloEvent {
                 world: "world".into(),

@@ -17,10 +17,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use eventing::eventlog::{CALL_CHAIN, EventLogConfig, EventLogEntry, EventLogPipeline};
+use eventing::trace::{TraceContextPipeline, current_trace};
 use eventing::{
-    CALL_CHAIN, Context, EventListener, EventLogConfig, EventLogEntry, EventLogPipeline,
-    EventManager, ListenerResult, TraceContextPipeline, current_trace, event, event_listener,
-    header,
+    Context, EventListener, EventManager, ListenerResult, event, event_listener, header,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use eventing::QueueSpec;
+use eventing::topology::QueueSpec;
 use futures_util::future::BoxFuture;
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{Channel, Connection, ConnectionProperties};

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use eventing::QueueSpec;
+use eventing::topology::QueueSpec;
 use eventing_stomp::frame::{Command, Frame};
 use eventing_stomp::{RabbitAdmin, StompConfig};
 use futures_util::future::BoxFuture;
@@ -114,7 +114,7 @@ async fn wait_for_stomp(config: &StompConfig, limit: Duration) {
         )
         .await;
         if let Ok(provider) = provider {
-            let _ = eventing::Provider::close(&provider).await;
+            let _ = eventing::provider::Provider::close(&provider).await;
             return;
         }
         assert!(

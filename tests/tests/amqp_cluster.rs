@@ -31,9 +31,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use eventing::topology::QueueSpec;
 use eventing::{
-    Context, Error, EventListener, EventManager, ListenerResult, QueueSpec, event, event_listener,
-    header,
+    Context, Error, EventListener, EventManager, ListenerResult, event, event_listener, header,
 };
 use eventing_test::faults::{Counter, Item, RssSampler, Tally, count, eventually};
 use eventing_test::harness::bounded_cleanup;
@@ -63,7 +63,7 @@ where
         "quorum-{}-{}-{}",
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed),
-        eventing::new_message_id().get(..8).unwrap_or("")
+        eventing::header::new_message_id().get(..8).unwrap_or("")
     );
     let result = tokio::spawn(tokio::time::timeout(limit, body(tag.clone()))).await;
     let queues: Vec<String> = list_queues(&tag)

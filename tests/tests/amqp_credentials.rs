@@ -7,7 +7,8 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use eventing::{EventManager, Provider, ProviderConfig, header};
+use eventing::provider::{Provider, ProviderConfig};
+use eventing::{EventManager, header};
 use eventing_amqp::AmqpProvider;
 use eventing_test::suite::{Flaky, FlakyListener, Recorder, dead_letters, send_raw};
 use eventing_tests::Harness;
@@ -130,7 +131,7 @@ impl Harness for UserHarness {
 
     fn cleanup<'a>(
         &'a self,
-        queues: &'a [eventing::QueueSpec],
+        queues: &'a [eventing::topology::QueueSpec],
         events: &'a [String],
     ) -> futures_util::future::BoxFuture<'a, ()> {
         Box::pin(async move {

@@ -9,7 +9,8 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use eventing::{Context, EventListener, ListenerResult, QueueSpec, event, event_listener, header};
+use eventing::topology::QueueSpec;
+use eventing::{Context, EventListener, ListenerResult, event, event_listener, header};
 use eventing_tests::TestEnv;
 use eventing_tests::amqp::{AmqpHarness, list_queues};
 use lapin::BasicProperties;

@@ -10,8 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use eventing::topology::QueueSpec;
 use eventing::{
-    Context, EventListener, EventManager, ListenerResult, QueueSpec, event, event_listener, header,
+    Context, EventListener, EventManager, ListenerResult, event, event_listener, header,
 };
 use eventing_tests::amqp::{AmqpHarness, list_queues};
 use eventing_tests::{Harness, TestEnv};

@@ -8,9 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use eventing::pipeline::SessionPipeline;
+use eventing::provider::Route;
+use eventing::topology::QueueSpec;
 use eventing::{
-    Context, Envelope, Error, Event, EventListener, ListenerResult, QueueSpec, Route,
-    SessionPipeline, event_listener, header,
+    Context, Envelope, Error, Event, EventListener, ListenerResult, event_listener, header,
 };
 use eventing_test::suite::{
     CacheListener, Flaky, FlakyListener, Ping, PingListener, Pong, PongListener, Recorder, Slow,
@@ -309,7 +311,7 @@ async fn headers_round_trip_with_raw_amqp_clients() {
             .duration_since(UNIX_EPOCH)
             .expect("clock")
             .as_secs();
-        eventing::with_session(
+        eventing::pipeline::with_session(
             "s-1",
             manager.send_event(&Ping {
                 n: 1,
@@ -331,7 +333,7 @@ async fn headers_round_trip_with_raw_amqp_clients() {
         assert_eq!(message_id.as_str().len(), 36);
         assert_eq!(
             properties.content_type().as_ref().map(ShortString::as_str),
-            Some(eventing::JSON)
+            Some(eventing::codec::JSON)
         );
         assert_eq!(
             *properties.delivery_mode(),

@@ -6,9 +6,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use eventing::{
-    BoxError, Envelope, EnvelopePipeline, EventDescriptor, EventManagerBuilder, SessionPipeline,
-};
+use eventing::pipeline::{EnvelopePipeline, SessionPipeline};
+use eventing::{BoxError, Envelope, EventDescriptor, EventManagerBuilder};
 use eventing_test::suite::{Ping, PingListener, Recorder};
 use eventing_tests::amqp::AmqpHarness;
 use eventing_tests::stomp::StompHarness;
@@ -73,7 +72,7 @@ async fn headers_cross(from: &str, to: &str) {
             sent: Arc::clone(&sent),
         });
     let sender = env.start(builder).await;
-    eventing::with_session("session-42", async {
+    eventing::pipeline::with_session("session-42", async {
         sender
             .send_event(&Ping {
                 n: 1,

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use eventing::{ConsumeOptions, Envelope, Error, Provider, QueueSpec, Route, header};
+use eventing::provider::{ConsumeOptions, Provider, Route};
+use eventing::topology::QueueSpec;
+use eventing::{Envelope, Error, header};
 use eventing_stomp::StompProvider;
 use eventing_stomp::frame::{Command, Frame};
 use eventing_test::suite::{
@@ -290,7 +292,7 @@ async fn silent_broker_is_a_lost_connection() {
             .await
             .expect("subscribe");
         let route = || Route::new(&event, true);
-        let envelope = || Envelope::new(&event, eventing::JSON, Bytes::from_static(b"{}"));
+        let envelope = || Envelope::new(&event, eventing::codec::JSON, Bytes::from_static(b"{}"));
         provider
             .publish(route(), envelope())
             .await
@@ -351,7 +353,9 @@ async fn silent_broker_is_a_lost_connection() {
 }
 
 /// The next delivery of a consumer, within 10 s.
-async fn next_delivery(consumer: &mut Box<dyn eventing::Consumer>) -> eventing::Delivery {
+async fn next_delivery(
+    consumer: &mut Box<dyn eventing::provider::Consumer>,
+) -> eventing::provider::Delivery {
     tokio::time::timeout(Duration::from_secs(10), consumer.next())
         .await
         .expect("a delivery within 10 s")
@@ -379,7 +383,7 @@ async fn dropped_consumer_leaves_unacked_messages_for_redelivery() {
         for n in 0..3 {
             let envelope = Envelope::new(
                 &event,
-                eventing::JSON,
+                eventing::codec::JSON,
                 Bytes::from(format!("{{\"n\":{n}}}")),
             );
             sent.push(envelope.message_id().to_string());

@@ -12,9 +12,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use eventing::manager::ListenerState;
 use eventing::{
-    Context, Envelope, EventListener, EventManager, ListenerResult, ListenerState, event,
-    event_listener, header,
+    Context, Envelope, EventListener, EventManager, ListenerResult, event, event_listener, header,
 };
 use eventing_stomp::{StompConfig, StompProvider};
 use eventing_test::suite;

@@ -84,7 +84,7 @@ impl TempDir {
         let dir = std::env::temp_dir().join(format!(
             "eventing-{label}-{}-{}",
             std::process::id(),
-            eventing::new_message_id()
+            eventing::header::new_message_id()
         ));
         std::fs::create_dir_all(&dir).expect("create a temporary directory");
         TempDir(dir)

@@ -23,7 +23,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use eventing::{QueueSpec, header};
+use eventing::header;
+use eventing::topology::QueueSpec;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -533,7 +534,7 @@ fn padded(id: u64) -> Outgoing {
 /// A large backlog waits on the broker before the consumer starts; the consumer
 /// drains it with resident memory growing by at most [`BACKLOG_RSS_GROWTH_MIB`]
 /// (prefetch bounds what is buffered). The backlog is [`BACKLOG`] messages, or
-/// [`eventing::DEFAULT_MAX_QUEUE_LEN`] on the in-process broker (whose queues hold
+/// [`eventing::memory::DEFAULT_MAX_QUEUE_LEN`] on the in-process broker (whose queues hold
 /// no more).
 ///
 /// The growth is measured from a baseline taken after the consumer's manager is
@@ -553,7 +554,7 @@ pub async fn backlog_drain(harness: &dyn Harness, _ctx: &Ctx) {
 async fn backlog_body(env: &mut TestEnv<'_>) -> Result<(), String> {
     const TEST: &str = "backlog_drain";
     let n = if in_process(env) {
-        eventing::DEFAULT_MAX_QUEUE_LEN as u64
+        eventing::memory::DEFAULT_MAX_QUEUE_LEN as u64
     } else {
         BACKLOG
     };

@@ -22,9 +22,10 @@ use std::sync::{Arc, RwLockWriteGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
+use eventing::provider::Route;
 use eventing::{
     Context, Envelope, Error, Event, EventListener, EventManager, ListenerOptions, ListenerResult,
-    RetryPolicy, Route, event, event_listener,
+    RetryPolicy, event, event_listener,
 };
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
@@ -581,7 +582,7 @@ pub async fn send_one(manager: &EventManager, message: &Outgoing) -> eventing::R
         Outgoing::Event(item) => manager.send_event(item).await,
         Outgoing::Raw(body) => {
             let address = manager.address_of(Item::descriptor())?;
-            let envelope = Envelope::new(&address, eventing::JSON, body.clone());
+            let envelope = Envelope::new(&address, eventing::codec::JSON, body.clone());
             let route = Route::new(&address, Item::descriptor().durable());
             let limit = Duration::from_secs(10);
             tokio::time::timeout(limit, manager.provider().publish(route, envelope))

@@ -79,7 +79,7 @@ pub struct EventManagerBuilder {
     defaults: ListenerOptions,
     overrides: HashMap<String, ListenerOptions>,
     max_body: usize,
-    codec: crate::Codec,
+    codec: crate::codec::Codec,
     send_timeout: Duration,
     shutdown_timeout: Duration,
     reconnect: RetryPolicy,
@@ -97,7 +97,7 @@ impl Default for EventManagerBuilder {
             defaults: ListenerOptions::default(),
             overrides: HashMap::new(),
             max_body: 8 * 1024 * 1024,
-            codec: crate::Codec::Json,
+            codec: crate::codec::Codec::Json,
             send_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(30),
             reconnect: RetryPolicy {
@@ -113,7 +113,7 @@ impl Default for EventManagerBuilder {
 pub const URL_VARIABLE: &str = "EVENTING_URL";
 
 impl EventManagerBuilder {
-    /// Uses this provider instance (share a [`MemoryProvider`](crate::MemoryProvider)
+    /// Uses this provider instance (share a [`MemoryProvider`](crate::memory::MemoryProvider)
     /// between managers by cloning it).
     pub fn provider(mut self, provider: impl DynProvider) -> Self {
         self.provider = Some(ProviderSource::Instance(Arc::new(provider)));
@@ -201,7 +201,7 @@ impl EventManagerBuilder {
 
     /// The codec for events that do not choose one with `#[event(codec = "...")]`
     /// (default JSON). Receivers decode by the `content-type` header.
-    pub fn codec(mut self, codec: crate::Codec) -> Self {
+    pub fn codec(mut self, codec: crate::codec::Codec) -> Self {
         self.codec = codec;
         self
     }

@@ -84,7 +84,7 @@ struct Inner {
     defaults: ListenerOptions,
     overrides: HashMap<String, ListenerOptions>,
     max_body: usize,
-    codec: crate::Codec,
+    codec: crate::codec::Codec,
     send_timeout: Duration,
     shutdown_timeout: Duration,
     reconnect: RetryPolicy,
@@ -371,7 +371,7 @@ impl EventManager {
         &self,
         descriptor: &'static EventDescriptor,
         address: Arc<str>,
-        codec: crate::Codec,
+        codec: crate::codec::Codec,
         body: bytes::Bytes,
     ) -> Result<()> {
         if body.len() > self.inner.max_body {
