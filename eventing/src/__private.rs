@@ -4,25 +4,11 @@ pub use inventory;
 pub use serde_json;
 pub use std::sync::Arc;
 
-pub use crate::event::{EventDescriptor, EventRegistration};
+pub use crate::event::{EventDescriptor, EventRegistration, SerdeEvent};
 pub use crate::listener::{AnyListener, ListenerDescriptor};
 
 use crate::event::Event;
 use crate::listener::{ErasedListener, EventListener};
-
-/// Serde support an event needs (a supertrait of `Event`, so a type without it gets
-/// this message rather than one about the serde traits).
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be an event: it does not implement serde's `Serialize` and `Deserialize`",
-    label = "needs #[derive(Serialize, Deserialize)]",
-    note = "add `#[derive(serde::Serialize, serde::Deserialize)]` to the type"
-)]
-pub trait SerdeEvent:
-    serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static
-{
-}
-
-impl<T: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static> SerdeEvent for T {}
 
 pub fn event_descriptor<E: Event>() -> &'static EventDescriptor {
     E::descriptor()

@@ -6,7 +6,7 @@ use bytes::Bytes;
 
 use crate::envelope::{Envelope, header};
 use crate::error::{Error, Result};
-use crate::event::Event;
+use crate::event::{Event, EventDescriptor};
 
 /// The media type of JSON bodies.
 pub const JSON: &str = "application/json";
@@ -127,4 +127,11 @@ pub(crate) fn decode<E: Event>(envelope: &Envelope) -> Result<E> {
         ))
     })?;
     codec.decode(&envelope.body).map_err(decode_error)
+}
+
+impl EventDescriptor {
+    /// The codec chosen with `#[event(codec = "...")]`, if any (else the manager's).
+    pub fn codec(&self) -> Option<Codec> {
+        self.codec.and_then(Codec::from_name)
+    }
 }

@@ -1,6 +1,19 @@
 //! Events and their descriptors.
 
-use crate::__private::SerdeEvent;
+#[doc(hidden)]
+/// Serde support an event needs (a supertrait of `Event`, so a type without it gets
+/// this message rather than one about the serde traits).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be an event: it does not implement serde's `Serialize` and `Deserialize`",
+    label = "needs #[derive(Serialize, Deserialize)]",
+    note = "add `#[derive(serde::Serialize, serde::Deserialize)]` to the type"
+)]
+pub trait SerdeEvent:
+    serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static
+{
+}
+
+impl<T: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static> SerdeEvent for T {}
 
 /// A payload type that travels as an event. Implemented by `#[event]`; do not
 /// implement it by hand.
@@ -21,7 +34,7 @@ pub struct EventDescriptor {
     type_name: &'static str,
     durable: bool,
     version: Option<&'static str>,
-    codec: Option<&'static str>,
+    pub(crate) codec: Option<&'static str>,
     schema: fn() -> Option<serde_json::Value>,
 }
 
@@ -49,11 +62,6 @@ impl EventDescriptor {
     /// the `asyncapi` feature is on.
     pub fn payload_schema(&self) -> Option<serde_json::Value> {
         (self.schema)()
-    }
-
-    /// The codec chosen with `#[event(codec = "...")]`, if any (else the manager's).
-    pub fn codec(&self) -> Option<crate::codec::Codec> {
-        self.codec.and_then(crate::codec::Codec::from_name)
     }
 
     /// The schema version (`#[event(version = "1.2")]`, normalized to `1.2.0`),

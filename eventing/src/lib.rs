@@ -12,6 +12,7 @@
 
 pub mod asyncapi;
 pub mod backoff;
+mod call;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod codec;

@@ -10,11 +10,11 @@ use std::panic::AssertUnwindSafe;
 
 use futures_util::FutureExt;
 
+use crate::call::{Call, CallError, Outcome};
 use crate::codec;
 use crate::envelope::{Envelope, Headers, header};
 use crate::error::BoxError;
 use crate::event::{Event, EventDescriptor};
-use crate::pipeline::{Call, Outcome};
 
 /// What a listener's `on` returns: any error counts as a failure to be retried.
 pub type ListenerResult = Result<(), BoxError>;
@@ -196,15 +196,6 @@ impl std::fmt::Debug for ListenerDescriptor {
 }
 
 inventory::collect!(ListenerDescriptor);
-
-/// Why a call of a listener did not succeed.
-#[derive(Debug)]
-pub(crate) enum CallError {
-    /// The body does not decode: retrying cannot help.
-    Decode(String),
-    /// The listener returned an error.
-    Failed(BoxError),
-}
 
 /// A listener bound to its event type, callable with raw envelopes.
 #[doc(hidden)]

@@ -2,37 +2,12 @@
 
 use std::future::Future;
 
-use futures_util::future::BoxFuture;
-
 use crate::envelope::{Envelope, header};
 use crate::error::BoxError;
 use crate::event::EventDescriptor;
-use crate::listener::{CallError, ListenerDescriptor};
+use crate::listener::ListenerDescriptor;
 
-/// The result of one listener call, as a pipeline wrapping it sees it.
-#[derive(Debug)]
-pub struct Outcome {
-    pub(crate) inner: Result<(), CallError>,
-}
-
-impl Outcome {
-    /// True when the listener returned `Ok`.
-    pub fn is_ok(&self) -> bool {
-        self.inner.is_ok()
-    }
-
-    /// A short description of the failure, if any.
-    pub fn error(&self) -> Option<String> {
-        match &self.inner {
-            Ok(()) => None,
-            Err(CallError::Decode(reason)) => Some(format!("undecodable body: {reason}")),
-            Err(CallError::Failed(error)) => Some(error.to_string()),
-        }
-    }
-}
-
-/// A listener call that a pipeline may wrap (for example to set a task-local).
-pub type Call = BoxFuture<'static, Outcome>;
+pub use crate::call::{Call, Outcome};
 
 /// Interceptor around every send and every handled message.
 ///

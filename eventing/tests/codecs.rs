@@ -99,7 +99,7 @@ async fn bodies_travel_in_the_chosen_codec() {
     let route = Route::new("Plain", false);
     manager
         .provider()
-        .publish(route.clone(), json)
+        .publish(route, json)
         .await
         .expect("publish");
     // An unknown content type is dead-lettered with the reason.

@@ -14,8 +14,9 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::{Counters, ListenerOptions, RetryPolicy};
+use crate::call::CallError;
 use crate::envelope::{Envelope, header};
-use crate::listener::{CallError, Context, ErasedListener, ListenerDescriptor};
+use crate::listener::{Context, ErasedListener, ListenerDescriptor};
 use crate::metrics::{self, ListenerMetrics};
 use crate::pipeline::{Call, EnvelopePipeline, Outcome};
 use crate::provider::{Acker, ConsumeOptions, Consumer, Delivery, DynProvider};
