@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use eventing::{Acker, BoxFuture, Consumer, Delivery, Envelope, Result};
+use eventing::provider::{Acker, Consumer, Delivery};
+use eventing::{BoxFuture, Envelope, Result};
 use futures_util::Stream;
 use lapin::Channel;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions};

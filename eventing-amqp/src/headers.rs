@@ -31,17 +31,9 @@ pub(crate) const PERSISTENT: u8 = 2;
 /// AMQP `delivery_mode` of messages kept in memory only.
 pub(crate) const TRANSIENT: u8 = 1;
 
-/// The prefix of a header whose name is reserved (shared with eventing-stomp).
-pub(crate) use eventing::header::wire::ESCAPE_PREFIX;
-
-/// Frame headers of a STOMP `SEND` that RabbitMQ's STOMP plugin copies into the
-/// headers table.
-const STOMP_FRAME_ONLY: &[&str] = &["content-length", "receipt"];
-
-/// Whether an envelope header called `name` travels as [`ESCAPE_PREFIX`]`<name>`.
-fn reserved(name: &str) -> bool {
-    eventing::header::wire::reserved_on_rabbitmq(name)
-}
+/// The prefix of a header whose name is reserved (shared with eventing-stomp);
+/// whether a name is; the STOMP frame headers that are not envelope headers.
+pub(crate) use eventing_rabbitmq::wire::{ESCAPE_PREFIX, STOMP_FRAME_ONLY, reserved};
 
 /// The AMQP properties that carry `envelope`'s headers.
 pub(crate) fn to_properties(

@@ -87,7 +87,7 @@
 //! 320 CONNECTION_FORCED when it shuts down, a channel closed under the publish, or
 //! an exchange deleted under it) is made again on a new channel or connection,
 //! with exponential backoff from 20 ms to 1 s and jitter, for as long as the send
-//! timeout ([`ProviderConfig::send_timeout`](eventing::ProviderConfig), set with
+//! timeout ([`ProviderConfig::send_timeout`](eventing::provider::ProviderConfig), set with
 //! `EventManagerBuilder::send_timeout`) allows, less a small margin; then it fails
 //! with [`Error::Unavailable`](eventing::Error::Unavailable) and the last reason.
 //! While the broker is away, at most one connection attempt per 250 ms is made for
@@ -165,10 +165,10 @@ mod topology;
 mod url;
 
 pub use error::AmqpError;
+pub use eventing_rabbitmq::PER_PROCESS_DEAD_LETTER_TTL;
 pub use provider::AmqpProvider;
-pub use topology::PER_PROCESS_DEAD_LETTER_TTL;
 
-use eventing::{ConnectFuture, Provider, ProviderConfig};
+use eventing::provider::{ConnectFuture, Provider, ProviderConfig};
 
 fn connect(config: ProviderConfig) -> ConnectFuture {
     Box::pin(async move { Ok(AmqpProvider::connect(config).await?.into_dyn()) })

@@ -4,10 +4,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use eventing::{
-    Capabilities, ConsumeOptions, Consumer, Envelope, Provider, ProviderConfig, QueueSpec, Result,
-    Route,
-};
+use eventing::provider::{Capabilities, ConsumeOptions, Consumer, Provider, ProviderConfig, Route};
+use eventing::{Envelope, QueueSpec, Result};
+use eventing_rabbitmq::QueueType;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{FieldTable, ShortString};
 use parking_lot::Mutex;
@@ -50,7 +49,7 @@ struct Inner {
     url: String,
     server: String,
     /// The type of competing queues (the URL's `queue_type`, `delivery_limit`).
-    queue_type: topology::QueueType,
+    queue_type: QueueType,
     closed: AtomicBool,
 }
 
@@ -195,7 +194,7 @@ impl Provider for AmqpProvider {
         spec: &QueueSpec,
         options: ConsumeOptions,
     ) -> Result<Box<dyn Consumer>> {
-        let dead_letters = DeadLetterQueue::of(spec)?.with_type(self.inner.queue_type);
+        let dead_letters = DeadLetterQueue::new(spec, self.inner.queue_type)?;
         Provider::declare(self, std::slice::from_ref(spec)).await?;
         let prefetch = options.prefetch.max(1);
         let consumer = match self.consume(&spec.name, prefetch, Some(dead_letters)).await {
@@ -251,8 +250,10 @@ impl Provider for AmqpProvider {
         queue: &QueueSpec,
         prefetch: u16,
     ) -> Result<Box<dyn Consumer>> {
-        let dlq = DeadLetterQueue::of(queue)?;
-        match self.consume(dlq.name.as_str(), prefetch, None).await {
+        match self
+            .consume(&queue.dead_letter_queue(), prefetch, None)
+            .await
+        {
             Ok(consumer) => Ok(Box::new(consumer)),
             Err(Consume::NotFound) => Ok(Box::new(consume::Finished)),
             Err(Consume::Other(error)) => Err(error),

@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use eventing::backoff::Backoff;
-use eventing::{Envelope, Error, Result, Route};
+use eventing::provider::Route;
+use eventing::{Envelope, Error, Result};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Confirmation, Connection};

@@ -1,31 +1,14 @@
 //! Exchanges, queues and dead-letter queues on the broker, and reading dead letters.
 //!
-//! | what | AMQP |
-//! |---|---|
-//! | event `<event>` | fanout exchange `<event>`, durable if the event is |
-//! | competing listener | queue `<event>::<listener>`, durable, bound to the exchange |
-//! | per-process listener | queue `<event>::<listener>-<server>`, exclusive (deleted with the connection) |
-//! | dead letters | queue `<queue>.dlq`, durable; for per-process queues with `x-expires` |
-//!
-//! Every queue is durable or exclusive: RabbitMQ 4 deprecates transient
-//! non-exclusive queues. A queue of a non-durable event is durable too, but its
-//! messages are transient and do not survive a broker restart.
-//!
-//! With `queue_type=quorum` in the URL ([`QueueType::Quorum`]) competing queues and
-//! their dead-letter queues are quorum queues (replicated on a cluster). A competing
-//! queue then gets `x-delivery-limit` and dead-letters through the broker itself:
-//! `x-dead-letter-exchange: ""` and `x-dead-letter-routing-key: <queue>.dlq`, so a
-//! message the broker delivered more often than the limit (consumers that keep
-//! dying or requeueing it) ends in the same `.dlq` as the provider's own dead
-//! letters, marked with RabbitMQ's `x-first-death-reason` (listing dead letters
-//! turns that into the usual `x-dead-letter-reason`). Broker dead-lettering is
-//! at-least-once (`x-dead-letter-strategy: at-least-once`, which needs
-//! `x-overflow: reject-publish`). Per-process queues are exclusive, which quorum
-//! queues cannot be: they and their dead-letter queues stay classic.
+//! What is declared is RabbitMQ's rule, shared with eventing-stomp
+//! ([`eventing_rabbitmq::topology`]): a fanout exchange per event, each listener's
+//! queue bound to it (durable, or exclusive for per-process listeners), a durable
+//! `<queue>.dlq` beside it, and with `queue_type=quorum` in the URL
+//! ([`QueueType::Quorum`]) quorum competing queues that dead-letter past their
+//! delivery limit through the broker itself. This module applies it with lapin.
 
-use std::time::Duration;
-
-use eventing::{Envelope, Error, QueueSpec, Result, header};
+use eventing::{Envelope, Error, QueueSpec, Result};
+use eventing_rabbitmq::{Arg, QueueType, topology as rules};
 use lapin::options::{
     BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
@@ -36,61 +19,21 @@ use lapin::{Channel, Connection, ExchangeKind};
 use crate::error::{AmqpError, PROVIDER, broker, is_not_found, short, soft_error};
 use crate::headers;
 
-/// How long the dead-letter queue of a per-process queue outlives its last use
-/// (consumer, declaration or read) before the broker deletes it.
-pub const PER_PROCESS_DEAD_LETTER_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
-
-/// The `x-delivery-limit` of quorum queues when the URL sets no `delivery_limit`:
-/// the broker dead-letters a message it delivered this many times without an
-/// acknowledgement (RabbitMQ 4's own default).
-pub(crate) const DEFAULT_DELIVERY_LIMIT: u32 = 20;
-
-/// What kind of queue competing listeners get (the URL's `queue_type`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) enum QueueType {
-    /// Classic queues (the default).
-    #[default]
-    Classic,
-    /// Quorum queues: replicated, with a delivery limit whose overflow the broker
-    /// dead-letters to `<queue>.dlq`.
-    Quorum {
-        /// `x-delivery-limit`: deliveries without an acknowledgement before the
-        /// broker dead-letters the message.
-        delivery_limit: u32,
-    },
-}
-
-impl QueueType {
-    /// Whether queues declared for `spec` are quorum queues.
-    fn quorum_for(self, spec_per_process: bool) -> Option<u32> {
-        match self {
-            QueueType::Quorum { delivery_limit } if !spec_per_process => Some(delivery_limit),
-            _ => None,
-        }
-    }
-}
-
-/// A dead-letter queue and how it is declared.
+/// A dead-letter queue and how it is declared if it is missing.
 #[derive(Clone, Debug)]
 pub(crate) struct DeadLetterQueue {
     pub(crate) name: ShortString,
-    pub(crate) per_process: bool,
-    pub(crate) queue_type: QueueType,
+    declaration: rules::Queue,
 }
 
 impl DeadLetterQueue {
-    /// The dead-letter queue of `spec`, declared as a classic queue if missing.
-    pub(crate) fn of(spec: &QueueSpec) -> Result<Self> {
+    /// The dead-letter queue of `spec`, declared as `queue_type` says if missing.
+    pub(crate) fn new(spec: &QueueSpec, queue_type: QueueType) -> Result<Self> {
+        let declaration = rules::dead_letter_queue(spec, queue_type);
         Ok(Self {
-            name: short("dead-letter queue", &spec.dead_letter_queue())?,
-            per_process: spec.per_process,
-            queue_type: QueueType::Classic,
+            name: short("dead-letter queue", &declaration.name)?,
+            declaration,
         })
-    }
-
-    /// The same queue, declared as `queue_type` says if missing.
-    pub(crate) fn with_type(self, queue_type: QueueType) -> Self {
-        Self { queue_type, ..self }
     }
 }
 
@@ -107,47 +50,52 @@ pub(crate) async fn declare(
     declared
 }
 
-/// The arguments of `spec`'s queue.
-fn queue_arguments(spec: &QueueSpec, queue_type: QueueType) -> FieldTable {
-    let mut arguments = FieldTable::default();
-    if let Some(limit) = queue_type.quorum_for(spec.per_process) {
-        let text = |value: &str| AMQPValue::LongString(value.into());
-        arguments.insert("x-queue-type".into(), text("quorum"));
-        arguments.insert(
-            "x-delivery-limit".into(),
-            AMQPValue::LongLongInt(i64::from(limit)),
-        );
-        arguments.insert("x-dead-letter-exchange".into(), text(""));
-        arguments.insert(
-            "x-dead-letter-routing-key".into(),
-            text(&spec.dead_letter_queue()),
-        );
-        arguments.insert("x-dead-letter-strategy".into(), text("at-least-once"));
-        arguments.insert("x-overflow".into(), text("reject-publish"));
+/// A rule's arguments as an AMQP field table.
+fn field_table(arguments: &[(&'static str, Arg)]) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (name, value) in arguments {
+        let value = match value {
+            Arg::Str(text) => AMQPValue::LongString(text.as_str().into()),
+            Arg::Int(number) => AMQPValue::LongLongInt(*number),
+            Arg::Bool(flag) => AMQPValue::Boolean(*flag),
+        };
+        table.insert((*name).into(), value);
     }
-    arguments
+    table
+}
+
+/// Declares `queue` as the rule says.
+async fn declare_queue_on(
+    channel: &Channel,
+    queue: &rules::Queue,
+    what: &'static str,
+) -> Result<()> {
+    let name = short("queue", &queue.name)?;
+    let options = QueueDeclareOptions {
+        durable: queue.durable,
+        exclusive: queue.exclusive,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(name, options, field_table(&queue.arguments))
+        .await
+        .map(|_| ())
+        .map_err(|e| declaration_of(what, &queue.name, Some(queue.is_quorum()), e))
 }
 
 async fn declare_on(channel: &Channel, queues: &[QueueSpec], queue_type: QueueType) -> Result<()> {
     for spec in queues {
-        let exchange = short("exchange", &spec.event)?;
-        let queue = short("queue", &spec.name)?;
-        let dead_letters = DeadLetterQueue::of(spec)?.with_type(queue_type);
-        declare_exchange_on(channel, exchange.clone(), spec.durable).await?;
-        let options = QueueDeclareOptions {
-            durable: !spec.per_process,
-            exclusive: spec.per_process,
-            ..QueueDeclareOptions::default()
-        };
-        let quorum = queue_type.quorum_for(spec.per_process).is_some();
-        channel
-            .queue_declare(queue.clone(), options, queue_arguments(spec, queue_type))
-            .await
-            .map_err(|e| declaration_of("declaring queue", &spec.name, Some(quorum), e))?;
+        let exchange = rules::exchange(&spec.event, spec.durable);
+        let exchange_name = short("exchange", &exchange.name)?;
+        let queue = rules::queue(spec, queue_type);
+        let queue_name = short("queue", &queue.name)?;
+        let dead_letters = DeadLetterQueue::new(spec, queue_type)?;
+        declare_exchange_on(channel, exchange_name.clone(), exchange.durable).await?;
+        declare_queue_on(channel, &queue, "declaring queue").await?;
         channel
             .queue_bind(
-                queue,
-                exchange,
+                queue_name,
+                exchange_name,
                 ShortString::default(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
@@ -160,7 +108,7 @@ async fn declare_on(channel: &Channel, queues: &[QueueSpec], queue_type: QueueTy
             queue = %spec.name,
             durable = spec.durable,
             per_process = spec.per_process,
-            quorum,
+            quorum = queue.is_quorum(),
             "declared"
         );
     }
@@ -213,34 +161,7 @@ pub(crate) async fn declare_dead_letter_queue(
 }
 
 async fn declare_dead_letter_queue_on(channel: &Channel, dlq: &DeadLetterQueue) -> Result<()> {
-    let mut arguments = FieldTable::default();
-    if dlq.per_process {
-        let ttl = u64::try_from(PER_PROCESS_DEAD_LETTER_TTL.as_millis()).unwrap_or(u64::MAX);
-        arguments.insert(
-            "x-expires".into(),
-            AMQPValue::LongLongInt(i64::try_from(ttl).unwrap_or(i64::MAX)),
-        );
-    }
-    // No delivery limit here: reading dead letters returns them unacknowledged.
-    let quorum = dlq.queue_type.quorum_for(dlq.per_process).is_some();
-    if quorum {
-        arguments.insert(
-            "x-queue-type".into(),
-            AMQPValue::LongString("quorum".into()),
-        );
-    }
-    channel
-        .queue_declare(dlq.name.clone(), QueueDeclareOptions::durable(), arguments)
-        .await
-        .map(|_| ())
-        .map_err(|e| {
-            declaration_of(
-                "declaring dead-letter queue",
-                dlq.name.as_str(),
-                Some(quorum),
-                e,
-            )
-        })
+    declare_queue_on(channel, &dlq.declaration, "declaring dead-letter queue").await
 }
 
 /// Up to `limit` messages of `spec`'s dead-letter queue, oldest first, left in place.
@@ -254,7 +175,7 @@ pub(crate) async fn peek_dead_letters(
     spec: &QueueSpec,
     limit: usize,
 ) -> Result<Vec<Envelope>> {
-    let dlq = DeadLetterQueue::of(spec)?;
+    let dlq = short("dead-letter queue", &spec.dead_letter_queue())?;
     let mut letters = Vec::new();
     if limit == 0 {
         return Ok(letters);
@@ -263,13 +184,13 @@ pub(crate) async fn peek_dead_letters(
     let read = async {
         while letters.len() < limit {
             match channel
-                .basic_get(dlq.name.clone(), BasicGetOptions { no_ack: false })
+                .basic_get(dlq.clone(), BasicGetOptions { no_ack: false })
                 .await
             {
                 Ok(Some(message)) => {
                     let delivery = message.delivery;
                     let mut letter = headers::to_envelope(&delivery.properties, delivery.data);
-                    explain_broker_dead_letter(&mut letter);
+                    eventing_rabbitmq::explain_dead_letter(&mut letter);
                     letters.push(letter);
                     if message.message_count == 0 {
                         break;
@@ -297,7 +218,7 @@ pub(crate) async fn peek_dead_letters(
 /// refusal closes the channel.
 pub(crate) async fn dead_letter_depth(connection: &Connection, spec: &QueueSpec) -> Result<usize> {
     let queue = short("queue", &spec.name)?;
-    let dlq = DeadLetterQueue::of(spec)?;
+    let dlq = short("dead-letter queue", &spec.dead_letter_queue())?;
     match message_count(connection, queue).await {
         Ok(_) => {}
         Err(error) if is_not_found(&error) => {
@@ -309,7 +230,7 @@ pub(crate) async fn dead_letter_depth(connection: &Connection, spec: &QueueSpec)
         Err(error) if soft_error(&error) == Some(AMQPSoftError::RESOURCELOCKED) => {}
         Err(error) => return Err(broker("checking queue", &spec.name, error)),
     }
-    match message_count(connection, dlq.name).await {
+    match message_count(connection, dlq).await {
         Ok(count) => Ok(usize::try_from(count).unwrap_or(usize::MAX)),
         Err(error) if is_not_found(&error) => Ok(0),
         Err(error) => Err(broker("checking dead-letter queue", &spec.name, error)),
@@ -328,42 +249,6 @@ async fn message_count(connection: &Connection, queue: ShortString) -> lapin::Re
         .await;
     close(channel).await;
     declared.map(|queue| queue.message_count())
-}
-
-/// RabbitMQ's own header: why it dead-lettered a message the first time.
-const FIRST_DEATH_REASON: &str = "x-first-death-reason";
-/// RabbitMQ's own header: the queue it dead-lettered a message from the first time.
-const FIRST_DEATH_QUEUE: &str = "x-first-death-queue";
-
-/// Gives a letter the broker dead-lettered (it carries RabbitMQ's
-/// `x-first-death-reason` rather than our reason header) the standard
-/// [`header::DEAD_LETTER_REASON`] and [`header::DEAD_LETTER_QUEUE`].
-fn explain_broker_dead_letter(letter: &mut Envelope) {
-    if letter.headers.get(header::DEAD_LETTER_REASON).is_some() {
-        return;
-    }
-    let Some(reason) = letter.headers.get(FIRST_DEATH_REASON).map(str::to_owned) else {
-        return;
-    };
-    let why = match reason.as_str() {
-        "delivery_limit" => {
-            "delivered more often than the queue's delivery limit (x-delivery-limit) without \
-             an acknowledgement"
-        }
-        "rejected" => "rejected without requeueing",
-        "expired" => "its time to live ran out",
-        "maxlen" => "the queue was over its length limit",
-        _ => "dead-lettered by the broker",
-    };
-    letter.headers.insert(
-        header::DEAD_LETTER_REASON,
-        format!("{why} (RabbitMQ: {reason})"),
-    );
-    if letter.headers.get(header::DEAD_LETTER_QUEUE).is_none()
-        && let Some(queue) = letter.headers.get(FIRST_DEATH_QUEUE).map(str::to_owned)
-    {
-        letter.headers.insert(header::DEAD_LETTER_QUEUE, queue);
-    }
 }
 
 async fn open(connection: &Connection, purpose: &'static str) -> Result<Channel> {

@@ -17,7 +17,7 @@ use eventing::{Error, redact_url};
 use lapin::tcp::OwnedTLSConfig;
 use lapin::uri::{AMQPScheme, AMQPUri};
 
-use crate::topology::{DEFAULT_DELIVERY_LIMIT, QueueType};
+use eventing_rabbitmq::{QueueType, QueueTypeParams};
 
 /// lapin's own query parameters, which it parses.
 const LAPIN_PARAMETERS: [&str; 5] = [
@@ -144,8 +144,7 @@ impl Options {
             .next()
             .unwrap_or("");
         let mut seen: Vec<String> = Vec::new();
-        let mut quorum = false;
-        let mut delivery_limit = None;
+        let mut queue_type = QueueTypeParams::default();
         let mut tls_ca = None;
         let mut failover = Vec::new();
         for pair in query.split('&').filter(|pair| !pair.is_empty()) {
@@ -163,30 +162,7 @@ impl Options {
             }
             seen.push(key.to_string());
             match key {
-                "queue_type" => {
-                    quorum = match value.as_str() {
-                        "classic" => false,
-                        "quorum" => true,
-                        _ => {
-                            return Err(format!(
-                                "`queue_type` must be `classic` or `quorum`, not `{value}`"
-                            ));
-                        }
-                    }
-                }
-                "delivery_limit" => {
-                    let limit = value
-                        .parse::<u32>()
-                        .ok()
-                        .filter(|limit| (1..=i32::MAX as u32).contains(limit))
-                        .ok_or_else(|| {
-                            format!(
-                                "`delivery_limit` must be a whole number from 1 to {}, not `{value}`",
-                                i32::MAX
-                            )
-                        })?;
-                    delivery_limit = Some(limit);
-                }
+                rabbitmq if queue_type.accept(rabbitmq, &value)? => {}
                 "tls_ca" => {
                     if !tls {
                         return Err(format!("`{name}` needs an amqps:// URL"));
@@ -203,18 +179,7 @@ impl Options {
                 }
             }
         }
-        let queue_type = match (quorum, delivery_limit) {
-            (true, limit) => QueueType::Quorum {
-                delivery_limit: limit.unwrap_or(DEFAULT_DELIVERY_LIMIT),
-            },
-            (false, None) => QueueType::Classic,
-            (false, Some(_)) => {
-                return Err(
-                    "`delivery_limit` needs `queue_type=quorum` (classic queues have no delivery limit)"
-                        .into(),
-                );
-            }
-        };
+        let queue_type = queue_type.finish()?;
         Ok(Options {
             queue_type,
             tls_ca,
@@ -370,7 +335,7 @@ mod tests {
         assert_eq!(
             quorum.queue_type,
             QueueType::Quorum {
-                delivery_limit: DEFAULT_DELIVERY_LIMIT
+                delivery_limit: eventing_rabbitmq::DEFAULT_DELIVERY_LIMIT
             }
         );
         assert_eq!(

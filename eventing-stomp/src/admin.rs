@@ -13,6 +13,7 @@
 
 use std::time::Duration;
 
+use eventing_rabbitmq::{Arg, topology};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::StompConfig;
@@ -152,7 +153,7 @@ impl RabbitAdmin {
         let mut args = Args::default();
         args.u16(0);
         args.short(name)?;
-        args.short("fanout")?;
+        args.short(topology::EXCHANGE_KIND)?;
         args.u8(if durable { 0b10 } else { 0 });
         args.table(Table::default());
         self.call(format!("declare exchange {name:?}"), EXCHANGE, 10, args)
@@ -169,16 +170,61 @@ impl RabbitAdmin {
         auto_delete: bool,
         expires: Option<Duration>,
     ) -> Result<(), StompError> {
+        let mut arguments = Vec::new();
+        if let Some(expires) = expires {
+            let millis = i64::try_from(expires.as_millis()).unwrap_or(i64::MAX);
+            arguments.push(("x-expires", Arg::Int(millis)));
+        }
+        self.queue_declare(name, durable, false, auto_delete, &arguments)
+            .await
+    }
+
+    /// Declares `queue` as RabbitMQ's rule says (durable or exclusive, with its
+    /// arguments), as the AMQP provider does.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), eventing_stomp::StompError> {
+    /// use eventing::QueueSpec;
+    /// use eventing_rabbitmq::{QueueType, topology};
+    /// use eventing_stomp::{RabbitAdmin, StompConfig};
+    ///
+    /// let config = StompConfig::from_url("stomp://guest:guest@127.0.0.1:61613")?;
+    /// let mut admin = RabbitAdmin::connect(&config).await?;
+    /// let spec = QueueSpec::new("shop.Order", "Billing", true, false, "web-1");
+    /// admin
+    ///     .declare(&topology::queue(&spec, QueueType::Quorum { delivery_limit: 5 }))
+    ///     .await?;
+    /// admin.close().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn declare(&mut self, queue: &topology::Queue) -> Result<(), StompError> {
+        self.queue_declare(
+            &queue.name,
+            queue.durable,
+            queue.exclusive,
+            false,
+            &queue.arguments,
+        )
+        .await
+    }
+
+    async fn queue_declare(
+        &mut self,
+        name: &str,
+        durable: bool,
+        exclusive: bool,
+        auto_delete: bool,
+        arguments: &[(&'static str, Arg)],
+    ) -> Result<(), StompError> {
         let mut args = Args::default();
         args.u16(0);
         args.short(name)?;
-        args.u8(u8::from(durable) << 1 | u8::from(auto_delete) << 3);
-        let mut arguments = Table::default();
-        if let Some(expires) = expires {
-            let millis = i64::try_from(expires.as_millis()).unwrap_or(i64::MAX);
-            arguments.long_long("x-expires", millis);
+        args.u8(u8::from(durable) << 1 | u8::from(exclusive) << 2 | u8::from(auto_delete) << 3);
+        let mut table = Table::default();
+        for (key, value) in arguments {
+            table.argument(key, value);
         }
-        args.table(arguments);
+        args.table(table);
         self.call(format!("declare queue {name:?}"), QUEUE, 10, args)
             .await?;
         Ok(())
@@ -539,6 +585,15 @@ impl Table {
         self.0.extend_from_slice(&value.to_be_bytes());
     }
 
+    /// A queue argument of RabbitMQ's rules.
+    fn argument(&mut self, key: &str, value: &Arg) {
+        match value {
+            Arg::Str(text) => self.string(key, text),
+            Arg::Int(number) => self.long_long(key, *number),
+            Arg::Bool(flag) => self.boolean(key, *flag),
+        }
+    }
+
     fn string(&mut self, key: &str, value: &str) {
         self.key(key);
         self.0.push(b'S');
@@ -605,6 +660,22 @@ mod tests {
             args.short(&"x".repeat(256)),
             Err(StompError::TopologyRefused { .. })
         ));
+    }
+
+    #[test]
+    fn rule_arguments_are_encoded_by_type() {
+        let mut table = Table::default();
+        table.argument("s", &Arg::Str("q".into()));
+        table.argument("i", &Arg::Int(7));
+        table.argument("b", &Arg::Bool(false));
+        assert_eq!(
+            table.0,
+            [
+                1, b's', b'S', 0, 0, 0, 1, b'q', // s = "q"
+                1, b'i', b'l', 0, 0, 0, 0, 0, 0, 0, 7, // i = 7 (long-long)
+                1, b'b', b't', 0, // b = false
+            ]
+        );
     }
 
     #[test]

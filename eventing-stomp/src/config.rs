@@ -3,6 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use eventing_rabbitmq::{QueueType, QueueTypeParams};
 use url::Url;
 
 use crate::codec::CodecLimits;
@@ -11,7 +12,7 @@ use crate::error::StompError;
 
 /// The query parameters a STOMP URL may carry.
 const PARAMETERS: &str = "vhost, heartbeat, broker, declare, amqp_port, \
-                          connect_timeout, max_frame, tls_ca";
+                          connect_timeout, max_frame, tls_ca, queue_type, delivery_limit";
 
 /// Default STOMP port.
 pub const DEFAULT_PORT: u16 = 61613;
@@ -33,6 +34,8 @@ pub const DEFAULT_TLS_PORT: u16 = 61614;
 /// | `connect_timeout` | `10000` | ms for TCP, TLS and the `CONNECT` handshake |
 /// | `max_frame` | 16 MiB | largest frame read or written, in bytes (at least 1024); a received message over it is dead-lettered without its body, with the reason |
 /// | `tls_ca` | none | a PEM file of extra trusted certificates (`stomps` only) |
+/// | `queue_type` | `classic` | RabbitMQ: `quorum` makes competing queues and their `.dlq` quorum queues, as the AMQP provider's parameter of the same name does (per-process queues stay classic) |
+/// | `delivery_limit` | `20` | with `queue_type=quorum`: `x-delivery-limit`; the broker dead-letters a message to `<queue>.dlq` after this many deliveries without an acknowledgement |
 ///
 /// The password is never shown by `Debug` or in errors.
 ///
@@ -76,6 +79,8 @@ pub struct StompConfig {
     pub limits: CodecLimits,
     /// Extra trusted certificates (PEM file) for `stomps://`.
     pub tls_ca: Option<String>,
+    /// RabbitMQ: the type of competing queues (`queue_type`, `delivery_limit`).
+    pub queue_type: QueueType,
 }
 
 impl StompConfig {
@@ -124,8 +129,13 @@ impl StompConfig {
             connect_timeout: Duration::from_millis(10_000),
             limits: CodecLimits::default(),
             tls_ca: None,
+            queue_type: QueueType::Classic,
         };
+        let mut queue_type = QueueTypeParams::default();
         for (name, value) in parsed.query_pairs() {
+            if queue_type.accept(&name, &value).map_err(invalid)? {
+                continue;
+            }
             match &*name {
                 "vhost" => config.vhost = value.into_owned(),
                 "heartbeat" => config.heartbeat = Duration::from_millis(number(&name, &value)?),
@@ -168,6 +178,12 @@ impl StompConfig {
         if config.tls_ca.is_some() && !tls {
             return Err(invalid("`tls_ca` needs a stomps:// URL".into()));
         }
+        config.queue_type = queue_type.finish().map_err(invalid)?;
+        if config.queue_type != QueueType::Classic && config.dialect != Dialect::RabbitMq {
+            return Err(invalid(
+                "`queue_type` and `delivery_limit` are RabbitMQ's (broker=rabbitmq)".into(),
+            ));
+        }
         Ok(config)
     }
 
@@ -197,6 +213,7 @@ impl fmt::Debug for StompConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("limits", &self.limits)
             .field("tls_ca", &self.tls_ca)
+            .field("queue_type", &self.queue_type)
             .finish()
     }
 }
@@ -277,6 +294,42 @@ mod tests {
         }
         let error = StompConfig::from_url("stomp://h?nope=1").expect_err("unknown");
         assert!(error.to_string().contains("known: vhost"), "{error}");
+    }
+
+    #[test]
+    fn quorum_queues_as_on_amqp_urls() {
+        let classic = StompConfig::from_url("stomp://h").expect("valid");
+        assert_eq!(classic.queue_type, QueueType::Classic);
+        let quorum = StompConfig::from_url("stomp://h?queue_type=quorum").expect("valid");
+        assert_eq!(
+            quorum.queue_type,
+            QueueType::Quorum {
+                delivery_limit: eventing_rabbitmq::DEFAULT_DELIVERY_LIMIT
+            }
+        );
+        let limited = StompConfig::from_url("stomp://h?delivery_limit=7&queue_type=quorum&vhost=/")
+            .expect("valid");
+        assert_eq!(limited.queue_type, QueueType::Quorum { delivery_limit: 7 });
+        for (url, expected) in [
+            ("stomp://h?queue_type=stream", "`queue_type` must be"),
+            (
+                "stomp://h?queue_type=quorum&delivery_limit=0",
+                "`delivery_limit` must be",
+            ),
+            ("stomp://h?delivery_limit=5", "needs `queue_type=quorum`"),
+            (
+                "stomp://h?queue_type=quorum&queue_type=quorum",
+                "more than once",
+            ),
+            ("stomp://h?queue_type=quorum&broker=artemis", "RabbitMQ's"),
+            (
+                "stomp://h?queue-type=quorum",
+                "unknown parameter `queue-type`",
+            ),
+        ] {
+            let error = StompConfig::from_url(url).expect_err(url).to_string();
+            assert!(error.contains(expected), "{url}: {error}");
+        }
     }
 
     #[test]

@@ -44,7 +44,8 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use eventing::backoff::Backoff;
-use eventing::{Acker, BoxFuture, Consumer, Delivery, Envelope, QueueSpec, header};
+use eventing::provider::{Acker, Consumer, Delivery};
+use eventing::{BoxFuture, Envelope, QueueSpec, header};
 use futures_util::Stream;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;

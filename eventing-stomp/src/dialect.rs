@@ -28,9 +28,10 @@ use eventing::{Envelope, Headers, QueueSpec, header};
 
 use crate::frame::{Command, Frame};
 
+use eventing_rabbitmq::QueueType;
 /// The prefix that carries an envelope header whose name the broker reserves.
-pub use eventing::header::wire::ESCAPE_PREFIX;
-use eventing::header::wire::{RABBITMQ_STOMP_PROPERTIES as RABBITMQ_PROPERTIES, STOMP_HEADERS};
+pub use eventing_rabbitmq::wire::ESCAPE_PREFIX;
+use eventing_rabbitmq::wire::{STOMP_HEADERS, STOMP_PLUGIN_PROPERTIES as RABBITMQ_PROPERTIES};
 
 /// Names Artemis turns into message properties or acts upon.
 const ARTEMIS_PROPERTIES: &[&str] = &[
@@ -181,6 +182,41 @@ impl Dialect {
                 let start: String = name.chars().take(40).collect();
                 format!("header name `{start}...` is over {SHORT_STRING} bytes")
             })
+    }
+
+    /// [`subscribe_frame`](Self::subscribe_frame) for a broker whose competing
+    /// queues are of `queue_type`. A RabbitMQ quorum queue is subscribed to as
+    /// `/amq/queue/<queue>`, which does not declare it: it was declared
+    /// beforehand (over AMQP), and a declaration from the STOMP plugin would be
+    /// refused as inequivalent, since the plugin cannot pass all of a quorum
+    /// queue's arguments (`x-overflow`, `x-dead-letter-strategy`).
+    ///
+    /// ```
+    /// use eventing::QueueSpec;
+    /// use eventing_rabbitmq::QueueType;
+    /// use eventing_stomp::Dialect;
+    ///
+    /// let queue = QueueSpec::new("Order", "Billing", true, false, "web-1");
+    /// let quorum = QueueType::Quorum { delivery_limit: 5 };
+    /// let frame = Dialect::RabbitMq.subscribe_frame_with(&queue, "0", 10, quorum);
+    /// assert_eq!(frame.get("destination"), Some("/amq/queue/Order::Billing"));
+    /// assert_eq!(frame.get("x-queue-name"), None);
+    /// ```
+    pub fn subscribe_frame_with(
+        self,
+        queue: &QueueSpec,
+        id: &str,
+        prefetch: u16,
+        queue_type: QueueType,
+    ) -> Frame {
+        if self != Dialect::RabbitMq || queue_type.quorum_for(queue.per_process).is_none() {
+            return self.subscribe_frame(queue, id, prefetch);
+        }
+        Frame::new(Command::Subscribe)
+            .header("id", id)
+            .header("destination", self.queue_destination(queue))
+            .header("ack", "client-individual")
+            .header("prefetch-count", prefetch.max(1).to_string())
     }
 
     /// A `SUBSCRIBE` to `queue` with subscription `id`, individual client

@@ -6,10 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use eventing::backoff::Backoff;
-use eventing::{
-    Capabilities, ConsumeOptions, Consumer, Envelope, Error, Provider, ProviderConfig, QueueSpec,
-    Route,
-};
+use eventing::provider::{Capabilities, ConsumeOptions, Consumer, Provider, ProviderConfig, Route};
+use eventing::{Envelope, Error, QueueSpec};
+use eventing_rabbitmq::topology as rules;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -35,8 +34,8 @@ const DEAD_LETTER_READER: Options = Options {
     capacity: 16,
 };
 /// How long the dead-letter queue of a per-process queue outlives its last use
-/// (the AMQP provider's `PER_PROCESS_DEAD_LETTER_TTL`).
-pub const PER_PROCESS_DEAD_LETTER_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// (RabbitMQ's rule, as the AMQP provider applies it).
+pub use eventing_rabbitmq::PER_PROCESS_DEAD_LETTER_TTL;
 /// The pause between attempts to reopen the publishing session: 100 ms doubling
 /// up to 2 s, with jitter.
 const RECONNECT: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
@@ -276,22 +275,23 @@ impl Inner {
         admin: &mut RabbitAdmin,
         queues: &[&QueueSpec],
     ) -> Result<(), StompError> {
+        let queue_type = self.config.queue_type;
         for queue in queues {
             if !self.exchanges.lock().contains(&queue.event) {
-                admin.declare_exchange(&queue.event, queue.durable).await?;
+                let exchange = rules::exchange(&queue.event, queue.durable);
+                admin
+                    .declare_exchange(&exchange.name, exchange.durable)
+                    .await?;
                 self.exchanges.lock().insert(queue.event.clone());
             }
             if !queue.per_process {
-                // As its SUBSCRIBE will: durable, no arguments.
-                admin.declare_queue(&queue.name, true, false, None).await?;
+                // As the AMQP provider does, and as its SUBSCRIBE will find it.
+                admin.declare(&rules::queue(queue, queue_type)).await?;
                 admin.bind_queue(&queue.name, &queue.event).await?;
             }
-            let dlq = queue.dead_letter_queue();
-            if !admin.queue_exists(&dlq).await? {
-                // As the AMQP provider does: the dead letters of a per-process
-                // queue go away some time after their server.
-                let expires = queue.per_process.then_some(PER_PROCESS_DEAD_LETTER_TTL);
-                admin.declare_queue(&dlq, true, false, expires).await?;
+            let dlq = rules::dead_letter_queue(queue, queue_type);
+            if !admin.queue_exists(&dlq.name).await? {
+                admin.declare(&dlq).await?;
             }
             tracing::debug!(event = %queue.event, queue = %queue.name, "declared");
             self.queues.lock().insert(queue.name.clone());
@@ -402,9 +402,12 @@ impl Inner {
         };
         let conn = Connection::open(&self.config, &self.transport, options).await?;
         let rx = conn.subscription(SUBSCRIPTION_ID, usize::from(prefetch) + 16);
-        let frame = self
-            .dialect()
-            .subscribe_frame(queue, SUBSCRIPTION_ID, prefetch);
+        let frame = self.dialect().subscribe_frame_with(
+            queue,
+            SUBSCRIPTION_ID,
+            prefetch,
+            self.config.queue_type,
+        );
         if let Err(error) = conn.request(frame, self.send_timeout, "SUBSCRIBE").await {
             conn.close().await;
             return Err(error.into());
@@ -441,11 +444,18 @@ impl Inner {
         let dialect = self.dialect();
         Ok(letters
             .into_iter()
-            .map(|letter| match letter {
-                Inbound::Message(frame) => dialect.envelope_of(frame),
-                Inbound::Rejected(rejected) => {
-                    crate::consumer::unreadable_letter(dialect, rejected)
+            .map(|letter| {
+                let mut letter = match letter {
+                    Inbound::Message(frame) => dialect.envelope_of(frame),
+                    Inbound::Rejected(rejected) => {
+                        crate::consumer::unreadable_letter(dialect, rejected)
+                    }
+                };
+                if dialect == Dialect::RabbitMq {
+                    // Dead-lettered by the broker (past a quorum queue's delivery limit).
+                    eventing_rabbitmq::explain_dead_letter(&mut letter);
                 }
+                letter
             })
             .collect())
     }
@@ -660,7 +670,7 @@ impl Provider for StompProvider {
 }
 
 /// The factory registered for `stomp://` and `stomps://`.
-fn connect(config: ProviderConfig) -> eventing::ConnectFuture {
+fn connect(config: ProviderConfig) -> eventing::provider::ConnectFuture {
     Box::pin(async move { Ok(StompProvider::connect(config).await?.into_dyn()) })
 }
 

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use eventing::{Envelope, Provider, ProviderConfig, Route};
+use eventing::Envelope;
+use eventing::provider::{Provider, ProviderConfig, Route};
 use eventing_stomp::StompProvider;
 use eventing_stomp::codec::{Incoming, StompCodec};
 use eventing_stomp::frame::{Command, Frame};
