@@ -167,7 +167,7 @@ mod tests {
 
     #[test]
     fn headers_come_back_identical() {
-        let mut envelope = Envelope::new("Ping", eventing::JSON, Bytes::from_static(b"{}"));
+        let mut envelope = Envelope::new("Ping", eventing::codec::JSON, Bytes::from_static(b"{}"));
         envelope
             .headers
             .insert("x-stamp", "line1\nline2:colon\\back\rcr\0nul");
@@ -201,7 +201,7 @@ mod tests {
 
     #[test]
     fn standard_headers_use_amqp_properties() {
-        let envelope = Envelope::new("Ping", eventing::JSON, Bytes::new());
+        let envelope = Envelope::new("Ping", eventing::codec::JSON, Bytes::new());
         let properties = to_properties(&envelope, true).expect("encodable");
         assert_eq!(
             properties.message_id().as_ref().map(ShortString::as_str),
@@ -209,7 +209,7 @@ mod tests {
         );
         assert_eq!(
             properties.content_type().as_ref().map(ShortString::as_str),
-            Some(eventing::JSON)
+            Some(eventing::codec::JSON)
         );
         assert_eq!(*properties.delivery_mode(), Some(PERSISTENT));
         let sent = humantime::parse_rfc3339(envelope.headers.get(header::TIMESTAMP).unwrap())
@@ -247,7 +247,7 @@ mod tests {
 
     #[test]
     fn reserved_names_are_escaped_and_come_back() {
-        let mut envelope = Envelope::new("Ping", eventing::JSON, Bytes::new());
+        let mut envelope = Envelope::new("Ping", eventing::codec::JSON, Bytes::new());
         for name in [
             "reply-to",
             "correlation-id",

@@ -5,7 +5,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use eventing::provider::{Capabilities, ConsumeOptions, Consumer, Provider, ProviderConfig, Route};
-use eventing::{Envelope, QueueSpec, Result};
+use eventing::topology::QueueSpec;
+use eventing::{Envelope, Result};
 use eventing_rabbitmq::QueueType;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{FieldTable, ShortString};

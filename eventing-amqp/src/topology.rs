@@ -7,7 +7,8 @@
 //! ([`QueueType::Quorum`]) quorum competing queues that dead-letter past their
 //! delivery limit through the broker itself. This module applies it with lapin.
 
-use eventing::{Envelope, Error, QueueSpec, Result};
+use eventing::topology::QueueSpec;
+use eventing::{Envelope, Error, Result};
 use eventing_rabbitmq::{Arg, QueueType, topology as rules};
 use lapin::options::{
     BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,

@@ -16,7 +16,7 @@
 //! - [`explain_dead_letter`]: the reason of a message RabbitMQ dead-lettered itself.
 //!
 //! ```
-//! use eventing::QueueSpec;
+//! use eventing::topology::QueueSpec;
 //! use eventing_rabbitmq::{Arg, QueueType, topology};
 //!
 //! let spec = QueueSpec::new("shop.Order", "Billing", true, false, "web-1");

@@ -27,7 +27,7 @@
 
 use std::time::Duration;
 
-use eventing::QueueSpec;
+use eventing::topology::QueueSpec;
 
 use crate::QueueType;
 

@@ -302,7 +302,7 @@ impl Raw {
         let body = serde_json::to_vec(&tick(id)).expect("JSON");
         let frame = Frame::new(Command::Send)
             .header("destination", self.destination.clone())
-            .header("content-type", eventing::JSON)
+            .header("content-type", eventing::codec::JSON)
             .with_body(body);
         let mut buf = BytesMut::with_capacity(160);
         self.codec.encode_frame(&frame, &mut buf).expect("encode");

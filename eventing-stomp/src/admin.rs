@@ -184,7 +184,7 @@ impl RabbitAdmin {
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), eventing_stomp::StompError> {
-    /// use eventing::QueueSpec;
+    /// use eventing::topology::QueueSpec;
     /// use eventing_rabbitmq::{QueueType, topology};
     /// use eventing_stomp::{RabbitAdmin, StompConfig};
     ///

@@ -45,7 +45,8 @@ use std::time::Duration;
 
 use eventing::backoff::Backoff;
 use eventing::provider::{Acker, Consumer, Delivery};
-use eventing::{BoxFuture, Envelope, QueueSpec, header};
+use eventing::topology::QueueSpec;
+use eventing::{BoxFuture, Envelope, header};
 use futures_util::Stream;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
@@ -746,7 +747,11 @@ mod tests {
 
     #[test]
     fn fitting_leaves_out_headers_past_the_limits_but_keeps_the_standard_ones() {
-        let mut letter = Envelope::new("shop.Order", eventing::JSON, Bytes::from_static(b"{}"));
+        let mut letter = Envelope::new(
+            "shop.Order",
+            eventing::codec::JSON,
+            Bytes::from_static(b"{}"),
+        );
         for i in 0..200 {
             letter.headers.insert(format!("x-h{i}"), "v");
         }
@@ -808,7 +813,11 @@ mod tests {
             max_frame_bytes: 4096,
             ..CodecLimits::default()
         };
-        let mut letter = Envelope::new("shop.Order", eventing::JSON, Bytes::from(vec![b'b'; 4000]));
+        let mut letter = Envelope::new(
+            "shop.Order",
+            eventing::codec::JSON,
+            Bytes::from(vec![b'b'; 4000]),
+        );
         letter
             .headers
             .insert(header::DEAD_LETTER_REASON, "bad header");

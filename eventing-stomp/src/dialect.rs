@@ -24,7 +24,8 @@
 
 use std::time::UNIX_EPOCH;
 
-use eventing::{Envelope, Headers, QueueSpec, header};
+use eventing::topology::QueueSpec;
+use eventing::{Envelope, Headers, header};
 
 use crate::frame::{Command, Frame};
 
@@ -64,7 +65,7 @@ const SHORT_STRING: usize = 255;
 /// header mapping.
 ///
 /// ```
-/// use eventing::QueueSpec;
+/// use eventing::topology::QueueSpec;
 /// use eventing_stomp::Dialect;
 ///
 /// let queue = QueueSpec::new("Order", "Billing", true, false, "web-1");
@@ -192,7 +193,7 @@ impl Dialect {
     /// queue's arguments (`x-overflow`, `x-dead-letter-strategy`).
     ///
     /// ```
-    /// use eventing::QueueSpec;
+    /// use eventing::topology::QueueSpec;
     /// use eventing_rabbitmq::QueueType;
     /// use eventing_stomp::Dialect;
     ///
@@ -429,7 +430,11 @@ mod tests {
     }
 
     fn envelope() -> Envelope {
-        let mut envelope = Envelope::new("shop.Order", eventing::JSON, Bytes::from_static(b"{}"));
+        let mut envelope = Envelope::new(
+            "shop.Order",
+            eventing::codec::JSON,
+            Bytes::from_static(b"{}"),
+        );
         envelope.headers.insert(header::SESSION_ID, "s-42");
         envelope
             .headers
@@ -577,7 +582,7 @@ mod tests {
             None,
             "RabbitMQ refuses message-id on SEND"
         );
-        assert_eq!(frame.get("content-type"), Some(eventing::JSON));
+        assert_eq!(frame.get("content-type"), Some(eventing::codec::JSON));
         let sent = envelope.headers.get(header::TIMESTAMP).expect("timestamp");
         assert_eq!(frame.get("x-eventing-timestamp"), Some(sent));
         assert_eq!(

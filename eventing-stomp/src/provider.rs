@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use eventing::backoff::Backoff;
 use eventing::provider::{Capabilities, ConsumeOptions, Consumer, Provider, ProviderConfig, Route};
-use eventing::{Envelope, Error, QueueSpec};
+use eventing::topology::QueueSpec;
+use eventing::{Envelope, Error};
 use eventing_rabbitmq::topology as rules;
 use parking_lot::Mutex;
 use tokio::time::Instant;

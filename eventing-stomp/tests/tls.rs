@@ -131,7 +131,7 @@ async fn stomps_with_a_trusted_ca() {
     .expect("TLS session");
     let envelope = Envelope::new(
         "tls.Event",
-        eventing::JSON,
+        eventing::codec::JSON,
         Bytes::from_static(b"{\"n\":1}"),
     );
     let route = Route::new("tls.Event", true);
