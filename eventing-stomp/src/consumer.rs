@@ -52,14 +52,14 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use crate::codec::{CodecLimits, FrameError, Rejected, StompCodec};
-use crate::connection::{Connection, Inbound};
+use crate::connection::{Connection, Inbound, Options};
 use crate::dialect::Dialect;
 use crate::error::StompError;
 use crate::frame::{Command, Frame};
-use crate::provider::Inner;
+use crate::shared::Shared;
 
 /// The subscription id of a consumer's session (one subscription per session).
-pub(crate) const SUBSCRIPTION_ID: &str = "0";
+const SUBSCRIPTION_ID: &str = "0";
 
 /// The header a listed dead letter gets when this client could not read it
 /// whole: why (the letter's body is empty when it was too large).
@@ -69,11 +69,6 @@ pub(crate) const UNREADABLE: &str = "x-stomp-unreadable";
 /// doubling up to 30 s, with jitter.
 const DEAD_LETTER_BACKOFF: Backoff =
     Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-
-/// How long subscribing to a stuck queue is refused: 1 s doubling up to 5 min,
-/// without jitter (one provider's own wait; nothing retries in step with it).
-const STUCK_BACKOFF: Backoff =
-    Backoff::new(Duration::from_secs(1), Duration::from_secs(300)).jitter(0.0);
 
 /// The consumer of one queue, or of one dead-letter queue (for a replay).
 pub(crate) struct StompConsumer {
@@ -113,7 +108,7 @@ enum Kind {
 struct Settle {
     kind: Kind,
     conn: Connection,
-    provider: Arc<Inner>,
+    shared: Arc<Shared>,
     queue: QueueSpec,
     /// Delivery tag -> the MESSAGE's `ack` header.
     pending: Mutex<HashMap<u64, String>>,
@@ -121,41 +116,97 @@ struct Settle {
 }
 
 impl StompConsumer {
-    /// The consumer of `queue`'s subscription on `conn`.
-    pub(crate) fn new(
-        conn: Connection,
-        rx: mpsc::Receiver<Inbound>,
-        provider: Arc<Inner>,
-        queue: QueueSpec,
+    /// Subscribes to `queue` (a listener's queue) on a session of its own,
+    /// `prefetch` unacknowledged at a time.
+    pub(crate) async fn subscribe(
+        shared: Arc<Shared>,
+        queue: &QueueSpec,
         prefetch: u16,
-    ) -> StompConsumer {
-        StompConsumer::of(Kind::Queue, conn, rx, provider, queue, prefetch)
+    ) -> Result<StompConsumer, StompError> {
+        let frame = shared.dialect().subscribe_frame_with(
+            queue,
+            SUBSCRIPTION_ID,
+            prefetch.max(1),
+            shared.config.queue_type,
+        );
+        StompConsumer::open(Kind::Queue, shared, queue, prefetch, frame).await
     }
 
-    /// The consumer of the subscription on `conn` to `queue`'s dead-letter queue.
-    pub(crate) fn dead_letters(
-        conn: Connection,
-        rx: mpsc::Receiver<Inbound>,
-        provider: Arc<Inner>,
-        queue: QueueSpec,
+    /// Takes `queue`'s dead letters (a client-individual subscription to its
+    /// dead-letter queue) on a session of its own, `prefetch` at a time: an ack
+    /// removes one, the rest return when the consumer is dropped. `None` if there
+    /// is no dead-letter queue.
+    pub(crate) async fn take_dead_letters(
+        shared: Arc<Shared>,
+        queue: &QueueSpec,
         prefetch: u16,
-    ) -> StompConsumer {
-        StompConsumer::of(Kind::DeadLetters, conn, rx, provider, queue, prefetch)
+    ) -> Result<Option<StompConsumer>, StompError> {
+        let frame =
+            shared
+                .dialect()
+                .dead_letter_take_frame(queue, SUBSCRIPTION_ID, prefetch.max(1));
+        match StompConsumer::open(Kind::DeadLetters, shared, queue, prefetch, frame).await {
+            Ok(consumer) => Ok(Some(consumer)),
+            Err(StompError::Broker(error)) if error.message == "not_found" => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Opens a session and sends `subscribe` on it.
+    async fn open(
+        kind: Kind,
+        shared: Arc<Shared>,
+        queue: &QueueSpec,
+        prefetch: u16,
+        subscribe: Frame,
+    ) -> Result<StompConsumer, StompError> {
+        let prefetch = prefetch.max(1);
+        // At most `prefetch` deliveries are unsettled, so at most that many ACK
+        // or NACK frames wait for the writer: it never makes an acker wait.
+        let options = Options {
+            role: match kind {
+                Kind::Queue => "consumer",
+                Kind::DeadLetters => "dead-letter reader",
+            },
+            capacity: 2 * usize::from(prefetch) + 16,
+        };
+        let conn = shared.session(options).await?;
+        let rx = conn.subscription(SUBSCRIPTION_ID, usize::from(prefetch) + 16);
+        if let Err(error) = conn
+            .request(subscribe, shared.send_timeout, "SUBSCRIBE")
+            .await
+        {
+            conn.close().await;
+            return Err(error);
+        }
+        Ok(StompConsumer::of(
+            kind,
+            conn,
+            rx,
+            shared,
+            queue.clone(),
+            prefetch,
+        ))
+    }
+
+    /// The consumer's session.
+    pub(crate) fn session(&self) -> &Connection {
+        &self.settle.conn
     }
 
     fn of(
         kind: Kind,
         conn: Connection,
         rx: mpsc::Receiver<Inbound>,
-        provider: Arc<Inner>,
+        shared: Arc<Shared>,
         queue: QueueSpec,
         prefetch: u16,
     ) -> StompConsumer {
-        let dialect = provider.dialect();
+        let dialect = shared.dialect();
         let settle = Arc::new(Settle {
             kind,
             conn,
-            provider,
+            shared,
             queue,
             pending: Mutex::new(HashMap::new()),
             cancelled: AtomicBool::new(false),
@@ -242,7 +293,7 @@ impl StompConsumer {
             return None;
         }
         self.held += 1;
-        settle.provider.count_unreadable_held();
+        settle.shared.count_unreadable_held();
         tracing::error!(
             event = %queue.event,
             queue = %queue.name,
@@ -260,7 +311,7 @@ impl StompConsumer {
         if self.held < self.prefetch {
             return None;
         }
-        let wait = settle.provider.hold_queue(&queue.name);
+        let wait = settle.shared.hold_queue(&queue.name);
         let error = StompError::Closed {
             reason: format!(
                 "all {} prefetch slots of queue `{}` are held by messages this client can \
@@ -330,12 +381,12 @@ async fn dead_letter_unreadable(settle: Arc<Settle>, ack: String, letter: Envelo
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match settle.provider.send_dead_letter(queue, &letter).await {
+        match settle.shared.publisher.dead_letter(queue, &letter).await {
             Ok(()) => {
                 settle
                     .conn
                     .send_now(&Frame::new(Command::Ack).header("id", ack));
-                settle.provider.count_unreadable_dead_lettered();
+                settle.shared.count_unreadable_dead_lettered();
                 tracing::info!(
                     queue = %queue.name,
                     message_id = %letter.message_id(),
@@ -458,12 +509,6 @@ fn fit_dead_letter(
     letter
 }
 
-/// How long subscribing to a queue is refused after its sessions got stuck
-/// `strikes` times in a row: 1 s, doubling, at most 5 min.
-pub(crate) fn stuck_wait(strikes: u32) -> Duration {
-    STUCK_BACKOFF.delay(strikes)
-}
-
 /// A dead letter listed by this client that it could not read whole: the
 /// headers it could read, the body unless it was too large, and [`UNREADABLE`]
 /// saying why.
@@ -507,7 +552,7 @@ impl Stream for StompConsumer {
                     };
                     if !this.progressed && this.kind == Kind::Queue {
                         this.progressed = true;
-                        this.settle.provider.release_queue(&this.settle.queue.name);
+                        this.settle.shared.release_queue(&this.settle.queue.name);
                     }
                     let redelivered = frame.get("redelivered") == Some("true");
                     this.next_tag += 1;
@@ -563,7 +608,7 @@ impl Consumer for StompConsumer {
         Box::pin(async move {
             self.unsubscribed = true;
             let unsubscribe = Frame::new(Command::Unsubscribe).header("id", SUBSCRIPTION_ID);
-            let wait = self.settle.provider.send_timeout();
+            let wait = self.settle.shared.send_timeout;
             self.settle
                 .conn
                 .request(unsubscribe, wait, "UNSUBSCRIBE from dead letters")
@@ -652,8 +697,9 @@ impl Acker for StompAcker {
             // Sent on the provider's publishing session: its receipt cannot be
             // held up by this consumer's back-pressure.
             settle
-                .provider
-                .send_dead_letter(&settle.queue, &envelope)
+                .shared
+                .publisher
+                .dead_letter(&settle.queue, &envelope)
                 .await?;
             settle.ack(tag);
             Ok(())
@@ -827,15 +873,5 @@ mod tests {
             fitted.headers.get(header::DEAD_LETTER_REASON),
             Some("bad header; body left out of the dead letter to fit the frame limit")
         );
-    }
-
-    #[test]
-    fn stuck_queues_wait_longer_each_time() {
-        let waits: Vec<u64> = [1, 2, 3, 9, 10, 100]
-            .into_iter()
-            .map(|strikes| stuck_wait(strikes).as_secs())
-            .collect();
-        assert_eq!(waits, [1, 2, 4, 256, 300, 300]);
-        assert_eq!(stuck_wait(0), Duration::from_secs(1));
     }
 }

@@ -1,0 +1,230 @@
+//! Sending: one STOMP session shared by every send, opened again with backoff
+//! when it was lost. Durable messages, dead letters and messages for one queue
+//! are persistent and awaited by their `RECEIPT`; transient ones are written and
+//! not awaited.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use eventing::backoff::Backoff;
+use eventing::provider::Route;
+use eventing::topology::QueueSpec;
+use eventing::{Envelope, Error};
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use crate::codec::FrameError;
+use crate::config::StompConfig;
+use crate::connection::{Connection, Options};
+use crate::dialect::Dialect;
+use crate::error::{PROVIDER, StompError};
+use crate::frame::Frame;
+use crate::transport::Transport;
+
+/// The publishing session: up to 1024 frames queued before a send waits.
+const PUBLISHER: Options = Options {
+    role: "publisher",
+    capacity: 1024,
+};
+
+/// The pause between attempts to reopen the publishing session: 100 ms doubling
+/// up to 2 s, with jitter.
+const RECONNECT: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+
+/// Sends for one provider (and its consumers' dead letters).
+pub(crate) struct Publisher {
+    config: StompConfig,
+    transport: Transport,
+    send_timeout: Duration,
+    session: Mutex<Option<Connection>>,
+    reconnect: tokio::sync::Mutex<()>,
+    closed: AtomicBool,
+}
+
+impl Publisher {
+    /// Opens the publishing session, so wrong credentials or an unreachable
+    /// broker fail here.
+    pub(crate) async fn open(
+        config: &StompConfig,
+        transport: &Transport,
+        send_timeout: Duration,
+    ) -> Result<Publisher, StompError> {
+        let session = Connection::open(config, transport, PUBLISHER).await?;
+        Ok(Publisher {
+            config: config.clone(),
+            transport: transport.clone(),
+            send_timeout,
+            session: Mutex::new(Some(session)),
+            reconnect: tokio::sync::Mutex::new(()),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    fn dialect(&self) -> Dialect {
+        self.config.dialect
+    }
+
+    /// An error once the provider was closed: it sends no more.
+    pub(crate) fn check_open(&self) -> eventing::Result<()> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(Error::Unavailable {
+                provider: PROVIDER,
+                reason: "the provider was closed".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Sends `envelope` for the event `route.address`: a durable one
+    /// persistently, returning on the broker's receipt, before `deadline`.
+    pub(crate) async fn publish(
+        &self,
+        route: Route<'_>,
+        envelope: &Envelope,
+        deadline: Instant,
+    ) -> eventing::Result<()> {
+        let frame = self
+            .dialect()
+            .send_frame(route.address, envelope, route.durable);
+        if let Some(reason) = self.dialect().unsendable(&frame) {
+            return Err(StompError::Unsendable { reason }.into());
+        }
+        let session = self.session(deadline).await?;
+        if route.durable {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            session
+                .request(frame, wait, "waiting for the broker's RECEIPT")
+                .await
+                .map_err(|error| refused(error, route.address, envelope))
+        } else {
+            session
+                .send(&frame)
+                .await
+                .map_err(|error| refused(error, route.address, envelope))
+        }
+    }
+
+    /// Sends a dead letter of `queue` persistently and waits for its receipt.
+    pub(crate) async fn dead_letter(
+        &self,
+        queue: &QueueSpec,
+        envelope: &Envelope,
+    ) -> eventing::Result<()> {
+        let frame = self.dialect().dead_letter_frame(queue, envelope);
+        let target = queue.dead_letter_queue();
+        self.receipted(
+            frame,
+            &target,
+            envelope,
+            "waiting for the RECEIPT of a dead letter",
+        )
+        .await
+    }
+
+    /// Sends `envelope` persistently to `queue` alone and waits for its receipt.
+    pub(crate) async fn to_queue(
+        &self,
+        queue: &QueueSpec,
+        envelope: &Envelope,
+    ) -> eventing::Result<()> {
+        let frame = self.dialect().replay_frame(queue, envelope);
+        self.receipted(
+            frame,
+            &queue.name,
+            envelope,
+            "waiting for the RECEIPT of a message for one queue",
+        )
+        .await
+    }
+
+    /// Sends `frame` (carrying `envelope`, for `target`) and waits for its
+    /// receipt, within the send timeout.
+    async fn receipted(
+        &self,
+        frame: Frame,
+        target: &str,
+        envelope: &Envelope,
+        operation: &'static str,
+    ) -> eventing::Result<()> {
+        let deadline = Instant::now() + self.send_timeout;
+        if let Some(reason) = self.dialect().unsendable(&frame) {
+            return Err(StompError::Unsendable { reason }.into());
+        }
+        let session = self.session(deadline).await?;
+        let wait = deadline.saturating_duration_since(Instant::now());
+        session
+            .request(frame, wait, operation)
+            .await
+            .map_err(|error| refused(error, target, envelope))
+    }
+
+    /// The publishing session, reopened with backoff (until `deadline`) if it
+    /// was lost.
+    async fn session(&self, deadline: Instant) -> Result<Connection, StompError> {
+        if let Some(session) = self.current() {
+            return Ok(session);
+        }
+        let _one_at_a_time = self.reconnect.lock().await;
+        if let Some(session) = self.current() {
+            return Ok(session);
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            if self.closed.load(Ordering::Relaxed) {
+                return Err(StompError::Closed {
+                    reason: "the provider was closed".into(),
+                });
+            }
+            let pause = RECONNECT.delay(attempt);
+            match Connection::open(&self.config, &self.transport, PUBLISHER).await {
+                Ok(session) => {
+                    tracing::info!(broker = %session.label(), "STOMP publishing session reopened");
+                    *self.session.lock() = Some(session.clone());
+                    return Ok(session);
+                }
+                Err(error) if error.is_transient() && Instant::now() + pause < deadline => {
+                    tracing::debug!(%error, ?pause, "STOMP broker unavailable; retrying");
+                    tokio::time::sleep(pause).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    fn current(&self) -> Option<Connection> {
+        self.session
+            .lock()
+            .clone()
+            .filter(|session| !session.is_closed())
+    }
+
+    /// Closes the publishing session for good.
+    pub(crate) async fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        let session = self.session.lock().take();
+        if let Some(session) = session {
+            session.close().await;
+        }
+    }
+}
+/// The runtime's error for a failed send: a broker `ERROR` is a refusal.
+fn refused(error: StompError, address: &str, envelope: &Envelope) -> Error {
+    match error {
+        StompError::Broker(broker) => Error::Refused {
+            provider: PROVIDER,
+            address: address.to_string(),
+            message_id: envelope.message_id().to_string(),
+            reason: broker.to_string(),
+        },
+        StompError::Encode(frame) => match &*frame {
+            FrameError::FrameTooLarge { limit, size } => Error::TooLarge {
+                address: address.to_string(),
+                size: *size,
+                limit: *limit,
+            },
+            _ => StompError::Encode(frame).into(),
+        },
+        other => other.into(),
+    }
+}
