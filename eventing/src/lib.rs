@@ -41,13 +41,3 @@ pub use error::{BoxError, Error, Result, redact_url};
 pub use event::{Event, EventDescriptor};
 pub use listener::{Context, EventListener, ListenerDescriptor, ListenerResult};
 pub use manager::{EventManager, EventManagerBuilder, ListenerOptions, RetryPolicy};
-
-// Transitional: the provider crates move to the module paths in the next commit.
-#[doc(hidden)]
-pub use codec::JSON;
-#[doc(hidden)]
-pub use provider::{
-    Acker, ConnectFuture, ConsumeOptions, Consumer, Delivery, Provider, ProviderConfig, Route,
-};
-#[doc(hidden)]
-pub use topology::QueueSpec;
