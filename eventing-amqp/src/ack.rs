@@ -180,6 +180,16 @@ impl AckWindow {
         if self.closing || (self.requeues.is_empty() && self.acked.is_empty()) {
             return None;
         }
+        let (mut flush, stragglers) = self.drain();
+        flush.ack_each = stragglers.into_iter().collect();
+        self.hole = None;
+        Some(flush)
+    }
+
+    /// Takes the requeues and the acks a multiple ack can cover (those below every
+    /// open delivery) into a flush; returns it with the acks above an open delivery
+    /// (the stragglers), which the caller sends one by one or keeps.
+    fn drain(&mut self) -> (Flush, BTreeSet<u64>) {
         let mut flush = Flush {
             requeue: std::mem::take(&mut self.requeues),
             ..Flush::default()
@@ -189,12 +199,10 @@ impl AckWindow {
             None => BTreeSet::new(),
         };
         flush.ack_up_to = self.acked.last().copied();
-        flush.ack_each = stragglers.into_iter().collect();
         self.acked.clear();
         self.first_pending_at = None;
         self.flush_requested = false;
-        self.hole = None;
-        Some(flush)
+        (flush, stragglers)
     }
 
     /// True once closing was asked for: only the flusher task sends from then on.
@@ -241,18 +249,8 @@ impl AckWindow {
             };
             return Step::Wait(deadline);
         }
-        let mut flush = Flush {
-            requeue: std::mem::take(&mut self.requeues),
-            ..Flush::default()
-        };
-        let stragglers = match self.open.first() {
-            Some(&oldest) => self.acked.split_off(&oldest),
-            None => BTreeSet::new(),
-        };
-        flush.ack_up_to = self.acked.last().copied();
+        let (mut flush, stragglers) = self.drain();
         self.acked = stragglers;
-        self.first_pending_at = None;
-        self.flush_requested = false;
         if stall_due {
             flush.ack_each = std::mem::take(&mut self.acked).into_iter().collect();
             self.hole = None;

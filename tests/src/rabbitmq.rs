@@ -109,3 +109,26 @@ pub async fn port_open(port: u16) -> bool {
         Ok(Ok(_))
     )
 }
+
+/// `(name, type, arguments)` of the broker's queues whose names contain `filter`.
+pub async fn queue_types(filter: &str) -> Vec<(String, String, String)> {
+    let output = rabbitmqctl(&[
+        "list_queues",
+        "--no-table-headers",
+        "name",
+        "type",
+        "arguments",
+    ])
+    .await;
+    output
+        .lines()
+        .filter_map(|line| {
+            let mut columns = line.split('\t');
+            let name = columns.next()?.to_string();
+            let kind = columns.next()?.to_string();
+            let arguments = columns.next().unwrap_or("").to_string();
+            Some((name, kind, arguments))
+        })
+        .filter(|(name, _, _)| name.contains(filter))
+        .collect()
+}

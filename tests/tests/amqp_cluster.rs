@@ -37,8 +37,9 @@ use eventing::{
 };
 use eventing_test::faults::{Counter, Item, RssSampler, Tally, count, eventually};
 use eventing_test::harness::bounded_cleanup;
-use eventing_tests::amqp::{AmqpHarness, list_exchanges, list_queues, rabbitmqctl};
+use eventing_tests::amqp::{AmqpHarness, list_exchanges, list_queues};
 use eventing_tests::nodes::{Node, NodeOptions, leftover_beams, new_cookie};
+use eventing_tests::rabbitmq::queue_types;
 use eventing_tests::{Harness, TestEnv};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
@@ -168,30 +169,6 @@ fn len(seen: &Mutex<Vec<u64>>) -> usize {
 /// The address of `Job` in `env`.
 fn job_address(env: &TestEnv<'_>) -> String {
     format!("quorum.{}.Job", env.env)
-}
-
-/// `(name, type, arguments)` of the shared broker's queues whose names contain
-/// `filter`.
-async fn queue_types(filter: &str) -> Vec<(String, String, String)> {
-    let output = rabbitmqctl(&[
-        "list_queues",
-        "--no-table-headers",
-        "name",
-        "type",
-        "arguments",
-    ])
-    .await;
-    output
-        .lines()
-        .filter_map(|line| {
-            let mut columns = line.split('\t');
-            let name = columns.next()?.to_string();
-            let kind = columns.next()?.to_string();
-            let arguments = columns.next().unwrap_or("").to_string();
-            Some((name, kind, arguments))
-        })
-        .filter(|(name, _, _)| name.contains(filter))
-        .collect()
 }
 
 // ---------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ use eventing::{
     event_listener, header,
 };
 use eventing_stomp::frame::{Command, Frame};
-use eventing_tests::stomp::{RawStomp, StompHarness, rabbitmqctl};
+use eventing_tests::rabbitmq::queue_types;
+use eventing_tests::stomp::{RawStomp, StompHarness};
 use serde::{Deserialize, Serialize};
 
 const LIMIT: u32 = 2;
@@ -85,29 +86,6 @@ fn builder(harness: &StompHarness, env: &str, server: &str) -> eventing::EventMa
                 max_backoff: Duration::from_millis(20),
             },
         })
-}
-
-/// `(name, type, arguments)` of the broker's queues whose names contain `filter`.
-async fn queue_types(filter: &str) -> Vec<(String, String, String)> {
-    let output = rabbitmqctl(&[
-        "list_queues",
-        "--no-table-headers",
-        "name",
-        "type",
-        "arguments",
-    ])
-    .await;
-    output
-        .lines()
-        .filter_map(|line| {
-            let mut columns = line.split('\t');
-            let name = columns.next()?.to_string();
-            let kind = columns.next()?.to_string();
-            let arguments = columns.next().unwrap_or("").to_string();
-            Some((name, kind, arguments))
-        })
-        .filter(|(name, _, _)| name.contains(filter))
-        .collect()
 }
 
 async fn eventually(mut check: impl FnMut() -> bool) -> bool {
