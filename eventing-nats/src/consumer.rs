@@ -1,0 +1,429 @@
+//! Consuming a JetStream pull consumer: the pull loop, the deliveries it yields and
+//! how they are settled.
+//!
+//! The loop sends its own pull requests (`$JS.API.CONSUMER.MSG.NEXT`) to an inbox of
+//! its own rather than using async-nats's `messages()`, to keep what is in flight at
+//! this instance within its prefetch (requests ask for `prefetch - unsettled -
+//! already requested`), and to stop cleanly on cancel: no new requests, what
+//! arrives later is NAKed at once (it goes back to the queue for other instances)
+//! instead of waiting out the ack wait in a buffer nobody reads.
+//!
+//! Status messages: `100` (heartbeat) is ignored, `404`/`408` end a request,
+//! `409 Consumer Deleted` and `503` (no consumer answers) end the stream, so the
+//! runtime declares and subscribes again with backoff. So does a lost connection
+//! (the runtime shows it in `health()` and counts the reconnect; the server may have
+//! restarted and forgotten our pull requests); deliveries already handed out are
+//! still settled through the client once it is back.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_nats::connection::State;
+use async_nats::{StatusCode, Subject};
+use bytes::Bytes;
+use eventing::provider::{Acker, Consumer, Delivery};
+use eventing::{BoxFuture, Envelope, Result};
+use futures_util::{Stream, StreamExt};
+use parking_lot::Mutex;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::Instant;
+
+use crate::Inner;
+
+/// How long one pull request waits at the server.
+const EXPIRES: Duration = Duration::from_secs(3);
+/// After its expiry, how long a request is still counted (its 408 may be late).
+const GRACE: Duration = Duration::from_millis(500);
+/// After cancel, how long late arrivals are NAKed before the inbox is closed.
+const LINGER: Duration = Duration::from_millis(250);
+
+/// What is consumed.
+#[derive(Clone)]
+pub(crate) enum Kind {
+    /// A queue: messages put onto another queue alone (header
+    /// [`crate::headers::TARGET_QUEUE`]) are acknowledged and skipped.
+    Queue {
+        /// The escaped queue name this consumer's target header must carry.
+        target: String,
+        /// A per-process queue: its consumer is deleted when the subscription is
+        /// cancelled or dropped (its server goes away), as RabbitMQ drops an
+        /// exclusive queue with its connection.
+        per_process: bool,
+    },
+    /// The dead letters of a queue: an ack deletes the letter from the dead-letter
+    /// stream (it keeps messages until deleted); the consumer is deleted at the end.
+    Letters,
+}
+
+pub(crate) struct Spec {
+    pub(crate) stream: String,
+    pub(crate) consumer: String,
+    pub(crate) prefetch: usize,
+    pub(crate) kind: Kind,
+}
+
+struct Pending {
+    reply: Subject,
+    stream_sequence: u64,
+}
+
+/// Settles the deliveries of one subscription.
+pub(crate) struct Settle {
+    inner: Arc<Inner>,
+    stream: String,
+    kind: Kind,
+    pending: Arc<Mutex<HashMap<u64, Pending>>>,
+    next_tag: AtomicU64,
+    settled: Arc<Notify>,
+    /// The dead-letter subject of the queue.
+    dead_letter_subject: String,
+}
+
+impl Settle {
+    fn take(&self, tag: u64) -> Option<Pending> {
+        let pending = self.pending.lock().remove(&tag);
+        self.settled.notify_one();
+        pending
+    }
+
+    fn unsettled(&self) -> usize {
+        self.pending.lock().len()
+    }
+}
+
+impl Acker for Settle {
+    fn ack(&self, tag: u64) {
+        let Some(pending) = self.take(tag) else {
+            return;
+        };
+        let inner = Arc::clone(&self.inner);
+        let stream = self.stream.clone();
+        let letters = matches!(self.kind, Kind::Letters);
+        self.inner.acks.spawn(async move {
+            if letters {
+                // The dead-letter stream keeps messages: removing a letter is deleting it.
+                inner.delete_message(&stream, pending.stream_sequence).await;
+            }
+            inner.send_ack(pending.reply, b"").await;
+        });
+    }
+
+    fn requeue(&self, tag: u64) {
+        let Some(pending) = self.take(tag) else {
+            return;
+        };
+        let inner = Arc::clone(&self.inner);
+        self.inner.acks.spawn(async move {
+            inner.send_ack(pending.reply, b"-NAK").await;
+        });
+    }
+
+    fn dead_letter(&self, tag: u64, letter: Envelope) -> BoxFuture<'static, Result<()>> {
+        let reply = self.pending.lock().get(&tag).map(|p| p.reply.clone());
+        let inner = Arc::clone(&self.inner);
+        let subject = self.dead_letter_subject.clone();
+        let pending = Arc::clone(&self.pending);
+        let settled = Arc::clone(&self.settled);
+        Box::pin(async move {
+            let Some(reply) = reply else {
+                return Ok(()); // settled already
+            };
+            // The letter is stored (publish ack) before the original is acknowledged;
+            // if that fails the original stays unsettled and the runtime requeues it.
+            inner.store_dead_letter(&subject, &letter).await?;
+            pending.lock().remove(&tag);
+            settled.notify_one();
+            inner.confirm_ack(reply).await
+        })
+    }
+}
+
+/// One subscription: deliveries arrive on a channel the pull loop fills.
+pub(crate) struct Subscription {
+    rx: mpsc::UnboundedReceiver<Delivery>,
+    cancel: watch::Sender<bool>,
+}
+
+impl Stream for Subscription {
+    type Item = Result<Delivery>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx).map(|d| d.map(Ok))
+    }
+}
+
+impl Consumer for Subscription {
+    fn cancel(&mut self) -> BoxFuture<'_, Result<()>> {
+        let _ = self.cancel.send(true);
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let _ = self.cancel.send(true);
+    }
+}
+
+/// Starts consuming `spec`.
+pub(crate) async fn subscribe(
+    inner: Arc<Inner>,
+    spec: Spec,
+    dead_letter_subject: String,
+) -> Result<Box<dyn Consumer>> {
+    let inbox = inner.client.new_inbox();
+    let subscriber = inner
+        .client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| crate::unavailable(format!("cannot subscribe to an inbox: {e}")))?;
+    let settle = Arc::new(Settle {
+        inner: Arc::clone(&inner),
+        stream: spec.stream.clone(),
+        kind: spec.kind.clone(),
+        pending: Arc::new(Mutex::new(HashMap::new())),
+        next_tag: AtomicU64::new(1),
+        settled: Arc::new(Notify::new()),
+        dead_letter_subject,
+    });
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (cancel, cancelled) = watch::channel(false);
+    let mut disconnects = inner.disconnects.subscribe();
+    disconnects.mark_unchanged();
+    let pull = Pull {
+        disconnects,
+        inner,
+        spec,
+        inbox,
+        subscriber,
+        settle,
+        tx,
+        cancelled,
+        requests: VecDeque::new(),
+    };
+    tokio::spawn(pull.run());
+    Ok(Box::new(Subscription { rx, cancel }))
+}
+
+struct Pull {
+    /// Changes when the connection is lost: the stream then ends, so the runtime
+    /// notices (health, reconnect count) and declares and subscribes again.
+    disconnects: watch::Receiver<u64>,
+    inner: Arc<Inner>,
+    spec: Spec,
+    inbox: String,
+    subscriber: async_nats::Subscriber,
+    settle: Arc<Settle>,
+    tx: mpsc::UnboundedSender<Delivery>,
+    cancelled: watch::Receiver<bool>,
+    /// Requests in flight: (counted until, messages still owed).
+    requests: VecDeque<(Instant, usize)>,
+}
+
+enum Step {
+    Go,
+    /// The consumer or the connection is gone: end the stream.
+    End(&'static str),
+}
+
+impl Pull {
+    async fn run(mut self) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let why = loop {
+            if *self.cancelled.borrow() || self.tx.is_closed() {
+                break "cancelled";
+            }
+            self.request_more().await;
+            let until = self
+                .requests
+                .front()
+                .map(|(until, _)| *until)
+                .unwrap_or_else(|| Instant::now() + EXPIRES);
+            tokio::select! {
+                _ = self.cancelled.changed() => {}
+                message = self.subscriber.next() => match message {
+                    None => break "the connection closed",
+                    Some(message) => {
+                        if let Step::End(why) = self.on_message(message).await {
+                            break why;
+                        }
+                    }
+                },
+                _ = self.settle.settled.notified() => {}
+                _ = tokio::time::sleep_until(until) => {
+                    self.requests.pop_front();
+                }
+                _ = self.disconnects.changed() => break "the connection was lost",
+                _ = tick.tick() => {
+                    // Events can be dropped under load: look at the state too.
+                    if self.inner.client.connection_state() != State::Connected {
+                        break "the connection was lost";
+                    }
+                }
+            }
+        };
+        tracing::debug!(consumer = %self.spec.consumer, why, "pull loop ends");
+        // No more deliveries: the stream ends after what it holds.
+        let Self {
+            inner,
+            spec,
+            mut subscriber,
+            tx,
+            ..
+        } = self;
+        drop(tx);
+        if why == "cancelled" {
+            // What the server sent before it saw us go back to the queue at once.
+            let deadline = Instant::now() + LINGER;
+            while let Ok(Some(message)) = tokio::time::timeout_at(deadline, subscriber.next()).await
+            {
+                if message.status.is_none()
+                    && let Some(reply) = message.reply
+                {
+                    inner.send_ack(reply, b"-NAK").await;
+                }
+            }
+        }
+        let _ = subscriber.unsubscribe().await;
+        let owned = match spec.kind {
+            Kind::Letters => true,
+            Kind::Queue { per_process, .. } => per_process && why == "cancelled",
+        };
+        if owned {
+            inner.delete_consumer(&spec.stream, &spec.consumer).await;
+        }
+    }
+
+    /// Asks for what this instance may take: its prefetch minus what it holds and
+    /// what it asked for already.
+    async fn request_more(&mut self) {
+        let asked: usize = self.requests.iter().map(|(_, n)| n).sum();
+        let want = self
+            .spec
+            .prefetch
+            .saturating_sub(self.settle.unsettled() + asked);
+        // Small requests only when nothing is asked for, so a busy consumer sends
+        // few requests.
+        if want == 0 || (asked > 0 && want < self.spec.prefetch.div_ceil(4)) {
+            return;
+        }
+        let body = format!("{{\"batch\":{want},\"expires\":{}}}", EXPIRES.as_nanos());
+        let subject = format!(
+            "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
+            self.spec.stream, self.spec.consumer
+        );
+        match self
+            .inner
+            .client
+            .publish_with_reply(subject, self.inbox.clone(), Bytes::from(body))
+            .await
+        {
+            Ok(()) => self
+                .requests
+                .push_back((Instant::now() + EXPIRES + GRACE, want)),
+            Err(error) => tracing::debug!(%error, "pull request not sent"),
+        }
+    }
+
+    fn owed_one(&mut self) {
+        if let Some((_, n)) = self.requests.front_mut() {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.requests.pop_front();
+            }
+        }
+    }
+
+    async fn on_message(&mut self, message: async_nats::Message) -> Step {
+        if let Some(status) = message.status {
+            let description = message.description.as_deref().unwrap_or("");
+            return match status {
+                StatusCode::IDLE_HEARTBEAT => Step::Go,
+                StatusCode::NOT_FOUND | StatusCode::TIMEOUT => {
+                    self.requests.pop_front();
+                    Step::Go
+                }
+                StatusCode::NO_RESPONDERS => Step::End("no responders: the consumer is gone"),
+                StatusCode::REQUEST_TERMINATED
+                    if description.to_ascii_lowercase().contains("deleted") =>
+                {
+                    Step::End("the consumer was deleted")
+                }
+                _ => {
+                    tracing::debug!(%status, description, consumer = %self.spec.consumer, "pull request ended");
+                    self.requests.pop_front();
+                    Step::Go
+                }
+            };
+        }
+        self.owed_one();
+        let Some(reply) = message.reply.clone() else {
+            return Step::Go;
+        };
+        let (delivered, stream_sequence) = ack_info(&reply).unwrap_or((1, 0));
+        if let Kind::Queue { target, .. } = &self.spec.kind {
+            let for_other = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(crate::headers::TARGET_QUEUE))
+                .is_some_and(|q| q.as_str() != target);
+            if for_other {
+                // Put onto another queue of the event alone (a replay): not ours.
+                self.inner.send_ack(reply, b"").await;
+                return Step::Go;
+            }
+        }
+        let envelope = crate::headers::to_envelope(message.headers.as_ref(), message.payload);
+        let tag = self.settle.next_tag.fetch_add(1, Ordering::Relaxed);
+        self.settle.pending.lock().insert(
+            tag,
+            Pending {
+                reply,
+                stream_sequence,
+            },
+        );
+        let acker: Arc<dyn Acker> = Arc::clone(&self.settle) as Arc<dyn Acker>;
+        let delivery = Delivery::new(envelope, tag, acker).redelivered(delivered > 1);
+        if self.tx.send(delivery).is_err() {
+            // Nobody reads any more: give it back.
+            let pending = self.settle.pending.lock().remove(&tag);
+            if let Some(pending) = pending {
+                self.inner.send_ack(pending.reply, b"-NAK").await;
+            }
+        }
+        Step::Go
+    }
+}
+
+/// (delivery count, stream sequence) from a JetStream ack subject, in the 2.9 form
+/// `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>` or the
+/// newer one with domain and account hash in front.
+pub(crate) fn ack_info(reply: &str) -> Option<(u64, u64)> {
+    let tokens: Vec<&str> = reply.split('.').collect();
+    if tokens.len() < 9 || tokens[0] != "$JS" || tokens[1] != "ACK" {
+        return None;
+    }
+    let at = if tokens.len() == 9 { 4 } else { 6 };
+    let delivered = tokens.get(at)?.parse().ok()?;
+    let sequence = tokens.get(at + 1)?.parse().ok()?;
+    Some((delivered, sequence))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ack_info;
+
+    #[test]
+    fn ack_subjects() {
+        assert_eq!(ack_info("$JS.ACK.s.c.3.17.9.1700000000.4"), Some((3, 17)));
+        assert_eq!(
+            ack_info("$JS.ACK.dom.hash.s.c.2.40.9.1700000000.4.tok"),
+            Some((2, 40))
+        );
+        assert_eq!(ack_info("_INBOX.x"), None);
+    }
+}

@@ -1,0 +1,217 @@
+//! Envelope headers as NATS headers, binary-safe.
+//!
+//! NATS header names are printable ASCII without `:`; values cannot hold CR or LF,
+//! and the client trims the whitespace around them. async-nats *panics* on invalid
+//! names or values given as strings (since 0.47), so every name and value goes
+//! through the fallible `FromStr` here. A header that would not arrive identical is
+//! sent escaped, name and value both in the `%XX` style of [`crate::names`] (`%`,
+//! `:`, `,`, controls, whitespace and non-ASCII bytes of the name; `%`, controls and
+//! whitespace other than an inner space of the value), and its (escaped) name is
+//! listed in the header [`ESCAPED`]; the receiver decodes exactly the listed ones.
+//! Names that NATS itself interprets (`Nats-*`) or that this provider uses
+//! (`Eventing-Nats-*`) are escaped too, so a user header never steers the server.
+//! Headers a plain NATS publisher sends arrive unchanged (it lists nothing).
+
+use std::str::FromStr;
+
+use async_nats::header::{HeaderMap, HeaderName, HeaderValue};
+use eventing::{Envelope, Error, Headers, Result};
+
+/// Lists the headers sent escaped (comma-separated escaped names).
+pub const ESCAPED: &str = "Eventing-Nats-Escaped";
+
+/// On a message put onto one queue alone (replay): the queue it is for. Other
+/// queues of the event acknowledge and skip it.
+pub const TARGET_QUEUE: &str = "Eventing-Nats-Queue";
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+fn push_escaped(out: &mut String, byte: u8) {
+    out.push('%');
+    out.push(char::from(HEX[usize::from(byte >> 4)]));
+    out.push(char::from(HEX[usize::from(byte & 0xf)]));
+}
+
+fn reserved(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower.starts_with("nats-") || lower.starts_with("eventing-nats-")
+}
+
+fn name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b':' | b'%' | b','))
+        && !reserved(name)
+}
+
+fn value_ok(value: &str) -> bool {
+    !value.chars().any(|c| c.is_control())
+        && value.trim() == value
+        && !value.chars().any(|c| c.is_whitespace() && c != ' ')
+}
+
+fn escape_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 3);
+    for (i, &byte) in name.as_bytes().iter().enumerate() {
+        // The first byte of a reserved name is escaped, so the wire name is not reserved.
+        if !byte.is_ascii_graphic()
+            || matches!(byte, b'%' | b':' | b',')
+            || (i == 0 && reserved(name))
+        {
+            push_escaped(&mut out, byte);
+        } else {
+            out.push(char::from(byte));
+        }
+    }
+    out
+}
+
+fn escape_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 8);
+    let mut buf = [0u8; 4];
+    for c in value.chars() {
+        if c == '%' || c.is_control() || c.is_whitespace() {
+            for &byte in c.encode_utf8(&mut buf).as_bytes() {
+                push_escaped(&mut out, byte);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn invalid(name: &str, what: &str) -> Error {
+    Error::Provider {
+        provider: crate::NAME,
+        source: format!(
+            "header `{}` cannot be sent as a NATS header: {what}",
+            name.escape_debug()
+        )
+        .into(),
+    }
+}
+
+fn insert(map: &mut HeaderMap, name: &str, value: &str) -> Result<()> {
+    let header = HeaderName::from_str(name).map_err(|_| invalid(name, "invalid name"))?;
+    let value = HeaderValue::from_str(value).map_err(|_| invalid(name, "invalid value"))?;
+    map.insert(header, value);
+    Ok(())
+}
+
+/// The NATS headers of `envelope`, plus `extra` (provider headers, sent as they are).
+pub fn to_nats(headers: &Headers, extra: &[(&str, &str)]) -> Result<HeaderMap> {
+    let mut map = HeaderMap::new();
+    let mut escaped = Vec::new();
+    for (name, value) in headers.iter() {
+        if name.is_empty() {
+            return Err(invalid(name, "empty name"));
+        }
+        if name_ok(name) && value_ok(value) {
+            insert(&mut map, name, value)?;
+        } else {
+            let wire = escape_name(name);
+            insert(&mut map, &wire, &escape_value(value))?;
+            escaped.push(wire);
+        }
+    }
+    if !escaped.is_empty() {
+        insert(&mut map, ESCAPED, &escaped.join(","))?;
+    }
+    for (name, value) in extra {
+        insert(&mut map, name, value)?;
+    }
+    Ok(map)
+}
+
+/// The envelope of a NATS message: its headers (escaped ones decoded; this
+/// provider's own and `Nats-*` ones left out) and its payload as the body. A
+/// malformed escape is kept as it came.
+pub fn to_envelope(headers: Option<&HeaderMap>, payload: bytes::Bytes) -> Envelope {
+    let mut out = Headers::with_capacity(headers.map_or(0, HeaderMap::len));
+    if let Some(map) = headers {
+        let escaped: Vec<&str> = map
+            .get(ESCAPED)
+            .map(|v| v.as_str().split(',').collect())
+            .unwrap_or_default();
+        for (name, values) in map.iter() {
+            let name: &str = name.as_ref();
+            if reserved(name) {
+                continue;
+            }
+            let Some(value) = values.last() else { continue };
+            let value = value.as_str();
+            if escaped.contains(&name) {
+                match (crate::names::unescape(name), crate::names::unescape(value)) {
+                    (Some(name), Some(value)) => out.insert(name, value),
+                    _ => out.insert(name, value),
+                }
+            } else {
+                out.insert(name, value);
+            }
+        }
+    }
+    Envelope {
+        headers: out,
+        body: payload,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn round_trip(pairs: &[(String, String)]) -> Vec<(String, String)> {
+        let mut headers = Headers::with_capacity(pairs.len());
+        for (k, v) in pairs {
+            headers.insert(k, v);
+        }
+        let map = to_nats(&headers, &[(TARGET_QUEUE, "q")]).expect("to nats");
+        let envelope = to_envelope(Some(&map), bytes::Bytes::new());
+        let mut got: Vec<(String, String)> = envelope
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        got.sort();
+        got
+    }
+
+    #[test]
+    fn awkward_headers_arrive_identical() {
+        let pairs = vec![
+            (
+                "x-stamp".to_string(),
+                "line1\nline2:colon\\back\rcr".to_string(),
+            ),
+            ("plain".to_string(), "value with spaces".to_string()),
+            ("Nats-Rollup".to_string(), "all".to_string()),
+            ("na:me é".to_string(), " padded ".to_string()),
+            ("pct".to_string(), "100%".to_string()),
+        ];
+        let mut want = pairs.clone();
+        want.sort();
+        assert_eq!(round_trip(&pairs), want);
+    }
+
+    #[test]
+    fn plain_headers_are_sent_unchanged() {
+        let mut headers = Headers::with_capacity(1);
+        headers.insert("message-id", "abc");
+        let map = to_nats(&headers, &[]).unwrap();
+        assert_eq!(map.get("message-id").map(|v| v.as_str()), Some("abc"));
+        assert!(map.get(ESCAPED).is_none());
+    }
+
+    proptest! {
+        #[test]
+        fn any_header_round_trips(pairs in proptest::collection::btree_map("[^\u{0}]{1,12}", any::<String>(), 0..6)) {
+            let pairs: Vec<(String, String)> = pairs.into_iter().collect();
+            let mut want = pairs.clone();
+            want.sort();
+            prop_assert_eq!(round_trip(&pairs), want);
+        }
+    }
+}

@@ -1,0 +1,729 @@
+//! NATS JetStream provider for `eventing`, on `async-nats`: `nats://` and `tls://`
+//! URLs.
+//!
+//! ```no_run
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> eventing::Result<()> {
+//! use eventing_nats as _; // links the `nats://` and `tls://` factory
+//! let manager = eventing::EventManager::builder().url("nats://127.0.0.1:4222").build().await?;
+//! manager.start().await?;
+//! manager.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Mapping
+//!
+//! | eventing | JetStream | why |
+//! |---|---|---|
+//! | event `E` | stream `ev-<E>` with the one subject `ev.<E>` | a stream per event keeps each event's storage and retention its own |
+//! | durable event | file storage; `send_event` returns after the publish ack | the ack means the server stored it |
+//! | transient event | memory storage (lost when the server restarts) | |
+//! | retention | `Interest`: a message is kept until every queue bound then has acknowledged it; with no queue it is dropped | what an unbound RabbitMQ exchange does; no limits to tune, nothing piles up |
+//! | queue `E::L` (competing, singleton) | durable pull consumer `<E::L>` on `ev-<E>`, `filter_subject = ev.<E>`, explicit ack, `deliver_policy = new`, no inactive threshold | instances share it and compete; 2.9 deletes idle durables that have a threshold |
+//! | per-process queue `E::L-server` | the same with `inactive_threshold` (60 s) | it goes away after its server |
+//! | prefetch | what one instance asks for in its pull requests (and `max_ack_pending` of the consumer, × 16 for shared ones) | `max_ack_pending` is one limit for every instance of a shared consumer |
+//! | ack / requeue | `+ACK` / `-NAK` (redelivered at once) | |
+//! | crashed consumer | redelivered after `ack_wait` (30 s, `?ack_wait=`) | |
+//! | dead-letter queue `E::L.dlq` | subject `dlq.<E::L.dlq>` of the file stream `eventing-dlq` (limits retention) | listing leaves letters in place; taking one deletes it by sequence |
+//! | replaying onto one queue | a publish to `ev.<E>` with header `Eventing-Nats-Queue: <queue>`; other queues ack and skip it | 2.9 has one filter subject per consumer, so a per-queue subject could not reach the queue alone |
+//! | headers | NATS headers; awkward ones escaped (see [`headers`]) | |
+//! | message id | `Nats-Msg-Id` (dedupe of publish retries within 2 min) | |
+//!
+//! Names are mapped reversibly by [`names`]: NATS forbids `.`, `*`, `>`, whitespace,
+//! `/` and `\` in stream and consumer names.
+//!
+//! Sends that fail because the server is unreachable are retried (same
+//! `Nats-Msg-Id`, so a retry is stored once) until the manager's send timeout and
+//! then fail with [`Error::Unavailable`]. A consumer survives reconnects; when its
+//! JetStream consumer is gone (deleted, or a memory stream lost in a restart) its
+//! stream ends and the runtime declares and subscribes again.
+
+pub mod headers;
+pub mod names;
+pub mod url;
+
+mod consumer;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream as js;
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
+use async_nats::{Client, ConnectErrorKind};
+use bytes::Bytes;
+use eventing::backoff::Backoff;
+use eventing::provider::{
+    Capabilities, ConnectFuture, ConsumeOptions, Consumer, Provider, ProviderConfig, Route,
+};
+use eventing::topology::QueueSpec;
+use eventing::{Envelope, Error, Result};
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+pub use url::NatsUrl;
+
+pub(crate) const NAME: &str = "nats";
+
+/// The longest a JetStream API call or publish ack is awaited at once.
+const API_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long one publish attempt waits for its ack before publishing again (same
+/// `Nats-Msg-Id`, so the server stores it once).
+const ACK_WAIT: Duration = Duration::from_secs(2);
+
+/// Publish retries while the server is unreachable.
+const BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(20), Duration::from_secs(1)).jitter(0.5);
+
+/// How much larger `max_ack_pending` of a shared consumer is than one prefetch.
+const SHARED_ACK_PENDING_FACTOR: i64 = 16;
+
+pub(crate) fn unavailable(reason: impl Into<String>) -> Error {
+    Error::Unavailable {
+        provider: NAME,
+        reason: reason.into(),
+    }
+}
+
+fn provider_error(reason: impl Into<String>) -> Error {
+    Error::Provider {
+        provider: NAME,
+        source: reason.into().into(),
+    }
+}
+
+/// A provider on one NATS connection. Cloning shares it.
+#[derive(Clone)]
+pub struct NatsProvider {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) client: Client,
+    js: js::Context,
+    url: NatsUrl,
+    send_timeout: Duration,
+    /// Events whose stream is known to exist.
+    streams: Mutex<HashSet<String>>,
+    dead_letter_stream: AtomicBool,
+    pub(crate) acks: Tasks,
+    /// Counts lost connections (async-nats' `Disconnected` events).
+    pub(crate) disconnects: Arc<watch::Sender<u64>>,
+}
+
+/// Acks in flight (spawned publishes), so `close` can wait for them.
+#[derive(Default)]
+pub(crate) struct Tasks {
+    running: Arc<AtomicUsize>,
+    idle: Arc<Notify>,
+}
+
+impl Tasks {
+    pub(crate) fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let running = Arc::clone(&self.running);
+        let idle = Arc::clone(&self.idle);
+        running.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(async move {
+            task.await;
+            if running.fetch_sub(1, Ordering::SeqCst) == 1 {
+                idle.notify_waiters();
+            }
+        });
+    }
+
+    async fn wait_idle(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let idle = self.idle.notified();
+            if self.running.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+impl NatsProvider {
+    /// Connects to the server(s) of `config.url`, waiting at most the send timeout.
+    pub async fn connect(config: ProviderConfig) -> Result<Self> {
+        let url = url::parse(&config.url)?;
+        let disconnects = Arc::new(watch::Sender::new(0u64));
+        let events = Arc::clone(&disconnects);
+        let options = url
+            .options()
+            .await?
+            .event_callback(move |event| {
+                let events = Arc::clone(&events);
+                async move {
+                    if matches!(event, async_nats::Event::Disconnected) {
+                        tracing::debug!("NATS connection lost");
+                        events.send_modify(|n| *n += 1);
+                    }
+                }
+            })
+            .name(format!("eventing {}", config.server_name))
+            .connection_timeout(
+                config
+                    .send_timeout
+                    .clamp(Duration::from_secs(1), API_TIMEOUT),
+            )
+            .reconnect_delay_callback(|attempt| {
+                Duration::from_millis(50 * u64::try_from(attempt).unwrap_or(20))
+                    .min(Duration::from_secs(1))
+            })
+            .max_reconnects(None);
+        let connect = options.connect(url.servers.clone());
+        let client =
+            match tokio::time::timeout(config.send_timeout.max(Duration::from_secs(1)), connect)
+                .await
+            {
+                Err(_) => return Err(unavailable("connecting timed out")),
+                Ok(Err(error)) => {
+                    return Err(match error.kind() {
+                        ConnectErrorKind::Authentication
+                        | ConnectErrorKind::AuthorizationViolation => {
+                            provider_error(format!("the server refused the credentials: {error}"))
+                        }
+                        _ => unavailable(format!("cannot connect: {error}")),
+                    });
+                }
+                Ok(Ok(client)) => client,
+            };
+        let js = js::ContextBuilder::new()
+            .timeout(API_TIMEOUT)
+            .build(client.clone());
+        tracing::debug!(servers = ?url.servers, "connected to NATS");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                js,
+                url,
+                send_timeout: config.send_timeout,
+                streams: Mutex::new(HashSet::new()),
+                dead_letter_stream: AtomicBool::new(false),
+                acks: Tasks::default(),
+                disconnects,
+            }),
+        })
+    }
+
+    /// The async-nats client (for what the provider does not do).
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+}
+
+/// True for errors that mean "not reachable right now" (worth a retry).
+fn api_unavailable(error: &(dyn std::error::Error + 'static)) -> bool {
+    let text = error.to_string().to_ascii_lowercase();
+    text.contains("timed out")
+        || text.contains("no responders")
+        || text.contains("broken pipe")
+        || text.contains("disconnected")
+        || text.contains("connection")
+        || text.contains("jetstream not enabled")
+        || text.contains("unavailable")
+}
+
+fn api_error(what: &str, error: &(dyn std::error::Error + 'static)) -> Error {
+    if api_unavailable(error) {
+        unavailable(format!("{what}: {error}"))
+    } else {
+        provider_error(format!("{what}: {error}"))
+    }
+}
+
+impl Inner {
+    fn stream_config(&self, event: &str, durable: bool) -> Result<stream::Config> {
+        Ok(stream::Config {
+            name: names::stream(event)?,
+            subjects: vec![names::subject(event)],
+            description: Some(format!("eventing event {event}")),
+            storage: if durable {
+                StorageType::File
+            } else {
+                StorageType::Memory
+            },
+            retention: RetentionPolicy::Interest,
+            num_replicas: self.url.replicas,
+            ..Default::default()
+        })
+    }
+
+    async fn ensure_stream(&self, event: &str, durable: bool) -> Result<()> {
+        if self.streams.lock().contains(event) {
+            return Ok(());
+        }
+        let config = self.stream_config(event, durable)?;
+        self.js
+            .get_or_create_stream(config)
+            .await
+            .map_err(|e| api_error(&format!("creating the stream of `{event}`"), &e))?;
+        self.streams.lock().insert(event.to_string());
+        Ok(())
+    }
+
+    async fn ensure_dead_letter_stream(&self) -> Result<()> {
+        if self.dead_letter_stream.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let config = stream::Config {
+            name: names::DEAD_LETTER_STREAM.to_string(),
+            subjects: vec![names::DEAD_LETTER_SUBJECTS.to_string()],
+            description: Some("eventing dead letters, one subject per dead-letter queue".into()),
+            storage: StorageType::File,
+            retention: RetentionPolicy::Limits,
+            num_replicas: self.url.replicas,
+            ..Default::default()
+        };
+        self.js
+            .get_or_create_stream(config)
+            .await
+            .map_err(|e| api_error("creating the dead-letter stream", &e))?;
+        self.dead_letter_stream.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn queue_config(&self, spec: &QueueSpec, prefetch: u16) -> Result<pull::Config> {
+        let consumer = names::consumer(&spec.name)?;
+        let prefetch = i64::from(prefetch.max(1));
+        Ok(pull::Config {
+            durable_name: Some(consumer),
+            description: Some(format!("eventing queue {}", spec.name)),
+            filter_subject: names::subject(&spec.event),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: self.url.ack_wait,
+            deliver_policy: DeliverPolicy::New,
+            max_ack_pending: if spec.per_process {
+                prefetch
+            } else {
+                prefetch * SHARED_ACK_PENDING_FACTOR
+            },
+            // Never on shared queues: 2.9 deletes idle durables with a threshold.
+            inactive_threshold: if spec.per_process {
+                self.url.inactive_threshold
+            } else {
+                Duration::ZERO
+            },
+            num_replicas: self.url.replicas,
+            ..Default::default()
+        })
+    }
+
+    async fn ensure_queue(&self, spec: &QueueSpec, prefetch: u16) -> Result<()> {
+        self.ensure_stream(&spec.event, spec.durable).await?;
+        let stream = names::stream(&spec.event)?;
+        let config = self.queue_config(spec, prefetch)?;
+        match self
+            .js
+            .create_consumer_on_stream(config.clone(), &stream)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(error) if error.to_string().contains("stream not found") => {
+                // Deleted behind our back (or a memory stream lost in a restart).
+                self.streams.lock().remove(&spec.event);
+                self.ensure_stream(&spec.event, spec.durable).await?;
+                self.js
+                    .create_consumer_on_stream(config, &stream)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| api_error(&format!("creating queue `{}`", spec.name), &e))
+            }
+            Err(error) => Err(api_error(
+                &format!("creating queue `{}`", spec.name),
+                &error,
+            )),
+        }
+    }
+
+    /// A JetStream API request with a raw body; the JSON answer.
+    async fn api(&self, subject: String, body: Bytes) -> Result<serde_json::Value> {
+        let answer = tokio::time::timeout(API_TIMEOUT, self.client.request(subject, body))
+            .await
+            .map_err(|_| unavailable("a JetStream API request timed out"))?
+            .map_err(|e| unavailable(format!("a JetStream API request failed: {e}")))?;
+        serde_json::from_slice(&answer.payload)
+            .map_err(|e| provider_error(format!("unreadable JetStream API answer: {e}")))
+    }
+
+    /// True if the queue's consumer exists.
+    async fn queue_exists(&self, spec: &QueueSpec) -> Result<bool> {
+        let stream = names::stream(&spec.event)?;
+        let consumer = names::consumer(&spec.name)?;
+        let answer = self
+            .api(
+                format!("$JS.API.CONSUMER.INFO.{stream}.{consumer}"),
+                Bytes::new(),
+            )
+            .await?;
+        Ok(answer.get("error").is_none())
+    }
+
+    /// Publishes with retries until the send timeout; returns after the publish ack.
+    async fn publish(
+        &self,
+        event: &str,
+        durable: bool,
+        subject: String,
+        headers: async_nats::HeaderMap,
+        body: Bytes,
+    ) -> Result<()> {
+        let deadline = Instant::now() + self.send_timeout;
+        let mut attempt = 0;
+        let mut last;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let wait_ack = remaining.min(ACK_WAIT).max(Duration::from_millis(50));
+            match self
+                .try_publish(event, durable, &subject, &headers, &body, wait_ack)
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(Failure::Fatal(error)) => return Err(error),
+                Err(Failure::Retry(reason)) => last = reason,
+            }
+            attempt += 1;
+            let wait = BACKOFF.delay(attempt);
+            if Instant::now() + wait >= deadline {
+                return Err(unavailable(format!(
+                    "publish to `{event}` failed for {:?}: {last}",
+                    self.send_timeout
+                )));
+            }
+            tracing::debug!(event, attempt, reason = %last, "publish failed; retrying");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn try_publish(
+        &self,
+        event: &str,
+        durable: bool,
+        subject: &str,
+        headers: &async_nats::HeaderMap,
+        body: &Bytes,
+        wait_ack: Duration,
+    ) -> std::result::Result<(), Failure> {
+        if let Err(error) = self.ensure_stream(event, durable).await {
+            return Err(match error {
+                Error::Unavailable { reason, .. } => Failure::Retry(reason),
+                other => Failure::Fatal(other),
+            });
+        }
+        let sent = self
+            .js
+            .publish_with_headers(subject.to_string(), headers.clone(), body.clone())
+            .await;
+        let outcome = match sent {
+            Ok(ack) => match tokio::time::timeout(wait_ack, ack.into_future()).await {
+                Ok(acked) => acked.map(|_| ()),
+                // Published again with the same Nats-Msg-Id: stored once.
+                Err(_) => return Err(Failure::Retry("no publish ack in time".into())),
+            },
+            Err(error) => Err(error),
+        };
+        let Err(error) = outcome else { return Ok(()) };
+        match error.kind() {
+            PublishErrorKind::StreamNotFound => {
+                // Deleted, or a memory stream lost in a restart: create it again.
+                self.streams.lock().remove(event);
+                Err(Failure::Retry(error.to_string()))
+            }
+            PublishErrorKind::MaxPayloadExceeded => Err(Failure::Fatal(Error::TooLarge {
+                address: event.to_string(),
+                size: body.len(),
+                limit: usize::try_from(self.client.server_info().max_payload).unwrap_or(0),
+            })),
+            PublishErrorKind::WrongLastMessageId | PublishErrorKind::WrongLastSequence => {
+                Err(Failure::Fatal(Error::Refused {
+                    provider: NAME,
+                    address: event.to_string(),
+                    message_id: String::new(),
+                    reason: error.to_string(),
+                }))
+            }
+            PublishErrorKind::Other if error.to_string().contains("invalid") => {
+                Err(Failure::Fatal(provider_error(error.to_string())))
+            }
+            _ => Err(Failure::Retry(error.to_string())),
+        }
+    }
+
+    /// Sends an ack (`+ACK` for an empty payload, `-NAK`, ...), fire and forget.
+    pub(crate) async fn send_ack(&self, reply: async_nats::Subject, payload: &'static [u8]) {
+        if let Err(error) = self
+            .client
+            .publish(reply, Bytes::from_static(payload))
+            .await
+        {
+            tracing::debug!(%error, "ack not sent");
+        }
+    }
+
+    /// Acknowledges and waits for the server to confirm it (a "double ack").
+    pub(crate) async fn confirm_ack(&self, reply: async_nats::Subject) -> Result<()> {
+        match tokio::time::timeout(
+            API_TIMEOUT,
+            self.client.request(reply, Bytes::from_static(b"+ACK")),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(unavailable(format!("ack not confirmed: {error}"))),
+            Err(_) => Err(unavailable("ack not confirmed in time")),
+        }
+    }
+
+    /// Stores a dead letter on `subject` of the dead-letter stream (publish ack).
+    pub(crate) async fn store_dead_letter(&self, subject: &str, letter: &Envelope) -> Result<()> {
+        self.ensure_dead_letter_stream().await?;
+        let headers = headers::to_nats(&letter.headers, &[])?;
+        let ack = self
+            .js
+            .publish_with_headers(subject.to_string(), headers, letter.body.clone())
+            .await
+            .map_err(|e| unavailable(format!("storing a dead letter: {e}")))?;
+        ack.await
+            .map(|_| ())
+            .map_err(|e| unavailable(format!("storing a dead letter: {e}")))
+    }
+
+    /// Deletes message `sequence` of `stream` (a letter taken off its dead-letter queue).
+    pub(crate) async fn delete_message(&self, stream: &str, sequence: u64) {
+        let subject = format!("$JS.API.STREAM.MSG.DELETE.{stream}");
+        let body = format!("{{\"seq\":{sequence},\"no_erase\":true}}");
+        match self.api(subject, Bytes::from(body)).await {
+            Ok(answer) if answer.get("error").is_some() => {
+                tracing::warn!(%answer, sequence, "cannot delete a dead letter");
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, sequence, "cannot delete a dead letter"),
+        }
+    }
+
+    pub(crate) async fn delete_consumer(&self, stream: &str, consumer: &str) {
+        let subject = format!("$JS.API.CONSUMER.DELETE.{stream}.{consumer}");
+        if let Err(error) = self.api(subject, Bytes::new()).await {
+            tracing::debug!(%error, consumer, "cannot delete a consumer");
+        }
+    }
+
+    /// A short-lived consumer of the dead letters of `spec`, from the oldest.
+    async fn letters_consumer(
+        &self,
+        spec: &QueueSpec,
+        purpose: &str,
+        prefetch: usize,
+    ) -> Result<(String, js::consumer::PullConsumer)> {
+        self.ensure_dead_letter_stream().await?;
+        let name = format!(
+            "{purpose}-{}",
+            self.client.new_inbox().rsplit('.').next().unwrap_or("x")
+        );
+        let config = pull::Config {
+            durable_name: Some(name.clone()),
+            filter_subject: names::dead_letter_subject(&spec.dead_letter_queue()),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: self.url.ack_wait,
+            deliver_policy: DeliverPolicy::All,
+            max_ack_pending: i64::try_from(prefetch.max(1)).unwrap_or(1000),
+            inactive_threshold: Duration::from_secs(30),
+            ..Default::default()
+        };
+        let consumer = self
+            .js
+            .create_consumer_on_stream(config, names::DEAD_LETTER_STREAM)
+            .await
+            .map_err(|e| api_error("reading dead letters", &e))?;
+        Ok((name, consumer))
+    }
+}
+
+enum Failure {
+    Retry(String),
+    Fatal(Error),
+}
+
+impl Provider for NatsProvider {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::NONE.with_dead_letters()
+    }
+
+    async fn declare(&self, queues: &[QueueSpec]) -> Result<()> {
+        for spec in queues {
+            self.inner.ensure_queue(spec, DEFAULT_PREFETCH).await?;
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, route: Route<'_>, envelope: Envelope) -> Result<()> {
+        let message_id = envelope.message_id().to_string();
+        let extra: Vec<(&str, &str)> = if message_id.is_empty() {
+            Vec::new()
+        } else {
+            vec![("Nats-Msg-Id", message_id.as_str())]
+        };
+        let headers = headers::to_nats(&envelope.headers, &extra)?;
+        self.inner
+            .publish(
+                route.address,
+                route.durable,
+                names::subject(route.address),
+                headers,
+                envelope.body,
+            )
+            .await
+    }
+
+    async fn subscribe(
+        &self,
+        queue: &QueueSpec,
+        options: ConsumeOptions,
+    ) -> Result<Box<dyn Consumer>> {
+        self.inner.ensure_queue(queue, options.prefetch).await?;
+        let spec = consumer::Spec {
+            stream: names::stream(&queue.event)?,
+            consumer: names::consumer(&queue.name)?,
+            prefetch: usize::from(options.prefetch.max(1)),
+            kind: consumer::Kind::Queue {
+                target: names::escape(&queue.name),
+                per_process: queue.per_process,
+            },
+        };
+        let dead_letters = names::dead_letter_subject(&queue.dead_letter_queue());
+        consumer::subscribe(Arc::clone(&self.inner), spec, dead_letters).await
+    }
+
+    async fn close(&self) -> Result<()> {
+        // Acks given so far reach the server before the connection goes: the flush
+        // is a PING/PONG round trip after them.
+        self.inner.acks.wait_idle(API_TIMEOUT).await;
+        if let Err(error) = self.inner.client.flush().await {
+            tracing::debug!(%error, "flush on close failed");
+        }
+        Ok(())
+    }
+
+    async fn dead_letters(&self, queue: &QueueSpec, limit: usize) -> Result<Vec<Envelope>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (name, consumer) = self.inner.letters_consumer(queue, "browse", limit).await?;
+        let mut letters = Vec::new();
+        let batch = consumer
+            .fetch()
+            .max_messages(limit)
+            .messages()
+            .await
+            .map_err(|e| unavailable(format!("reading dead letters: {e}")));
+        if let Ok(mut batch) = batch {
+            while let Some(message) = batch.next().await {
+                match message {
+                    Ok(message) => letters.push(headers::to_envelope(
+                        message.headers.as_ref(),
+                        message.payload.clone(),
+                    )),
+                    Err(error) => {
+                        tracing::debug!(%error, "reading dead letters");
+                        break;
+                    }
+                }
+                if letters.len() >= limit {
+                    break;
+                }
+            }
+        }
+        self.inner
+            .delete_consumer(names::DEAD_LETTER_STREAM, &name)
+            .await;
+        Ok(letters)
+    }
+
+    async fn dead_letter_depth(&self, queue: &QueueSpec) -> Result<usize> {
+        if !self.inner.queue_exists(queue).await? {
+            return Err(Error::QueueNotFound {
+                queue: queue.name.clone(),
+            });
+        }
+        let (name, consumer) = self.inner.letters_consumer(queue, "depth", 1).await?;
+        let depth = consumer.cached_info().num_pending;
+        self.inner
+            .delete_consumer(names::DEAD_LETTER_STREAM, &name)
+            .await;
+        Ok(usize::try_from(depth).unwrap_or(usize::MAX))
+    }
+
+    async fn take_dead_letters(
+        &self,
+        queue: &QueueSpec,
+        prefetch: u16,
+    ) -> Result<Box<dyn Consumer>> {
+        let prefetch = usize::from(prefetch.max(1));
+        let (name, _) = self.inner.letters_consumer(queue, "take", prefetch).await?;
+        let spec = consumer::Spec {
+            stream: names::DEAD_LETTER_STREAM.to_string(),
+            consumer: name,
+            prefetch,
+            kind: consumer::Kind::Letters,
+        };
+        let dead_letters = names::dead_letter_subject(&queue.dead_letter_queue());
+        consumer::subscribe(Arc::clone(&self.inner), spec, dead_letters).await
+    }
+
+    async fn send_to_queue(&self, queue: &QueueSpec, envelope: Envelope) -> Result<()> {
+        if !self.inner.queue_exists(queue).await? {
+            return Err(Error::QueueNotFound {
+                queue: queue.name.clone(),
+            });
+        }
+        let target = names::escape(&queue.name);
+        // A fresh message id: the original's would be taken for a duplicate.
+        let id = format!(
+            "{}:{}",
+            envelope.message_id(),
+            self.inner
+                .client
+                .new_inbox()
+                .rsplit('.')
+                .next()
+                .unwrap_or("")
+        );
+        let headers = headers::to_nats(
+            &envelope.headers,
+            &[
+                (headers::TARGET_QUEUE, target.as_str()),
+                ("Nats-Msg-Id", id.as_str()),
+            ],
+        )?;
+        self.inner
+            .publish(
+                &queue.event,
+                queue.durable,
+                names::subject(&queue.event),
+                headers,
+                envelope.body,
+            )
+            .await
+    }
+}
+
+/// The prefetch `declare` gives a queue before a subscription sets its own.
+const DEFAULT_PREFETCH: u16 = 64;
+
+fn connect(config: ProviderConfig) -> ConnectFuture {
+    Box::pin(async move { Ok(NatsProvider::connect(config).await?.into_dyn()) })
+}
+
+eventing::register_provider!(["nats", "tls"], connect);
