@@ -23,7 +23,8 @@
 //!
 //! ```
 //! use eventing::provider::{ConsumeOptions, Consumer, Provider, Route};
-//! use eventing::{Envelope, QueueSpec, Result};
+//! use eventing::topology::QueueSpec;
+//! use eventing::{Envelope, Result};
 //!
 //! /// A provider that drops every message (a sketch: see the reference provider
 //! /// in `eventing-test`'s examples for a complete one).
