@@ -260,7 +260,7 @@ impl Pull {
                 _ = self.disconnects.changed() => break "the connection was lost",
                 _ = tick.tick() => {
                     // Events can be dropped under load: look at the state too.
-                    if self.inner.client.connection_state() != State::Connected {
+                    if self.inner.client.connection_state() == State::Disconnected {
                         break "the connection was lost";
                     }
                 }

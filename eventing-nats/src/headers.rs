@@ -4,7 +4,7 @@
 //! and the client trims the whitespace around them. async-nats *panics* on invalid
 //! names or values given as strings (since 0.47), so every name and value goes
 //! through the fallible `FromStr` here. A header that would not arrive identical is
-//! sent escaped, name and value both in the `%XX` style of [`crate::names`] (`%`,
+//! sent escaped, name and value both as `%XX` (`%`,
 //! `:`, `,`, controls, whitespace and non-ASCII bytes of the name; `%`, controls and
 //! whitespace other than an inner space of the value), and its (escaped) name is
 //! listed in the header [`ESCAPED`]; the receiver decodes exactly the listed ones.
@@ -143,7 +143,10 @@ pub fn to_envelope(headers: Option<&HeaderMap>, payload: bytes::Bytes) -> Envelo
             let Some(value) = values.last() else { continue };
             let value = value.as_str();
             if escaped.contains(&name) {
-                match (crate::names::unescape(name), crate::names::unescape(value)) {
+                match (
+                    crate::names::decode(name, b'%'),
+                    crate::names::decode(value, b'%'),
+                ) {
                     (Some(name), Some(value)) => out.insert(name, value),
                     _ => out.insert(name, value),
                 }

@@ -3,17 +3,22 @@
 //! NATS forbids `.`, `*`, `>`, whitespace, `/` and `\` in stream and consumer names,
 //! and `*`, `>` and whitespace in subject tokens (`.` separates tokens). Event names
 //! such as `orders.created` and queue names such as `orders.created::billing` therefore
-//! go through one percent-style escape ([`escape`]): ASCII letters, digits and
-//! `-`, `_`, `:`, `=`, `@` stay as they are (so `orders::billing` is its own NATS
-//! name); every other byte, `%` included, becomes `%XX` (upper-case hex of the UTF-8
-//! byte). The result is one valid subject token and a valid stream or consumer name,
-//! and [`unescape`] gives the original back.
+//! go through one reversible escape ([`escape`]): ASCII letters, digits and `-`,
+//! `_`, `:`, `@` stay as they are (so `orders::billing` is its own NATS name); every
+//! other byte, `=` included, becomes `=XX` (upper-case hex of the UTF-8 byte, as in
+//! quoted-printable). The result is one valid subject token and a valid stream or
+//! consumer name, and [`unescape`] gives the original back.
+//!
+//! Not `%XX`: nats-server 2.9.10 builds a consumer's ack subjects with `Sprintf`
+//! from a template that holds the stream and consumer names, so a `%` in either
+//! corrupts every ack subject (`$JS.ACK.ev-a%!E(uint64= 1)...`) and clients drop
+//! the connection on the malformed message.
 //!
 //! | eventing | NATS |
 //! |---|---|
-//! | event `orders.created` | stream `ev-orders%2Ecreated`, subject `ev.orders%2Ecreated` |
-//! | queue `orders.created::billing` | durable consumer `orders%2Ecreated::billing` on that stream |
-//! | dead-letter queue `orders.created::billing.dlq` | subject `dlq.orders%2Ecreated::billing%2Edlq` of stream `eventing-dlq` |
+//! | event `orders.created` | stream `ev-orders=2Ecreated`, subject `ev.orders=2Ecreated` |
+//! | queue `orders.created::billing` | durable consumer `orders=2Ecreated::billing` on that stream |
+//! | dead-letter queue `orders.created::billing.dlq` | subject `dlq.orders=2Ecreated::billing=2Edlq` of stream `eventing-dlq` |
 
 use eventing::{Error, Result};
 
@@ -27,7 +32,7 @@ pub const DEAD_LETTER_STREAM: &str = "eventing-dlq";
 pub const DEAD_LETTER_SUBJECTS: &str = "dlq.>";
 
 fn kept(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b':' | b'=' | b'@')
+    byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b':' | b'@')
 }
 
 /// Escapes `name` into a string valid as a NATS subject token, stream name and
@@ -38,7 +43,7 @@ pub fn escape(name: &str) -> String {
         if kept(byte) {
             out.push(char::from(byte));
         } else {
-            out.push('%');
+            out.push('=');
             out.push(char::from(HEX[usize::from(byte >> 4)]));
             out.push(char::from(HEX[usize::from(byte & 0xf)]));
         }
@@ -57,13 +62,18 @@ fn hex(digit: u8) -> Option<u8> {
     }
 }
 
-/// Decodes `%XX` escapes; `None` if an escape is malformed or the bytes are not UTF-8.
+/// Decodes `=XX` escapes; `None` if an escape is malformed or the bytes are not UTF-8.
 pub fn unescape(escaped: &str) -> Option<String> {
+    decode(escaped, b'=')
+}
+
+/// Decodes `<marker>XX` escapes.
+pub(crate) fn decode(escaped: &str, marker: u8) -> Option<String> {
     let bytes = escaped.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' {
+        if bytes[i] == marker {
             let high = hex(*bytes.get(i + 1)?)?;
             let low = hex(*bytes.get(i + 2)?)?;
             out.push(high << 4 | low);
@@ -76,13 +86,14 @@ pub fn unescape(escaped: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// True if `name` is a valid stream or consumer name for nats-server 2.9.
+/// True if `name` is a valid stream or consumer name for nats-server 2.9 (and has no
+/// `%`, which 2.9.10 mistakes for a format directive in ack subjects).
 pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_NAME
         && !name
             .chars()
-            .any(|c| c.is_whitespace() || matches!(c, '.' | '*' | '>' | '/' | '\\'))
+            .any(|c| c.is_whitespace() || matches!(c, '.' | '*' | '>' | '/' | '\\' | '%'))
 }
 
 /// True if `token` is a valid literal subject token.
@@ -152,21 +163,21 @@ mod tests {
     #[test]
     fn examples() {
         assert_eq!(escape("orders::billing"), "orders::billing");
-        assert_eq!(escape("orders.created"), "orders%2Ecreated");
-        assert_eq!(escape("a b*c>d/e\\f%"), "a%20b%2Ac%3Ed%2Fe%5Cf%25");
-        assert_eq!(escape("é"), "%C3%A9");
-        assert_eq!(stream("orders.created").unwrap(), "ev-orders%2Ecreated");
-        assert_eq!(subject("orders.created"), "ev.orders%2Ecreated");
+        assert_eq!(escape("orders.created"), "orders=2Ecreated");
+        assert_eq!(escape("a b*c>d/e\\f%="), "a=20b=2Ac=3Ed=2Fe=5Cf=25=3D");
+        assert_eq!(escape("é"), "=C3=A9");
+        assert_eq!(stream("orders.created").unwrap(), "ev-orders=2Ecreated");
+        assert_eq!(subject("orders.created"), "ev.orders=2Ecreated");
         assert_eq!(
             consumer("orders.created::billing").unwrap(),
-            "orders%2Ecreated::billing"
+            "orders=2Ecreated::billing"
         );
-        assert_eq!(dead_letter_subject("E::L.dlq"), "dlq.E::L%2Edlq");
-        assert_eq!(unescape("%zz"), None);
-        assert_eq!(unescape("%2"), None);
+        assert_eq!(dead_letter_subject("E::L.dlq"), "dlq.E::L=2Edlq");
+        assert_eq!(unescape("=zz"), None);
+        assert_eq!(unescape("=2"), None);
         assert!(stream("").is_err());
         assert!(consumer(&"x".repeat(300)).is_err());
-        assert_eq!(event_of_stream("ev-a%2Eb").as_deref(), Some("a.b"));
+        assert_eq!(event_of_stream("ev-a=2Eb").as_deref(), Some("a.b"));
     }
 
     proptest! {

@@ -8,6 +8,8 @@
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
+#[cfg(feature = "nats")]
+pub mod nats;
 pub mod nodes;
 pub mod rabbitmq;
 #[cfg(feature = "stomp")]

@@ -1,0 +1,215 @@
+//! NATS beyond the kit: names NATS forbids, mapped on the server; interop with plain
+//! async-nats publishers and subscribers.
+#![cfg(feature = "nats")]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use bytes::Bytes;
+use eventing::{Context, Event, EventListener, ListenerResult, event, event_listener, header};
+use eventing_nats::names;
+use eventing_test::suite::{Ping, PingListener, Recorder, eventually};
+use eventing_tests::TestEnv;
+use eventing_tests::nats::{NatsHarness, request};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// An event whose name holds `.`, `*` and `>`.
+#[event(name = "natsnames.{env}.odd*name>x", durable = true)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct OddName {
+    n: u32,
+}
+
+/// A per-process listener: its queue name holds the server name, with a space.
+#[event_listener(OddName, name = "Odd:Listener", per_process = true)]
+struct OddListener {
+    seen: Arc<Mutex<Vec<u32>>>,
+}
+
+impl EventListener<OddName> for OddListener {
+    async fn on(&self, event: OddName, _ctx: &Context) -> ListenerResult {
+        self.seen.lock().expect("lock").push(event.n);
+        Ok(())
+    }
+}
+
+fn run<F: std::future::Future>(future: F) -> F::Output {
+    eventing_test::run(future)
+}
+
+#[test]
+fn forbidden_names_are_mapped_on_the_server() {
+    run(async {
+        let harness = NatsHarness::from_env();
+        let mut env = TestEnv::new(&harness);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let manager = env
+            .start(env.builder("web 1").listener(OddListener {
+                seen: Arc::clone(&seen),
+            }))
+            .await;
+        let event = format!("natsnames.{}.odd*name>x", env.env);
+        let queue = format!("{event}::Odd:Listener-web 1");
+        let topology = manager.topology().expect("topology");
+        let shown = topology.to_string();
+        assert!(shown.contains(&format!("event {event} durable")), "{shown}");
+        assert!(
+            shown.contains(&format!(
+                "queue {queue} <- listener Odd:Listener (per process)"
+            )),
+            "{shown}"
+        );
+        assert!(
+            shown.contains(&format!("dead letters {queue}.dlq")),
+            "{shown}"
+        );
+
+        for n in 0..3 {
+            manager.send_event(&OddName { n }).await.expect("send");
+        }
+        let arrived = eventually(WAIT, || seen.lock().expect("lock").len() >= 3).await;
+        assert!(
+            arrived,
+            "the odd events arrive: {:?}",
+            seen.lock().expect("lock")
+        );
+
+        // On the server: the stream and the consumer under their mapped names.
+        let client = harness.raw_client().await;
+        let stream = names::stream(&event).expect("stream name");
+        let consumer = names::consumer(&queue).expect("consumer name");
+        assert!(names::is_valid_name(&stream) && names::is_valid_name(&consumer));
+        assert_eq!(
+            names::event_of_stream(&stream).as_deref(),
+            Some(event.as_str())
+        );
+        assert_eq!(
+            names::queue_of_consumer(&consumer).as_deref(),
+            Some(queue.as_str())
+        );
+        let info = request(
+            &client,
+            format!("$JS.API.STREAM.INFO.{stream}"),
+            Bytes::new(),
+        )
+        .await
+        .expect("stream info");
+        assert!(info.get("error").is_none(), "stream {stream}: {info}");
+        assert_eq!(info["config"]["subjects"][0], names::subject(&event));
+        assert_eq!(info["config"]["storage"], "file");
+        assert_eq!(info["config"]["retention"], "interest");
+        let info = request(
+            &client,
+            format!("$JS.API.CONSUMER.INFO.{stream}.{consumer}"),
+            Bytes::new(),
+        )
+        .await
+        .expect("consumer info");
+        assert!(info.get("error").is_none(), "consumer {consumer}: {info}");
+        assert_eq!(info["config"]["durable_name"], consumer.as_str());
+        assert_eq!(info["config"]["filter_subject"], names::subject(&event));
+        assert!(
+            info["config"]["inactive_threshold"].as_u64().unwrap_or(0) > 0,
+            "a per-process queue goes away with its server: {info}"
+        );
+        println!(
+            "nats names: event {event:?} -> stream {stream:?}, queue {queue:?} -> consumer {consumer:?}"
+        );
+        env.finish().await;
+    });
+}
+
+#[test]
+fn plain_publish_reaches_a_listener_and_plain_consumer_reads_an_event() {
+    run(async {
+        let harness = NatsHarness::from_env();
+        let mut env = TestEnv::new(&harness);
+        let pings = Recorder::new();
+        let manager = env
+            .start(env.builder("a").listener(PingListener {
+                seen: Arc::clone(&pings),
+                server: "a".into(),
+            }))
+            .await;
+        let address = manager
+            .address_of(Ping::descriptor())
+            .expect("address")
+            .to_string();
+        let js = harness.raw_jetstream().await;
+
+        // A plain consumer of the event's stream, created before the send.
+        let stream = names::stream(&address).expect("stream");
+        let raw = js
+            .create_consumer_on_stream(
+                pull::Config {
+                    durable_name: Some(format!("raw-{}", std::process::id())),
+                    filter_subject: names::subject(&address),
+                    ack_policy: AckPolicy::Explicit,
+                    deliver_policy: DeliverPolicy::New,
+                    ..Default::default()
+                },
+                &stream,
+            )
+            .await
+            .expect("raw consumer");
+
+        // eventing -> plain async-nats.
+        let sent = Ping {
+            n: 7,
+            text: "from eventing".into(),
+        };
+        manager.send_event(&sent).await.expect("send");
+        let mut batch = raw
+            .fetch()
+            .max_messages(1)
+            .expires(Duration::from_secs(5))
+            .messages()
+            .await
+            .expect("fetch");
+        let message = tokio::time::timeout(WAIT, batch.next())
+            .await
+            .expect("a message in time")
+            .expect("a message")
+            .expect("no error");
+        let body: serde_json::Value = serde_json::from_slice(&message.payload).expect("JSON body");
+        assert_eq!(body["n"], 7);
+        assert_eq!(body["text"], "from eventing");
+        let headers = message.headers.as_ref().expect("headers");
+        assert_eq!(
+            headers.get(header::EVENT).map(|v| v.as_str()),
+            Some(address.as_str())
+        );
+        assert!(headers.get(header::MESSAGE_ID).is_some());
+        assert_eq!(
+            headers.get(header::CONTENT_TYPE).map(|v| v.as_str()),
+            Some("application/json")
+        );
+        assert_eq!(
+            headers.get("Nats-Msg-Id").map(|v| v.as_str()),
+            headers.get(header::MESSAGE_ID).map(|v| v.as_str())
+        );
+        message.ack().await.expect("ack");
+
+        // plain async-nats -> eventing.
+        let ack = js
+            .publish(
+                names::subject(&address),
+                Bytes::from_static(b"{\"n\":42,\"text\":\"from a plain publish\"}"),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("publish ack");
+        assert_eq!(ack.stream, stream);
+        let got = pings.wait_for(2, WAIT).await;
+        let numbers: Vec<u32> = got.iter().map(|s| s.event.n).collect();
+        assert!(numbers.contains(&7) && numbers.contains(&42), "{numbers:?}");
+        let plain = got.iter().find(|s| s.event.n == 42).expect("the plain one");
+        assert_eq!(plain.event.text, "from a plain publish");
+        env.finish().await;
+    });
+}
