@@ -72,6 +72,9 @@ pub(crate) const NAME: &str = "nats";
 /// The longest a JetStream API call or publish ack is awaited at once.
 const API_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a one-off pull request (listing dead letters) waits at the server.
+const FETCH_EXPIRES: Duration = Duration::from_secs(2);
+
 /// How long one publish attempt waits for its ack before publishing again (same
 /// `Nats-Msg-Id`, so the server stores it once).
 const ACK_WAIT: Duration = Duration::from_secs(2);
@@ -509,6 +512,45 @@ impl Inner {
         }
     }
 
+    /// Up to `limit` messages `consumer` has now, not acknowledged: one pull request
+    /// that expires after [`FETCH_EXPIRES`].
+    async fn fetch_now(&self, stream: &str, consumer: &str, limit: usize) -> Result<Vec<Envelope>> {
+        let inbox = self.client.new_inbox();
+        let mut subscriber = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| unavailable(format!("reading dead letters: {e}")))?;
+        let body = format!(
+            "{{\"batch\":{limit},\"expires\":{}}}",
+            FETCH_EXPIRES.as_nanos()
+        );
+        self.client
+            .publish_with_reply(
+                format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"),
+                inbox,
+                Bytes::from(body),
+            )
+            .await
+            .map_err(|e| unavailable(format!("reading dead letters: {e}")))?;
+        let deadline = Instant::now() + FETCH_EXPIRES + Duration::from_secs(1);
+        let mut letters = Vec::new();
+        while letters.len() < limit {
+            match tokio::time::timeout_at(deadline, subscriber.next()).await {
+                Ok(Some(message)) if message.status.is_none() => {
+                    letters.push(headers::to_envelope(
+                        message.headers.as_ref(),
+                        message.payload,
+                    ));
+                }
+                // 404 no more, 408 expired; or no answer in time.
+                Ok(Some(_)) | Ok(None) | Err(_) => break,
+            }
+        }
+        let _ = subscriber.unsubscribe().await;
+        Ok(letters)
+    }
+
     pub(crate) async fn delete_consumer(&self, stream: &str, consumer: &str) {
         let subject = format!("$JS.API.CONSUMER.DELETE.{stream}.{consumer}");
         if let Err(error) = self.api(subject, Bytes::new()).await {
@@ -523,6 +565,7 @@ impl Inner {
         purpose: &str,
         prefetch: usize,
     ) -> Result<(String, js::consumer::PullConsumer)> {
+        tracing::debug!(queue = %spec.name, purpose, "dead-letter consumer");
         self.ensure_dead_letter_stream().await?;
         let name = format!(
             "{purpose}-{}",
@@ -621,34 +664,21 @@ impl Provider for NatsProvider {
             return Ok(Vec::new());
         }
         let (name, consumer) = self.inner.letters_consumer(queue, "browse", limit).await?;
-        let mut letters = Vec::new();
-        let batch = consumer
-            .fetch()
-            .max_messages(limit)
-            .messages()
-            .await
-            .map_err(|e| unavailable(format!("reading dead letters: {e}")));
-        if let Ok(mut batch) = batch {
-            while let Some(message) = batch.next().await {
-                match message {
-                    Ok(message) => letters.push(headers::to_envelope(
-                        message.headers.as_ref(),
-                        message.payload.clone(),
-                    )),
-                    Err(error) => {
-                        tracing::debug!(%error, "reading dead letters");
-                        break;
-                    }
-                }
-                if letters.len() >= limit {
-                    break;
-                }
+        // As many as the consumer counts (a no_wait request may get no answer on 2.9.10
+        // after letters were deleted from the stream, so we do not rely on its 404).
+        let pending = usize::try_from(consumer.cached_info().num_pending).unwrap_or(usize::MAX);
+        let letters = match pending.min(limit) {
+            0 => Ok(Vec::new()),
+            n => {
+                self.inner
+                    .fetch_now(names::DEAD_LETTER_STREAM, &name, n)
+                    .await
             }
-        }
+        };
         self.inner
             .delete_consumer(names::DEAD_LETTER_STREAM, &name)
             .await;
-        Ok(letters)
+        letters
     }
 
     async fn dead_letter_depth(&self, queue: &QueueSpec) -> Result<usize> {

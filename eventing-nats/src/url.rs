@@ -73,7 +73,8 @@ fn bad(reason: impl Into<String>) -> Error {
 }
 
 fn decode(part: &str, what: &str) -> Result<String> {
-    crate::names::decode(part, b'%').ok_or_else(|| bad(format!("the {what} has a malformed %-escape")))
+    crate::names::decode(part, b'%')
+        .ok_or_else(|| bad(format!("the {what} has a malformed %-escape")))
 }
 
 fn seconds(value: &str, name: &str) -> Result<Duration> {
