@@ -254,7 +254,16 @@ impl Inner {
             } else {
                 StorageType::Memory
             },
-            retention: RetentionPolicy::Interest,
+            retention: if self.url.interest {
+                RetentionPolicy::Interest
+            } else {
+                RetentionPolicy::Limits
+            },
+            max_age: if self.url.interest {
+                Duration::ZERO
+            } else {
+                self.url.max_age
+            },
             num_replicas: self.url.replicas,
             ..Default::default()
         })

@@ -37,6 +37,10 @@ pub struct NatsUrl {
     pub inactive_threshold: Duration,
     /// `replicas`.
     pub replicas: usize,
+    /// `retention=interest` (instead of the default `limits`).
+    pub interest: bool,
+    /// `max_age`: how long an event stream with limits retention keeps a message.
+    pub max_age: Duration,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -127,6 +131,8 @@ pub fn parse(url: &str) -> Result<NatsUrl> {
         ack_wait: Duration::from_secs(30),
         inactive_threshold: Duration::from_secs(60),
         replicas: 1,
+        interest: false,
+        max_age: Duration::from_secs(7 * 86_400),
     };
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -146,6 +152,14 @@ pub fn parse(url: &str) -> Result<NatsUrl> {
             "nkey_seed_file" => set_auth(&mut auth, Auth::NkeySeedFile(value.into()))?,
             "credentials" => set_auth(&mut auth, Auth::Credentials(value.into()))?,
             "ack_wait" => parsed.ack_wait = seconds(&value, key)?,
+            "max_age" => parsed.max_age = seconds(&value, key)?,
+            "retention" => {
+                parsed.interest = match value.as_str() {
+                    "interest" => true,
+                    "limits" => false,
+                    _ => return Err(bad("`retention` is `limits` or `interest`")),
+                }
+            }
             "inactive_threshold" => parsed.inactive_threshold = seconds(&value, key)?,
             "replicas" => {
                 parsed.replicas = value
@@ -156,7 +170,7 @@ pub fn parse(url: &str) -> Result<NatsUrl> {
             }
             other => {
                 return Err(bad(format!(
-                    "unknown parameter `{other}` (known: tls_ca, nkey_seed_file, credentials, ack_wait, inactive_threshold, replicas)"
+                    "unknown parameter `{other}` (known: tls_ca, nkey_seed_file, credentials, ack_wait, inactive_threshold, replicas, retention, max_age)"
                 )));
             }
         }

@@ -101,7 +101,7 @@ fn forbidden_names_are_mapped_on_the_server() {
         assert!(info.get("error").is_none(), "stream {stream}: {info}");
         assert_eq!(info["config"]["subjects"][0], names::subject(&event));
         assert_eq!(info["config"]["storage"], "file");
-        assert_eq!(info["config"]["retention"], "interest");
+        assert_eq!(info["config"]["retention"], "limits");
         let info = request(
             &client,
             format!("$JS.API.CONSUMER.INFO.{stream}.{consumer}"),
