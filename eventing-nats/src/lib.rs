@@ -453,7 +453,7 @@ impl Inner {
             PublishErrorKind::MaxPayloadExceeded => Err(Failure::Fatal(Error::TooLarge {
                 address: event.to_string(),
                 size: body.len(),
-                limit: usize::try_from(self.client.server_info().max_payload).unwrap_or(0),
+                limit: self.client.server_info().max_payload,
             })),
             PublishErrorKind::WrongLastMessageId | PublishErrorKind::WrongLastSequence => {
                 Err(Failure::Fatal(Error::Refused {
