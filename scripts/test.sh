@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs and starts RabbitMQ (AMQP and
-# STOMP) if needed, runs every test of the workspace with every provider, and stops
-# the broker again if it started it.
+# STOMP) and nats-server (JetStream) if needed, runs every test of the workspace with
+# every provider, and stops the servers again if it started them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/broker.sh
+source scripts/nats.sh
 broker_start
-trap broker_stop EXIT
+trap 'nats_stop; broker_stop' EXIT
+nats_start
 export EVENTING_AMQP_URL=${EVENTING_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 export EVENTING_STOMP_URL=${EVENTING_STOMP_URL:-stomp://guest:guest@127.0.0.1:61613}
+export EVENTING_NATS_URL=${EVENTING_NATS_URL:-nats://127.0.0.1:${NATS_PORT}}
 # With arguments (`-p eventing-stomp`, `--test amqp`, ...) they choose what runs;
 # without, the whole workspace.
 if [ "$#" -eq 0 ]; then
