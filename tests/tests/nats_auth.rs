@@ -1,8 +1,10 @@
 //! NATS URLs with credentials, against nats-servers of the test's own (child
 //! processes on loopback ports of their own, stopped at the end): user and password,
-//! token; a wrong password is refused without the URL's secret in the error.
+//! token, TLS with the URL's `tls_ca`; a wrong password or an untrusted server is
+//! refused without the URL's secret in the error.
 #![cfg(feature = "nats")]
 
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -108,6 +110,71 @@ fn user_password_and_token() {
         };
         round_trip("nats://t0ken@127.0.0.1:14232".into()).await;
         server.stop().await;
+    });
+}
+
+/// A CA and a server certificate for `127.0.0.1` and `localhost` signed by it, as PEM
+/// files under `dir`: (ca, cert, key).
+fn make_pki(dir: &Path) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "eventing test CA");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_key = KeyPair::generate().expect("CA key");
+    let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let mut server_params =
+        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .expect("server parameters");
+    server_params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let server_key = KeyPair::generate().expect("server key");
+    let server = server_params
+        .signed_by(&server_key, &ca, &ca_key)
+        .expect("server certificate");
+    std::fs::create_dir_all(dir).expect("pki dir");
+    let files = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server-key.pem"),
+    );
+    std::fs::write(&files.0, ca.pem()).expect("write CA");
+    std::fs::write(&files.1, server.pem()).expect("write server certificate");
+    std::fs::write(&files.2, server_key.serialize_pem()).expect("write server key");
+    let text = |p: std::path::PathBuf| p.to_string_lossy().into_owned();
+    (text(files.0), text(files.1), text(files.2))
+}
+
+#[test]
+fn tls_with_the_urls_ca() {
+    eventing_test::run(async {
+        let dir = std::env::temp_dir().join(format!("eventing-nats-pki-{}", std::process::id()));
+        let (ca, cert, key) = make_pki(&dir);
+        let Some(server) =
+            Server::start(14233, &["--tls", "--tlscert", &cert, "--tlskey", &key]).await
+        else {
+            println!("nats-server is not installed: skipped");
+            return;
+        };
+        round_trip(format!("tls://127.0.0.1:14233?tls_ca={ca}")).await;
+        // Without the CA the server is not trusted.
+        let refused = eventing::EventManager::builder()
+            .url("tls://127.0.0.1:14233")
+            .send_timeout(Duration::from_secs(3))
+            .build()
+            .await
+            .err()
+            .expect("an untrusted server is refused");
+        println!("without tls_ca: {refused}");
+        server.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
     });
 }
 
