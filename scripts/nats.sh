@@ -90,9 +90,13 @@ nats_start() {
     echo "nats: up (pid $NATS_PID)"
 }
 
-# SIGTERM and wait until the process is gone (not merely a zombie).
+# SIGTERM and wait until the process is gone (not merely a zombie). Only a
+# nats-server: a stale state file must not make us signal a reused pid.
 nats_kill() {
     local pid=$1 i
+    if ! tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q nats-server; then
+        return 0
+    fi
     kill -TERM "$pid" 2>/dev/null || return 0
     for i in $(seq 1 200); do
         nats_alive "$pid" || return 0
