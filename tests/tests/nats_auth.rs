@@ -178,6 +178,46 @@ fn tls_with_the_urls_ca() {
     });
 }
 
+/// The user NKey pair of the NATS documentation's NKey example (public, not a secret).
+const NKEY_PUBLIC: &str = "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4";
+const NKEY_SEED: &str = "SUACSSL3UAHUDXKFSNVUZRF5UHPMWZ6BFDTJ7M6USDXIEDNPPQYYYCU3VY";
+
+#[test]
+fn nkey_seed_file() {
+    eventing_test::run(async {
+        let dir = std::env::temp_dir().join(format!("eventing-nats-nkey-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let conf = dir.join("nkey.conf");
+        std::fs::write(
+            &conf,
+            format!("authorization {{ users = [ {{ nkey: \"{NKEY_PUBLIC}\" }} ] }}\n"),
+        )
+        .expect("config");
+        let seed = dir.join("user.nk");
+        std::fs::write(&seed, format!("{NKEY_SEED}\n")).expect("seed");
+        let conf = conf.to_string_lossy().into_owned();
+        let Some(server) = Server::start(14234, &["-c", &conf]).await else {
+            println!("nats-server is not installed: skipped");
+            return;
+        };
+        round_trip(format!(
+            "nats://127.0.0.1:14234?nkey_seed_file={}",
+            seed.display()
+        ))
+        .await;
+        let refused = eventing::EventManager::builder()
+            .url("nats://127.0.0.1:14234")
+            .send_timeout(Duration::from_secs(3))
+            .build()
+            .await
+            .err()
+            .expect("no credentials: refused");
+        println!("without the nkey: {refused}");
+        server.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
 #[test]
 fn unknown_parameters_are_invalid_urls() {
     eventing_test::run(async {
