@@ -19,7 +19,7 @@
 //! | transient event | memory storage (lost when the server restarts) | |
 //! | retention | `Limits`, `max_age` 7 days (`?max_age=`): a message stays until it is 7 days old, whoever acknowledged it; queues only see what is published after they exist (`deliver_policy = new`) | `Interest` (`?retention=interest`) would drop a message once every queue acknowledged it, like RabbitMQ, but in our restart test on 2.9.10 it lost 21 of 20,000 acknowledged publishes, consecutive ones sent as the server came back (most likely the stream was back before its consumers, so nobody was interested); with `Limits` the same test loses none |
 //! | queue `E::L` (competing, singleton) | durable pull consumer `<E::L>` on `ev-<E>`, `filter_subject = ev.<E>`, explicit ack, `deliver_policy = new`, no inactive threshold | instances share it and compete; 2.9 deletes idle durables that have a threshold |
-//! | per-process queue `E::L-server` | the same with `inactive_threshold` (60 s) | it goes away after its server |
+//! | per-process queue `E::L-server` | the same with `inactive_threshold` (60 s) | deleted when its subscription is cancelled (shutdown); after a crash the threshold removes it |
 //! | prefetch | what one instance asks for in its pull requests (and `max_ack_pending` of the consumer, × 16 for shared ones) | `max_ack_pending` is one limit for every instance of a shared consumer |
 //! | ack / requeue | `+ACK` / `-NAK` (redelivered at once) | |
 //! | crashed consumer | redelivered after `ack_wait` (30 s, `?ack_wait=`) | |
