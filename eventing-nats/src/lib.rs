@@ -614,6 +614,19 @@ impl Provider for NatsProvider {
         Capabilities::NONE.with_dead_letters()
     }
 
+    /// The consumer, its stream and subject, and the dead-letter subject, as the
+    /// server names them (escaped: see [`names`]).
+    fn broker_names(&self, queue: &QueueSpec) -> Option<String> {
+        let consumer = names::consumer(&queue.name).ok()?;
+        let stream = names::stream(&queue.event).ok()?;
+        Some(format!(
+            "consumer {consumer} on stream {stream} (subject {}), dead letters {} in {}",
+            names::subject(&queue.event),
+            names::dead_letter_subject(&queue.dead_letter_queue()),
+            names::DEAD_LETTER_STREAM,
+        ))
+    }
+
     async fn declare(&self, queues: &[QueueSpec]) -> Result<()> {
         for spec in queues {
             self.inner.ensure_queue(spec, DEFAULT_PREFETCH).await?;

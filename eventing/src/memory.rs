@@ -529,6 +529,10 @@ impl DynProvider for MemoryProvider {
         Capabilities::NONE.with_dead_letters()
     }
 
+    fn broker_names(&self, _: &QueueSpec) -> Option<String> {
+        None
+    }
+
     fn declare<'a>(&'a self, queues: &'a [QueueSpec]) -> BoxFuture<'a, Result<()>> {
         if let Err(error) = self.check_available() {
             return Box::pin(std::future::ready(Err(error)));

@@ -136,6 +136,16 @@ pub trait Provider: Send + Sync + 'static {
         Capabilities::NONE
     }
 
+    /// Where `queue` lives on the broker, when the broker's names differ from the
+    /// contract's (a broker that forbids `.` in names maps them): a short
+    /// description such as `consumer orders=2Ecreated::billing on stream
+    /// ev-orders=2Ecreated`, shown by [`Topology`](crate::topology::Topology).
+    /// `None` (the default) when the broker uses the contract's names.
+    fn broker_names(&self, queue: &QueueSpec) -> Option<String> {
+        let _ = queue;
+        None
+    }
+
     /// Declares the queues, their dead-letter queues (`<queue>.dlq`) and the event
     /// addresses they are bound to. Idempotent.
     fn declare(&self, queues: &[QueueSpec]) -> impl Future<Output = Result<()>> + Send;
@@ -228,6 +238,7 @@ fn unsupported(provider: &'static str, operation: &'static str) -> Error {
 pub trait DynProvider: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     fn capabilities(&self) -> Capabilities;
+    fn broker_names(&self, queue: &QueueSpec) -> Option<String>;
     fn declare<'a>(&'a self, queues: &'a [QueueSpec]) -> BoxFuture<'a, Result<()>>;
     fn publish<'a>(&'a self, route: Route<'a>, envelope: Envelope) -> BoxFuture<'a, Result<()>>;
     fn subscribe<'a>(
@@ -261,6 +272,10 @@ impl<P: Provider> DynProvider for P {
 
     fn capabilities(&self) -> Capabilities {
         Provider::capabilities(self)
+    }
+
+    fn broker_names(&self, queue: &QueueSpec) -> Option<String> {
+        Provider::broker_names(self, queue)
     }
 
     fn declare<'a>(&'a self, queues: &'a [QueueSpec]) -> BoxFuture<'a, Result<()>> {

@@ -92,6 +92,9 @@ pub struct Topology {
     pub events: Vec<EventInfo>,
     /// One queue per active listener.
     pub queues: Vec<QueueSpec>,
+    /// Queue name -> where it lives on the broker, for providers whose broker
+    /// names differ from the contract's ([`Provider::broker_names`](crate::provider::Provider::broker_names)).
+    pub broker_names: std::collections::BTreeMap<String, String>,
 }
 
 impl fmt::Display for Topology {
@@ -108,13 +111,17 @@ impl fmt::Display for Topology {
                 } else {
                     "competing"
                 };
-                writeln!(
+                write!(
                     f,
                     "  queue {} <- listener {} ({kind}), dead letters {}",
                     queue.name,
                     queue.listener,
                     queue.dead_letter_queue()
                 )?;
+                match self.broker_names.get(&queue.name) {
+                    Some(on_broker) => writeln!(f, "; on the broker: {on_broker}")?,
+                    None => writeln!(f)?,
+                }
             }
         }
         Ok(())

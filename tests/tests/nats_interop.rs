@@ -83,6 +83,13 @@ fn forbidden_names_are_mapped_on_the_server() {
         let stream = names::stream(&event).expect("stream name");
         let consumer = names::consumer(&queue).expect("consumer name");
         assert!(names::is_valid_name(&stream) && names::is_valid_name(&consumer));
+        // The topology shows the names the server uses beside eventing's.
+        assert!(
+            shown.contains(&format!(
+                "; on the broker: consumer {consumer} on stream {stream}"
+            )),
+            "{shown}"
+        );
         assert_eq!(
             names::event_of_stream(&stream).as_deref(),
             Some(event.as_str())

@@ -252,11 +252,16 @@ impl EventManager {
                 durable: event.durable(),
             });
         }
-        let queues = self.inner.plan()?.into_iter().map(|p| p.queue).collect();
+        let queues: Vec<QueueSpec> = self.inner.plan()?.into_iter().map(|p| p.queue).collect();
+        let broker_names = queues
+            .iter()
+            .filter_map(|q| Some((q.name.clone(), self.inner.provider.broker_names(q)?)))
+            .collect();
         Ok(Topology {
             server: self.inner.server.clone(),
             events,
             queues,
+            broker_names,
         })
     }
 
