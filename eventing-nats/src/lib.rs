@@ -183,6 +183,11 @@ impl NatsProvider {
                     .min(Duration::from_secs(1))
             })
             .max_reconnects(None);
+        let options = if url.retain_order {
+            options.retain_servers_order()
+        } else {
+            options
+        };
         let connect = options.connect(url.servers.clone());
         let client =
             match tokio::time::timeout(config.send_timeout.max(Duration::from_secs(1)), connect)

@@ -13,7 +13,8 @@
 //! Parameters: `tls_ca`, `nkey_seed_file`, `credentials`, `ack_wait` (seconds a
 //! delivery may stay unacknowledged before NATS redelivers it; default 30),
 //! `inactive_threshold` (seconds an idle per-process consumer survives its server;
-//! default 60), `replicas` (stream replicas in a cluster; default 1). Anything else
+//! default 60), `replicas` (stream replicas in a cluster; default 1), `server_order`
+//! (`random`, the default, or `retain`: try the servers in the URL's order). Anything else
 //! is an [`Error::InvalidUrl`]. The URL is never logged; errors do not repeat it.
 
 use std::path::PathBuf;
@@ -41,6 +42,9 @@ pub struct NatsUrl {
     pub interest: bool,
     /// `max_age`: how long an event stream with limits retention keeps a message.
     pub max_age: Duration,
+    /// `server_order=retain`: try the servers in the URL's order (first the first)
+    /// instead of a random one, on connect and on reconnect.
+    pub retain_order: bool,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -133,6 +137,7 @@ pub fn parse(url: &str) -> Result<NatsUrl> {
         replicas: 1,
         interest: false,
         max_age: Duration::from_secs(7 * 86_400),
+        retain_order: false,
     };
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -161,6 +166,13 @@ pub fn parse(url: &str) -> Result<NatsUrl> {
                 }
             }
             "inactive_threshold" => parsed.inactive_threshold = seconds(&value, key)?,
+            "server_order" => {
+                parsed.retain_order = match value.as_str() {
+                    "retain" => true,
+                    "random" => false,
+                    _ => return Err(bad("`server_order` is `random` or `retain`")),
+                }
+            }
             "replicas" => {
                 parsed.replicas = value
                     .parse()
@@ -170,7 +182,7 @@ pub fn parse(url: &str) -> Result<NatsUrl> {
             }
             other => {
                 return Err(bad(format!(
-                    "unknown parameter `{other}` (known: tls_ca, nkey_seed_file, credentials, ack_wait, inactive_threshold, replicas, retention, max_age)"
+                    "unknown parameter `{other}` (known: tls_ca, nkey_seed_file, credentials, ack_wait, inactive_threshold, replicas, retention, max_age, server_order)"
                 )));
             }
         }
@@ -257,6 +269,13 @@ mod tests {
         assert_eq!(u.servers, vec!["nats://a:1", "nats://b:2"]);
         assert_eq!(u.ack_wait, Duration::from_secs(5));
         assert_eq!(u.replicas, 3);
+        assert!(!u.retain_order);
+        assert!(
+            parse("nats://a:1,b:2?server_order=retain")
+                .unwrap()
+                .retain_order
+        );
+        assert!(parse("nats://a:1?server_order=first").is_err());
         let u = parse("nats://h?nkey_seed_file=/s").unwrap();
         assert!(matches!(u.auth, Auth::NkeySeedFile(_)));
     }

@@ -92,11 +92,23 @@ impl Cluster {
     }
 
     fn url() -> String {
-        let servers: Vec<String> = NODES
+        Self::url_first(0)
+    }
+
+    /// The cluster's URL with node `first` (0-based) first and the others as
+    /// fallbacks, tried in that order (`server_order=retain`).
+    fn url_first(first: usize) -> String {
+        let mut order: Vec<usize> = NODES.iter().map(|i| *i as usize - 1).collect();
+        order.retain(|&n| n != first);
+        order.insert(0, first);
+        let servers: Vec<String> = order
             .iter()
-            .map(|i| format!("127.0.0.1:{}", 14240 + i))
+            .map(|n| format!("127.0.0.1:{}", 14241 + n))
             .collect();
-        format!("nats://{}?replicas=3", servers.join(","))
+        format!(
+            "nats://{}?replicas=3&server_order=retain",
+            servers.join(",")
+        )
     }
 
     async fn kill(&mut self, node: usize) {
@@ -157,7 +169,7 @@ async fn scenario(cluster: &mut Cluster) -> Result<(), String> {
     let calls = Arc::new(Mutex::new(0));
     // The cluster elects its meta leader first: retry the first manager.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let consumer = loop {
+    let probe = loop {
         let builder = env.builder("consumer").url(url.clone()).listener(Counter {
             seen: Arc::clone(&seen),
             calls: Arc::clone(&calls),
@@ -177,15 +189,54 @@ async fn scenario(cluster: &mut Cluster) -> Result<(), String> {
             Err(error) => return Err(format!("the cluster did not come up: {error}")),
         }
     };
+    let event = format!("cluster.{}.Item", env.env);
+    let stream = names::stream(&event).map_err(|e| e.to_string())?;
+    // The probe created the stream: find its leader, then connect the consumer and
+    // the sender to that node first, with the other two as fallbacks.
+    let raw = async_nats::ConnectOptions::new()
+        .connect(vec![
+            "nats://127.0.0.1:14241".to_string(),
+            "nats://127.0.0.1:14242".to_string(),
+            "nats://127.0.0.1:14243".to_string(),
+        ])
+        .await
+        .map_err(|e| format!("raw client: {e}"))?;
+    let info = request(&raw, format!("$JS.API.STREAM.INFO.{stream}"), Bytes::new())
+        .await
+        .ok_or("no stream info")?;
+    let leader = info["cluster"]["leader"].as_str().unwrap_or("").to_string();
+    let node = match leader.as_str() {
+        "n1" => 0,
+        "n2" => 1,
+        "n3" => 2,
+        other => return Err(format!("unknown leader {other:?}: {info}")),
+    };
+    probe
+        .shutdown()
+        .await
+        .map_err(|e| format!("probe shutdown: {e}"))?;
+    let on_leader = Cluster::url_first(node);
+    let consumer = env
+        .builder("consumer")
+        .url(on_leader.clone())
+        .listener(Counter {
+            seen: Arc::clone(&seen),
+            calls: Arc::clone(&calls),
+        })
+        .build()
+        .await
+        .map_err(|e| format!("consumer: {e}"))?;
+    consumer
+        .start()
+        .await
+        .map_err(|e| format!("consumer start: {e}"))?;
     let sender = env
         .builder("sender")
-        .url(url.clone())
+        .url(on_leader)
         .send_timeout(Duration::from_secs(30))
         .build()
         .await
         .map_err(|e| format!("sender: {e}"))?;
-    let event = format!("cluster.{}.Item", env.env);
-    let stream = names::stream(&event).map_err(|e| e.to_string())?;
 
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let retried = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -209,25 +260,7 @@ async fn scenario(cluster: &mut Cluster) -> Result<(), String> {
     while next.load(std::sync::atomic::Ordering::SeqCst) < EVENTS / 4 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // Find and kill the stream's leader.
-    let raw = async_nats::ConnectOptions::new()
-        .connect(vec![
-            "nats://127.0.0.1:14241".to_string(),
-            "nats://127.0.0.1:14242".to_string(),
-            "nats://127.0.0.1:14243".to_string(),
-        ])
-        .await
-        .map_err(|e| format!("raw client: {e}"))?;
-    let info = request(&raw, format!("$JS.API.STREAM.INFO.{stream}"), Bytes::new())
-        .await
-        .ok_or("no stream info")?;
-    let leader = info["cluster"]["leader"].as_str().unwrap_or("").to_string();
-    let node = match leader.as_str() {
-        "n1" => 0,
-        "n2" => 1,
-        "n3" => 2,
-        other => return Err(format!("unknown leader {other:?}: {info}")),
-    };
+    // Kill the node that leads the stream and that sender and consumer are on.
     let killed_at = next.load(std::sync::atomic::Ordering::SeqCst);
     cluster.kill(node).await;
     let began = tokio::time::Instant::now();
