@@ -1,0 +1,539 @@
+//! End-to-end throughput and round-trip latency over NATS JetStream, in one run:
+//! `EventManager` over eventing-nats beside raw `async-nats` JetStream doing the
+//! same work, against the server at `EVENTING_NATS_URL` (default
+//! `nats://127.0.0.1:4222`):
+//!
+//! ```text
+//! bash scripts/nats.sh start
+//! cargo bench -p eventing-nats --bench nats
+//! BENCH_EVENTS=20000 BENCH_SAMPLES=1000 BENCH_ROUNDS=3 BENCH_IN_FLIGHT=64 BENCH_PREFETCH=256
+//! bash scripts/nats.sh stop
+//! ```
+//!
+//! Both sides move the same 62-byte JSON payload (serialized per send, decoded per
+//! delivery) through a file-storage stream with limits retention, one subject, and
+//! a durable pull consumer with explicit acks, one ack per message:
+//!
+//! - `raw`: async-nats JetStream at its plainest: `publish` with the ack awaited,
+//!   `BENCH_IN_FLIGHT` publishes in flight; a durable pull consumer
+//!   (`max_ack_pending` = 16 × prefetch, as eventing's shared queues) read with
+//!   `messages()` in batches of `BENCH_PREFETCH`, `ack()` per message;
+//! - `eventing`: an `EventManager` with a durable event and one competing
+//!   listener, `send_event` with the same number in flight, listener prefetch
+//!   `BENCH_PREFETCH`.
+//!
+//! Throughput: N events with a bounded number of sends in flight, from the first
+//! send to the last handled message. Round trip: one event at a time, from send
+//! (publish ack included on both sides) to handled. The sides take turns
+//! (alternating who goes first) for `BENCH_ROUNDS` rounds; each figure is the
+//! median of the rounds. Streams and consumers get unique names per run and are
+//! deleted at the end; a missing server fails within seconds with a message.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::stream::{RetentionPolicy, StorageType};
+use async_nats::jetstream::{self as js, consumer::AckPolicy, consumer::DeliverPolicy};
+use bytes::Bytes;
+use eventing::{
+    Context, EventListener, EventManager, ListenerOptions, ListenerResult, event, event_listener,
+};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use eventing_nats as _;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The longest anything is awaited at once: a missing server or a stuck consumer
+/// fails the run instead of hanging it.
+const LIMIT: Duration = Duration::from_secs(60);
+/// Connecting (and the first JetStream call).
+const CONNECT_LIMIT: Duration = Duration::from_secs(5);
+/// eventing's default `max_age` of event streams, for the raw stream too.
+const MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The payload: `{"id":100000,"kind":"bench.tick","note":"nats bench payload!"}`, 62 bytes.
+#[event(name = "bench.nats.{run}.Tick", durable = true)]
+#[derive(Serialize, Deserialize)]
+struct Tick {
+    id: u64,
+    kind: String,
+    note: String,
+}
+
+fn tick(id: u64) -> Tick {
+    Tick {
+        id: 100_000 + id % 900_000,
+        kind: "bench.tick".into(),
+        note: "nats bench payload!".into(),
+    }
+}
+
+/// Counts handled events and wakes the bench at a target.
+struct Counter {
+    handled: AtomicU64,
+    target: AtomicU64,
+    done: Notify,
+}
+
+impl Counter {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            handled: AtomicU64::new(0),
+            target: AtomicU64::new(u64::MAX),
+            done: Notify::new(),
+        })
+    }
+
+    fn hit(&self) {
+        let n = self.handled.fetch_add(1, Ordering::AcqRel) + 1;
+        if n == self.target.load(Ordering::Acquire) {
+            self.done.notify_one();
+        }
+    }
+
+    /// Expects `n` more events than were handled so far.
+    fn arm(&self, n: u64) {
+        let target = self.handled.load(Ordering::Acquire) + n;
+        self.target.store(target, Ordering::Release);
+    }
+
+    async fn wait(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.done.notified();
+            if self.handled.load(Ordering::Acquire) >= self.target.load(Ordering::Acquire) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!(
+                    "only {} of {} events handled in {limit:?}",
+                    self.handled.load(Ordering::Acquire),
+                    self.target.load(Ordering::Acquire)
+                );
+            }
+        }
+    }
+}
+
+#[event_listener(Tick, name = "Counter")]
+struct TickListener {
+    counter: Arc<Counter>,
+}
+
+impl EventListener<Tick> for TickListener {
+    async fn on(&self, event: Tick, _: &Context) -> ListenerResult {
+        std::hint::black_box(event.id);
+        self.counter.hit();
+        Ok(())
+    }
+}
+
+struct Settings {
+    url: String,
+    n: u64,
+    samples: usize,
+    rounds: u64,
+    in_flight: usize,
+    prefetch: u16,
+}
+
+fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+impl Settings {
+    fn from_env() -> Self {
+        Self {
+            url: std::env::var("EVENTING_NATS_URL")
+                .unwrap_or_else(|_| "nats://127.0.0.1:4222".into()),
+            n: setting("BENCH_EVENTS", 20_000).max(1),
+            samples: setting("BENCH_SAMPLES", 1_000).max(10),
+            rounds: setting("BENCH_ROUNDS", 3).max(1),
+            in_flight: setting("BENCH_IN_FLIGHT", 64).max(1),
+            prefetch: setting("BENCH_PREFETCH", 256).max(1),
+        }
+    }
+}
+
+/// One side's figures, one entry per round.
+#[derive(Default)]
+struct Figures {
+    per_second: Vec<f64>,
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+}
+
+/// Runs `n` sends with at most `limit` in flight.
+async fn in_flight<F: Future<Output = ()>>(limit: usize, n: u64, mut op: impl FnMut(u64) -> F) {
+    let mut running = FuturesUnordered::new();
+    for i in 0..n {
+        if running.len() >= limit {
+            running.next().await;
+        }
+        running.push(op(i));
+    }
+    while running.next().await.is_some() {}
+}
+
+/// Events per second: `n` sends, `limit` in flight, until all were handled.
+async fn throughput<F: Future<Output = ()>>(
+    counter: &Counter,
+    n: u64,
+    limit: usize,
+    send: impl FnMut(u64) -> F,
+) -> f64 {
+    counter.arm(n);
+    let start = Instant::now();
+    bounded("sending", in_flight(limit, n, send)).await;
+    counter.wait(LIMIT).await;
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// `samples` round trips, one event at a time (after a tenth as warm-up); p50
+/// and p99 in microseconds.
+async fn round_trips<F: Future<Output = ()>>(
+    counter: &Counter,
+    samples: usize,
+    mut send: impl FnMut(u64) -> F,
+) -> (f64, f64) {
+    let warm_up = samples / 10;
+    let mut times = Vec::with_capacity(samples);
+    for i in 0..samples + warm_up {
+        counter.arm(1);
+        let start = Instant::now();
+        bounded("sending", send(i as u64)).await;
+        counter.wait(Duration::from_secs(10)).await;
+        if i >= warm_up {
+            times.push(start.elapsed());
+        }
+    }
+    times.sort_unstable();
+    let at = |q: f64| {
+        let index = ((times.len() as f64 - 1.0) * q).round() as usize;
+        times[index].as_secs_f64() * 1e6
+    };
+    (at(0.50), at(0.99))
+}
+
+async fn measure<F: Future<Output = ()>>(
+    settings: &Settings,
+    counter: &Counter,
+    figures: &mut Figures,
+    mut send: impl FnMut(u64) -> F,
+) {
+    let limit = settings.in_flight;
+    throughput(counter, settings.n / 10 + 1, limit, &mut send).await; // warm-up
+    figures
+        .per_second
+        .push(throughput(counter, settings.n, limit, &mut send).await);
+    let (p50, p99) = round_trips(counter, settings.samples, &mut send).await;
+    figures.p50.push(p50);
+    figures.p99.push(p99);
+}
+
+async fn bounded<T>(what: &str, future: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(LIMIT, future).await {
+        Ok(value) => value,
+        Err(_) => panic!("{what}: the NATS server did not answer within {LIMIT:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// raw async-nats
+
+/// The raw side: a JetStream context, the subject it publishes to, and the task
+/// that consumes, decodes and acks.
+struct Raw {
+    js: js::Context,
+    subject: String,
+    consuming: tokio::task::JoinHandle<()>,
+}
+
+impl Raw {
+    async fn new(
+        js: &js::Context,
+        names: &RawNames,
+        settings: &Settings,
+        counter: Arc<Counter>,
+    ) -> Self {
+        let stream = js::stream::Config {
+            name: names.stream.clone(),
+            subjects: vec![names.subject.clone()],
+            storage: StorageType::File,
+            retention: RetentionPolicy::Limits,
+            max_age: MAX_AGE,
+            ..Default::default()
+        };
+        bounded("creating the raw stream", js.create_stream(stream))
+            .await
+            .expect("create the raw stream");
+        let prefetch = i64::from(settings.prefetch);
+        let config = js::consumer::pull::Config {
+            durable_name: Some(names.consumer.clone()),
+            filter_subject: names.subject.clone(),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(30),
+            deliver_policy: DeliverPolicy::New,
+            max_ack_pending: prefetch * 16,
+            ..Default::default()
+        };
+        let consumer: js::consumer::PullConsumer = bounded(
+            "creating the raw consumer",
+            js.create_consumer_on_stream(config, &names.stream),
+        )
+        .await
+        .expect("create the raw consumer");
+        let mut messages = bounded(
+            "starting the raw consumer",
+            consumer
+                .stream()
+                .max_messages_per_batch(usize::from(settings.prefetch))
+                .messages(),
+        )
+        .await
+        .expect("raw consumer messages");
+        let consuming = tokio::spawn(async move {
+            while let Some(message) = messages.next().await {
+                let message = match message {
+                    Ok(message) => message,
+                    Err(error) => {
+                        eprintln!("raw consumer: {error}");
+                        continue;
+                    }
+                };
+                let event: Tick = serde_json::from_slice(&message.payload).expect("JSON body");
+                std::hint::black_box(event.id);
+                if let Err(error) = message.ack().await {
+                    eprintln!("raw consumer: ack: {error}");
+                }
+                counter.hit();
+            }
+        });
+        Self {
+            js: js.clone(),
+            subject: names.subject.clone(),
+            consuming,
+        }
+    }
+
+    async fn send(&self, id: u64) {
+        let body = Bytes::from(serde_json::to_vec(&tick(id)).expect("JSON"));
+        let ack = self
+            .js
+            .publish(self.subject.clone(), body)
+            .await
+            .expect("raw publish");
+        ack.await.expect("raw publish ack");
+    }
+}
+
+struct RawNames {
+    stream: String,
+    subject: String,
+    consumer: String,
+}
+
+// ---------------------------------------------------------------------------------
+// both, and main
+
+async fn start_eventing(settings: &Settings, run: &str) -> (EventManager, Arc<Counter>) {
+    let counter = Counter::new();
+    let build = EventManager::builder()
+        .url(settings.url.as_str())
+        .server_name("bench")
+        .var("run", run)
+        .send_timeout(Duration::from_secs(10))
+        .listener(TickListener {
+            counter: Arc::clone(&counter),
+        })
+        .only_bound_listeners()
+        .listener_options(ListenerOptions {
+            prefetch: settings.prefetch,
+            ..ListenerOptions::default()
+        })
+        .build();
+    let manager = bounded("building the manager", build)
+        .await
+        .expect("build the manager");
+    bounded("starting the manager", manager.start())
+        .await
+        .expect("start the manager");
+    (manager, counter)
+}
+
+/// Both sides, taking turns; (raw, eventing).
+async fn measure_both(
+    settings: Arc<Settings>,
+    js: js::Context,
+    run: String,
+    names: RawNames,
+) -> (Figures, Figures) {
+    let raw_counter = Counter::new();
+    let raw = Raw::new(&js, &names, &settings, Arc::clone(&raw_counter)).await;
+    let (manager, counter) = start_eventing(&settings, &run).await;
+    let (mut raw_figures, mut eventing_figures) = (Figures::default(), Figures::default());
+    for round in 0..settings.rounds {
+        eprintln!("round {} of {}", round + 1, settings.rounds);
+        for raw_turn in [round % 2 == 0, round % 2 == 1] {
+            if raw_turn {
+                let send = |i: u64| raw.send(i);
+                measure(&settings, &raw_counter, &mut raw_figures, send).await;
+            } else {
+                let manager = &manager;
+                let send = |i: u64| async move {
+                    manager.send_event(&tick(i)).await.expect("send_event");
+                };
+                measure(&settings, &counter, &mut eventing_figures, send).await;
+            }
+        }
+    }
+    raw.consuming.abort();
+    bounded("shutting the manager down", manager.shutdown())
+        .await
+        .expect("shutdown");
+    (raw_figures, eventing_figures)
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut values = values.to_vec();
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn fail(message: String) -> ! {
+    eprintln!("nats bench: {message}");
+    eprintln!("(start a server with JetStream: `bash scripts/nats.sh start`)");
+    std::process::exit(1);
+}
+
+fn main() {
+    // Keep `cargo test --benches` quick: only `cargo bench` passes `--bench`.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let settings = Arc::new(Settings::from_env());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let run = format!("{}-{nanos}", std::process::id());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        // The raw side connects as eventing does (same URL parsing and options).
+        let url = eventing_nats::url::parse(&settings.url)
+            .unwrap_or_else(|e| fail(format!("EVENTING_NATS_URL: {e}")));
+        let endpoint = url.servers.join(",");
+        let options = url
+            .options()
+            .await
+            .unwrap_or_else(|e| fail(format!("EVENTING_NATS_URL: {e}")))
+            .connection_timeout(CONNECT_LIMIT);
+        let client =
+            match tokio::time::timeout(CONNECT_LIMIT, options.connect(url.servers.clone())).await {
+                Ok(Ok(client)) => client,
+                Ok(Err(error)) => fail(format!("cannot connect to {endpoint}: {error}")),
+                Err(_) => fail(format!("connecting to {endpoint} timed out")),
+            };
+        let js = js::ContextBuilder::new()
+            .timeout(Duration::from_secs(5))
+            .build(client.clone());
+        // `$JS.API.INFO` answers with an error (or nobody answers) without JetStream.
+        let info = client.request("$JS.API.INFO", Bytes::new());
+        match tokio::time::timeout(CONNECT_LIMIT, info).await {
+            Ok(Ok(answer)) => {
+                let answer: serde_json::Value =
+                    serde_json::from_slice(&answer.payload).unwrap_or_default();
+                if let Some(error) = answer.get("error") {
+                    fail(format!("no JetStream at {endpoint}: {error}"));
+                }
+            }
+            Ok(Err(error)) => fail(format!("no JetStream at {endpoint}: {error}")),
+            Err(_) => fail(format!("no JetStream answer from {endpoint}")),
+        }
+
+        let names = RawNames {
+            stream: format!("bench-raw-{run}"),
+            subject: format!("bench.raw.{run}"),
+            consumer: "Counter".to_string(),
+        };
+        let raw_stream = names.stream.clone();
+        let event_stream =
+            eventing_nats::names::stream(&format!("bench.nats.{run}.Tick")).expect("stream name");
+        let payload = serde_json::to_vec(&tick(0)).expect("JSON").len();
+        eprintln!(
+            "nats bench: {} events per round, {} round trips, {} rounds, {payload}-byte JSON, \
+             {} sends in flight, prefetch {}",
+            settings.n, settings.samples, settings.rounds, settings.in_flight, settings.prefetch
+        );
+
+        // Measured in a task of its own, so the streams are deleted even if a
+        // measurement panics.
+        let measured = tokio::spawn(measure_both(
+            Arc::clone(&settings),
+            js.clone(),
+            run.clone(),
+            names,
+        ))
+        .await;
+        for stream in [&raw_stream, &event_stream] {
+            // Deleting a stream deletes its consumers.
+            match tokio::time::timeout(CONNECT_LIMIT, js.delete_stream(stream)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => eprintln!("nats bench: deleting stream {stream}: {error}"),
+                Err(_) => eprintln!("nats bench: deleting stream {stream} timed out"),
+            }
+        }
+        let _ = client.flush().await;
+        let (raw, eventing) = match measured {
+            Ok(figures) => figures,
+            Err(error) => match error.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(error) => panic!("measurement task: {error}"),
+            },
+        };
+
+        let row = |f: &Figures| (median(&f.per_second), median(&f.p50), median(&f.p99));
+        let (raw, eventing) = (row(&raw), row(&eventing));
+        println!();
+        println!(
+            "NATS JetStream end to end ({endpoint}), durable (file) stream, {} events of \
+             {payload} B JSON, {} in flight, prefetch {}, {} round trips, median of {} rounds",
+            settings.n, settings.in_flight, settings.prefetch, settings.samples, settings.rounds
+        );
+        println!(
+            "{:<24}{:>12}{:>12}{:>12}",
+            "", "events/s", "p50 (us)", "p99 (us)"
+        );
+        for (name, (per_second, p50, p99)) in
+            [("raw async-nats", raw), ("eventing over NATS", eventing)]
+        {
+            println!("{name:<24}{per_second:>12.0}{p50:>12.0}{p99:>12.0}");
+        }
+        println!(
+            "{:<24}{:>11.2}x{:>11.2}x{:>11.2}x",
+            "eventing / raw",
+            eventing.0 / raw.0,
+            eventing.1 / raw.1,
+            eventing.2 / raw.2
+        );
+        println!();
+        let met = |ok: bool| if ok { "met" } else { "NOT met" };
+        println!(
+            "targets: throughput eventing/raw >= 0.90 ({}), p99 eventing/raw <= 1.20 ({})",
+            met(eventing.0 / raw.0 >= 0.9),
+            met(eventing.2 / raw.2 <= 1.2)
+        );
+    });
+}
