@@ -14,6 +14,10 @@ use eventing_test::suite::{Ping, PingListener, Recorder};
 use eventing_tests::TestEnv;
 use eventing_tests::nats::NatsHarness;
 
+#[path = "support/pki.rs"]
+mod pki;
+use pki::make_pki;
+
 const WAIT: Duration = Duration::from_secs(20);
 
 /// A nats-server child with JetStream on `port`, its store in a temp dir.
@@ -113,50 +117,18 @@ fn user_password_and_token() {
     });
 }
 
-/// A CA and a server certificate for `127.0.0.1` and `localhost` signed by it, as PEM
-/// files under `dir`: (ca, cert, key).
-fn make_pki(dir: &Path) -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "eventing test CA");
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_key = KeyPair::generate().expect("CA key");
-    let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
-    let mut server_params =
-        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-            .expect("server parameters");
-    server_params
-        .distinguished_name
-        .push(DnType::CommonName, "localhost");
-    let server_key = KeyPair::generate().expect("server key");
-    let server = server_params
-        .signed_by(&server_key, &ca, &ca_key)
-        .expect("server certificate");
-    std::fs::create_dir_all(dir).expect("pki dir");
-    let files = (
-        dir.join("ca.pem"),
-        dir.join("server.pem"),
-        dir.join("server-key.pem"),
-    );
-    std::fs::write(&files.0, ca.pem()).expect("write CA");
-    std::fs::write(&files.1, server.pem()).expect("write server certificate");
-    std::fs::write(&files.2, server_key.serialize_pem()).expect("write server key");
+/// The test PKI as path strings: (ca, cert, key).
+fn make_pki_paths(dir: &Path) -> (String, String, String) {
+    let files = make_pki(dir);
     let text = |p: std::path::PathBuf| p.to_string_lossy().into_owned();
-    (text(files.0), text(files.1), text(files.2))
+    (text(files.ca), text(files.cert), text(files.key))
 }
 
 #[test]
 fn tls_with_the_urls_ca() {
     eventing_test::run(async {
         let dir = std::env::temp_dir().join(format!("eventing-nats-pki-{}", std::process::id()));
-        let (ca, cert, key) = make_pki(&dir);
+        let (ca, cert, key) = make_pki_paths(&dir);
         let Some(server) =
             Server::start(14233, &["--tls", "--tlscert", &cert, "--tlskey", &key]).await
         else {

@@ -22,12 +22,15 @@ use std::time::Duration;
 use eventing::{
     Context, Error, EventListener, EventManager, ListenerResult, event, event_listener,
 };
-use eventing_tests::nodes::{Node, NodeOptions, TlsFiles};
+use eventing_tests::nodes::{Node, NodeOptions};
 use eventing_tests::{Harness, TestEnv};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use serde::{Deserialize, Serialize};
 
 // Links both providers.
+#[path = "support/pki.rs"]
+mod pki;
+use pki::make_pki;
+
 use eventing_amqp as _;
 use eventing_stomp as _;
 
@@ -95,42 +98,6 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// A CA and a server certificate for `127.0.0.1` and `localhost` signed by it,
-/// written as PEM files under `dir`.
-fn make_pki(dir: &Path) -> TlsFiles {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "eventing test CA");
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_key = KeyPair::generate().expect("CA key");
-    let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
-    let mut server_params =
-        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-            .expect("server parameters");
-    server_params
-        .distinguished_name
-        .push(DnType::CommonName, "localhost");
-    let server_key = KeyPair::generate().expect("server key");
-    let server = server_params
-        .signed_by(&server_key, &ca, &ca_key)
-        .expect("server certificate");
-    let files = TlsFiles {
-        ca: dir.join("ca.pem"),
-        cert: dir.join("server.pem"),
-        key: dir.join("server-key.pem"),
-    };
-    std::fs::write(&files.ca, ca.pem()).expect("write CA");
-    std::fs::write(&files.cert, server.pem()).expect("write server certificate");
-    std::fs::write(&files.key, server_key.serialize_pem()).expect("write server key");
-    files
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
