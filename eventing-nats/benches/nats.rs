@@ -29,10 +29,8 @@
 //! median of the rounds. Streams and consumers get unique names per run and are
 //! deleted at the end; a missing server fails within seconds with a message.
 
-use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::stream::{RetentionPolicy, StorageType};
 use async_nats::jetstream::{self as js, consumer::AckPolicy, consumer::DeliverPolicy};
@@ -41,11 +39,12 @@ use eventing::{
     Context, EventListener, EventManager, ListenerOptions, ListenerResult, event, event_listener,
 };
 use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
 
 use eventing_nats as _;
+use eventing_test::bench::{
+    Counter, Figures, bounded, print_comparison, setting, under_cargo_bench,
+};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -75,53 +74,6 @@ fn tick(id: u64) -> Tick {
     }
 }
 
-/// Counts handled events and wakes the bench at a target.
-struct Counter {
-    handled: AtomicU64,
-    target: AtomicU64,
-    done: Notify,
-}
-
-impl Counter {
-    fn new() -> Arc<Self> {
-        Arc::new(Self {
-            handled: AtomicU64::new(0),
-            target: AtomicU64::new(u64::MAX),
-            done: Notify::new(),
-        })
-    }
-
-    fn hit(&self) {
-        let n = self.handled.fetch_add(1, Ordering::AcqRel) + 1;
-        if n == self.target.load(Ordering::Acquire) {
-            self.done.notify_one();
-        }
-    }
-
-    /// Expects `n` more events than were handled so far.
-    fn arm(&self, n: u64) {
-        let target = self.handled.load(Ordering::Acquire) + n;
-        self.target.store(target, Ordering::Release);
-    }
-
-    async fn wait(&self, limit: Duration) {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let notified = self.done.notified();
-            if self.handled.load(Ordering::Acquire) >= self.target.load(Ordering::Acquire) {
-                return;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!(
-                    "only {} of {} events handled in {limit:?}",
-                    self.handled.load(Ordering::Acquire),
-                    self.target.load(Ordering::Acquire)
-                );
-            }
-        }
-    }
-}
-
 #[event_listener(Tick, name = "Counter")]
 struct TickListener {
     counter: Arc<Counter>,
@@ -144,13 +96,6 @@ struct Settings {
     prefetch: u16,
 }
 
-fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 impl Settings {
     fn from_env() -> Self {
         Self {
@@ -162,89 +107,6 @@ impl Settings {
             in_flight: setting("BENCH_IN_FLIGHT", 64).max(1),
             prefetch: setting("BENCH_PREFETCH", 256).max(1),
         }
-    }
-}
-
-/// One side's figures, one entry per round.
-#[derive(Default)]
-struct Figures {
-    per_second: Vec<f64>,
-    p50: Vec<f64>,
-    p99: Vec<f64>,
-}
-
-/// Runs `n` sends with at most `limit` in flight.
-async fn in_flight<F: Future<Output = ()>>(limit: usize, n: u64, mut op: impl FnMut(u64) -> F) {
-    let mut running = FuturesUnordered::new();
-    for i in 0..n {
-        if running.len() >= limit {
-            running.next().await;
-        }
-        running.push(op(i));
-    }
-    while running.next().await.is_some() {}
-}
-
-/// Events per second: `n` sends, `limit` in flight, until all were handled.
-async fn throughput<F: Future<Output = ()>>(
-    counter: &Counter,
-    n: u64,
-    limit: usize,
-    send: impl FnMut(u64) -> F,
-) -> f64 {
-    counter.arm(n);
-    let start = Instant::now();
-    bounded("sending", in_flight(limit, n, send)).await;
-    counter.wait(LIMIT).await;
-    n as f64 / start.elapsed().as_secs_f64()
-}
-
-/// `samples` round trips, one event at a time (after a tenth as warm-up); p50
-/// and p99 in microseconds.
-async fn round_trips<F: Future<Output = ()>>(
-    counter: &Counter,
-    samples: usize,
-    mut send: impl FnMut(u64) -> F,
-) -> (f64, f64) {
-    let warm_up = samples / 10;
-    let mut times = Vec::with_capacity(samples);
-    for i in 0..samples + warm_up {
-        counter.arm(1);
-        let start = Instant::now();
-        bounded("sending", send(i as u64)).await;
-        counter.wait(Duration::from_secs(10)).await;
-        if i >= warm_up {
-            times.push(start.elapsed());
-        }
-    }
-    times.sort_unstable();
-    let at = |q: f64| {
-        let index = ((times.len() as f64 - 1.0) * q).round() as usize;
-        times[index].as_secs_f64() * 1e6
-    };
-    (at(0.50), at(0.99))
-}
-
-async fn measure<F: Future<Output = ()>>(
-    settings: &Settings,
-    counter: &Counter,
-    figures: &mut Figures,
-    mut send: impl FnMut(u64) -> F,
-) {
-    let limit = settings.in_flight;
-    throughput(counter, settings.n / 10 + 1, limit, &mut send).await; // warm-up
-    figures
-        .per_second
-        .push(throughput(counter, settings.n, limit, &mut send).await);
-    let (p50, p99) = round_trips(counter, settings.samples, &mut send).await;
-    figures.p50.push(p50);
-    figures.p99.push(p99);
-}
-
-async fn bounded<T>(what: &str, future: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(LIMIT, future).await {
-        Ok(value) => value,
-        Err(_) => panic!("{what}: the NATS server did not answer within {LIMIT:?}"),
     }
 }
 
@@ -274,7 +136,7 @@ impl Raw {
             max_age: MAX_AGE,
             ..Default::default()
         };
-        bounded("creating the raw stream", js.create_stream(stream))
+        bounded("creating the raw stream", LIMIT, js.create_stream(stream))
             .await
             .expect("create the raw stream");
         let prefetch = i64::from(settings.prefetch);
@@ -289,12 +151,14 @@ impl Raw {
         };
         let consumer: js::consumer::PullConsumer = bounded(
             "creating the raw consumer",
+            LIMIT,
             js.create_consumer_on_stream(config, &names.stream),
         )
         .await
         .expect("create the raw consumer");
         let mut messages = bounded(
             "starting the raw consumer",
+            LIMIT,
             consumer
                 .stream()
                 .max_messages_per_batch(usize::from(settings.prefetch))
@@ -362,10 +226,10 @@ async fn start_eventing(settings: &Settings, run: &str) -> (EventManager, Arc<Co
             ..ListenerOptions::default()
         })
         .build();
-    let manager = bounded("building the manager", build)
+    let manager = bounded("building the manager", LIMIT, build)
         .await
         .expect("build the manager");
-    bounded("starting the manager", manager.start())
+    bounded("starting the manager", LIMIT, manager.start())
         .await
         .expect("start the manager");
     (manager, counter)
@@ -382,32 +246,27 @@ async fn measure_both(
     let raw = Raw::new(&js, &names, &settings, Arc::clone(&raw_counter)).await;
     let (manager, counter) = start_eventing(&settings, &run).await;
     let (mut raw_figures, mut eventing_figures) = (Figures::default(), Figures::default());
+    let shape = (settings.n, settings.in_flight, settings.samples);
     for round in 0..settings.rounds {
         eprintln!("round {} of {}", round + 1, settings.rounds);
         for raw_turn in [round % 2 == 0, round % 2 == 1] {
             if raw_turn {
                 let send = |i: u64| raw.send(i);
-                measure(&settings, &raw_counter, &mut raw_figures, send).await;
+                raw_figures.measure(&raw_counter, shape, LIMIT, send).await;
             } else {
                 let manager = &manager;
                 let send = |i: u64| async move {
                     manager.send_event(&tick(i)).await.expect("send_event");
                 };
-                measure(&settings, &counter, &mut eventing_figures, send).await;
+                eventing_figures.measure(&counter, shape, LIMIT, send).await;
             }
         }
     }
     raw.consuming.abort();
-    bounded("shutting the manager down", manager.shutdown())
+    bounded("shutting the manager down", LIMIT, manager.shutdown())
         .await
         .expect("shutdown");
     (raw_figures, eventing_figures)
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut values = values.to_vec();
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn fail(message: String) -> ! {
@@ -417,8 +276,7 @@ fn fail(message: String) -> ! {
 }
 
 fn main() {
-    // Keep `cargo test --benches` quick: only `cargo bench` passes `--bench`.
-    if !std::env::args().any(|a| a == "--bench") {
+    if !under_cargo_bench() {
         return;
     }
     let settings = Arc::new(Settings::from_env());
@@ -504,36 +362,17 @@ fn main() {
             },
         };
 
-        let row = |f: &Figures| (median(&f.per_second), median(&f.p50), median(&f.p99));
-        let (raw, eventing) = (row(&raw), row(&eventing));
-        println!();
-        println!(
+        let title = format!(
             "NATS JetStream end to end ({endpoint}), durable (file) stream, {} events of \
              {payload} B JSON, {} in flight, prefetch {}, {} round trips, median of {} rounds",
             settings.n, settings.in_flight, settings.prefetch, settings.samples, settings.rounds
         );
-        println!(
-            "{:<24}{:>12}{:>12}{:>12}",
-            "", "events/s", "p50 (us)", "p99 (us)"
-        );
-        for (name, (per_second, p50, p99)) in
-            [("raw async-nats", raw), ("eventing over NATS", eventing)]
-        {
-            println!("{name:<24}{per_second:>12.0}{p50:>12.0}{p99:>12.0}");
-        }
-        println!(
-            "{:<24}{:>11.2}x{:>11.2}x{:>11.2}x",
-            "eventing / raw",
-            eventing.0 / raw.0,
-            eventing.1 / raw.1,
-            eventing.2 / raw.2
-        );
-        println!();
-        let met = |ok: bool| if ok { "met" } else { "NOT met" };
-        println!(
-            "targets: throughput eventing/raw >= 0.90 ({}), p99 eventing/raw <= 1.20 ({})",
-            met(eventing.0 / raw.0 >= 0.9),
-            met(eventing.2 / raw.2 <= 1.2)
+        print_comparison(
+            &title,
+            "raw async-nats",
+            &raw,
+            "eventing over NATS",
+            &eventing,
         );
     });
 }

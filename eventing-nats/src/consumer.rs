@@ -15,7 +15,7 @@
 //! restarted and forgotten our pull requests); deliveries already handed out are
 //! still settled through the client once it is back.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +29,7 @@ use eventing::provider::{Acker, Consumer, Delivery};
 use eventing::{BoxFuture, Envelope, Result};
 use futures_util::{Stream, StreamExt};
 use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 
@@ -47,6 +48,9 @@ pub(crate) enum Kind {
     /// A queue: messages put onto another queue alone (header
     /// [`crate::headers::TARGET_QUEUE`]) are acknowledged and skipped.
     Queue {
+        /// The event of the queue: its messages leave out what the subject says
+        /// (see [`crate::headers::event_to_nats`]).
+        event: String,
         /// The escaped queue name this consumer's target header must carry.
         target: String,
         /// A per-process queue: its consumer is deleted when the subscription is
@@ -76,7 +80,7 @@ pub(crate) struct Settle {
     inner: Arc<Inner>,
     stream: String,
     kind: Kind,
-    pending: Arc<Mutex<HashMap<u64, Pending>>>,
+    pending: Arc<Mutex<FxHashMap<u64, Pending>>>,
     next_tag: AtomicU64,
     settled: Arc<Notify>,
     /// The dead-letter subject of the queue.
@@ -100,14 +104,15 @@ impl Acker for Settle {
         let Some(pending) = self.take(tag) else {
             return;
         };
+        if !matches!(self.kind, Kind::Letters) {
+            self.inner.acks.send(pending.reply, b"");
+            return;
+        }
         let inner = Arc::clone(&self.inner);
         let stream = self.stream.clone();
-        let letters = matches!(self.kind, Kind::Letters);
-        self.inner.acks.spawn(async move {
-            if letters {
-                // The dead-letter stream keeps messages: removing a letter is deleting it.
-                inner.delete_message(&stream, pending.stream_sequence).await;
-            }
+        self.inner.acks.tasks.spawn(async move {
+            // The dead-letter stream keeps messages: removing a letter is deleting it.
+            inner.delete_message(&stream, pending.stream_sequence).await;
             inner.send_ack(pending.reply, b"").await;
         });
     }
@@ -116,10 +121,7 @@ impl Acker for Settle {
         let Some(pending) = self.take(tag) else {
             return;
         };
-        let inner = Arc::clone(&self.inner);
-        self.inner.acks.spawn(async move {
-            inner.send_ack(pending.reply, b"-NAK").await;
-        });
+        self.inner.acks.send(pending.reply, b"-NAK");
     }
 
     fn dead_letter(&self, tag: u64, letter: Envelope) -> BoxFuture<'static, Result<()>> {
@@ -185,7 +187,7 @@ pub(crate) async fn subscribe(
         inner: Arc::clone(&inner),
         stream: spec.stream.clone(),
         kind: spec.kind.clone(),
-        pending: Arc::new(Mutex::new(HashMap::new())),
+        pending: Arc::new(Mutex::new(FxHashMap::default())),
         next_tag: AtomicU64::new(1),
         settled: Arc::new(Notify::new()),
         dead_letter_subject,
@@ -377,7 +379,12 @@ impl Pull {
                 return Step::Go;
             }
         }
-        let envelope = crate::headers::to_envelope(message.headers.as_ref(), message.payload);
+        let event = match &self.spec.kind {
+            Kind::Queue { event, .. } => Some(event.as_str()),
+            Kind::Letters => None,
+        };
+        let envelope =
+            crate::headers::to_envelope(message.headers.as_ref(), message.payload, event);
         let tag = self.settle.next_tag.fetch_add(1, Ordering::Relaxed);
         self.settle.pending.lock().insert(
             tag,
@@ -403,13 +410,15 @@ impl Pull {
 /// `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>` or the
 /// newer one with domain and account hash in front.
 pub(crate) fn ack_info(reply: &str) -> Option<(u64, u64)> {
-    let tokens: Vec<&str> = reply.split('.').collect();
-    if tokens.len() < 9 || tokens[0] != "$JS" || tokens[1] != "ACK" {
+    let rest = reply.strip_prefix("$JS.ACK.")?;
+    let count = rest.split('.').count() + 2;
+    if count < 9 {
         return None;
     }
-    let at = if tokens.len() == 9 { 4 } else { 6 };
-    let delivered = tokens.get(at)?.parse().ok()?;
-    let sequence = tokens.get(at + 1)?.parse().ok()?;
+    let at = if count == 9 { 4 } else { 6 };
+    let mut tokens = rest.split('.').skip(at - 2);
+    let delivered = tokens.next()?.parse().ok()?;
+    let sequence = tokens.next()?.parse().ok()?;
     Some((delivered, sequence))
 }
 

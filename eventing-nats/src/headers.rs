@@ -15,7 +15,7 @@
 use std::str::FromStr;
 
 use async_nats::header::{HeaderMap, HeaderName, HeaderValue};
-use eventing::{Envelope, Error, Headers, Result};
+use eventing::{Envelope, Error, Headers, Result, header};
 
 /// Lists the headers sent escaped (comma-separated escaped names).
 pub const ESCAPED: &str = "Eventing-Nats-Escaped";
@@ -33,8 +33,11 @@ fn push_escaped(out: &mut String, byte: u8) {
 }
 
 fn reserved(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    lower.starts_with("nats-") || lower.starts_with("eventing-nats-")
+    let starts = |prefix: &str| {
+        name.get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+    };
+    starts("nats-") || starts("eventing-nats-")
 }
 
 fn name_ok(name: &str) -> bool {
@@ -102,9 +105,40 @@ fn insert(map: &mut HeaderMap, name: &str, value: &str) -> Result<()> {
 
 /// The NATS headers of `envelope`, plus `extra` (provider headers, sent as they are).
 pub fn to_nats(headers: &Headers, extra: &[(&str, &str)]) -> Result<HeaderMap> {
+    encode(headers, extra, |_, _| false)
+}
+
+/// The NATS headers of an event published to its own subject: as [`to_nats`],
+/// without what the receiver knows anyway, which [`to_envelope`] puts back: the
+/// `event` header when it names `event` (the subject does), a JSON
+/// `content-type` (the default), and with `dedupe` the `message-id` (it travels
+/// as `Nats-Msg-Id`). Fewer header bytes are less work for the server, which
+/// parses and stores them with every message.
+pub fn event_to_nats(
+    headers: &Headers,
+    event: &str,
+    dedupe: bool,
+    extra: &[(&str, &str)],
+) -> Result<HeaderMap> {
+    encode(headers, extra, |name, value| match name {
+        header::EVENT => value == event,
+        header::CONTENT_TYPE => value == eventing::codec::JSON,
+        header::MESSAGE_ID => dedupe,
+        _ => false,
+    })
+}
+
+fn encode(
+    headers: &Headers,
+    extra: &[(&str, &str)],
+    implied: impl Fn(&str, &str) -> bool,
+) -> Result<HeaderMap> {
     let mut map = HeaderMap::new();
     let mut escaped = Vec::new();
     for (name, value) in headers.iter() {
+        if implied(name, value) {
+            continue;
+        }
         if name.is_empty() {
             return Err(invalid(name, "empty name"));
         }
@@ -128,8 +162,16 @@ pub fn to_nats(headers: &Headers, extra: &[(&str, &str)]) -> Result<HeaderMap> {
 /// The envelope of a NATS message: its headers (escaped ones decoded; this
 /// provider's own and `Nats-*` ones left out) and its payload as the body. A
 /// malformed escape is kept as it came.
-pub fn to_envelope(headers: Option<&HeaderMap>, payload: bytes::Bytes) -> Envelope {
-    let mut out = Headers::with_capacity(headers.map_or(0, HeaderMap::len));
+///
+/// With `event` (a message on the subject of that event), what
+/// [`event_to_nats`] leaves out is put back where missing: `event`, a JSON
+/// `content-type`, and `message-id` from `Nats-Msg-Id`.
+pub fn to_envelope(
+    headers: Option<&HeaderMap>,
+    payload: bytes::Bytes,
+    event: Option<&str>,
+) -> Envelope {
+    let mut out = Headers::with_capacity(headers.map_or(0, HeaderMap::len) + 2);
     if let Some(map) = headers {
         let escaped: Vec<&str> = map
             .get(ESCAPED)
@@ -155,6 +197,19 @@ pub fn to_envelope(headers: Option<&HeaderMap>, payload: bytes::Bytes) -> Envelo
             }
         }
     }
+    if let Some(event) = event {
+        if out.get(header::MESSAGE_ID).is_none()
+            && let Some(id) = headers.and_then(|map| map.get("Nats-Msg-Id"))
+        {
+            out.insert(header::MESSAGE_ID, id.as_str());
+        }
+        if out.get(header::EVENT).is_none() {
+            out.insert(header::EVENT, event);
+        }
+        if out.get(header::CONTENT_TYPE).is_none() {
+            out.insert(header::CONTENT_TYPE, eventing::codec::JSON);
+        }
+    }
     Envelope {
         headers: out,
         body: payload,
@@ -172,7 +227,7 @@ mod tests {
             headers.insert(k, v);
         }
         let map = to_nats(&headers, &[(TARGET_QUEUE, "q")]).expect("to nats");
-        let envelope = to_envelope(Some(&map), bytes::Bytes::new());
+        let envelope = to_envelope(Some(&map), bytes::Bytes::new(), None);
         let mut got: Vec<(String, String)> = envelope
             .headers
             .iter()
@@ -197,6 +252,36 @@ mod tests {
         let mut want = pairs.clone();
         want.sort();
         assert_eq!(round_trip(&pairs), want);
+    }
+
+    #[test]
+    fn what_the_subject_implies_is_left_out_and_put_back() {
+        let envelope = Envelope::new("Orders", eventing::codec::JSON, bytes::Bytes::new());
+        let id = envelope.message_id().to_string();
+        for dedupe in [false, true] {
+            let extra = [("Nats-Msg-Id", id.as_str())];
+            let extra: &[(&str, &str)] = if dedupe { &extra } else { &[] };
+            let map = event_to_nats(&envelope.headers, "Orders", dedupe, extra).unwrap();
+            assert!(map.get(header::EVENT).is_none());
+            assert!(map.get(header::CONTENT_TYPE).is_none());
+            assert_eq!(map.get(header::MESSAGE_ID).is_none(), dedupe);
+            let back = to_envelope(Some(&map), bytes::Bytes::new(), Some("Orders"));
+            let mut want: Vec<_> = envelope.headers.iter().collect();
+            let mut got: Vec<_> = back.headers.iter().collect();
+            want.sort();
+            got.sort();
+            assert_eq!(got, want, "dedupe {dedupe}");
+        }
+        // Another event's header, or another content type, is sent.
+        let other = Envelope::new("Other", eventing::codec::MSGPACK, bytes::Bytes::new());
+        let map = event_to_nats(&other.headers, "Orders", false, &[]).unwrap();
+        assert_eq!(map.get(header::EVENT).map(|v| v.as_str()), Some("Other"));
+        assert_eq!(
+            map.get(header::CONTENT_TYPE).map(|v| v.as_str()),
+            Some(eventing::codec::MSGPACK)
+        );
+        let back = to_envelope(Some(&map), bytes::Bytes::new(), Some("Orders"));
+        assert_eq!(back.event(), "Other");
     }
 
     #[test]

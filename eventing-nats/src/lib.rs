@@ -25,15 +25,16 @@
 //! | crashed consumer | redelivered after `ack_wait` (30 s, `?ack_wait=`) | |
 //! | dead-letter queue `E::L.dlq` | subject `dlq.<E::L.dlq>` of the file stream `eventing-dlq` (limits retention) | listing leaves letters in place; taking one deletes it by sequence |
 //! | replaying onto one queue | a publish to `ev.<E>` with header `Eventing-Nats-Queue: <queue>`; other queues ack and skip it | 2.9 has one filter subject per consumer, so a per-queue subject could not reach the queue alone |
-//! | headers | NATS headers; awkward ones escaped (see [`headers`]) | |
-//! | message id | `Nats-Msg-Id` (dedupe of publish retries within 2 min) | |
+//! | headers | NATS headers; awkward ones escaped; `event` and a JSON `content-type` left out, the subject implies them (see [`headers`]) | fewer bytes for the server to parse and store |
+//! | message id | `message-id`; with `?dedupe=true` sent as `Nats-Msg-Id` (a retried publish is stored once within 2 min) | the duplicate tracking is costly on 2.9, so opt-in |
 //!
 //! Names are mapped reversibly by [`names`] (`=XX` escapes): NATS forbids `.`, `*`,
 //! `>`, whitespace, `/` and `\` in stream and consumer names, and 2.9.10 corrupts ack
 //! subjects of names with `%`.
 //!
-//! Sends that fail because the server is unreachable are retried (same
-//! `Nats-Msg-Id`, so a retry is stored once) until the manager's send timeout and
+//! Sends that fail because the server is unreachable are retried (with
+//! `?dedupe=true` under the same `Nats-Msg-Id`, so a retry is stored once) until
+//! the manager's send timeout and
 //! then fail with [`Error::Unavailable`]. A consumer survives reconnects; when its
 //! JetStream consumer is gone (deleted, or a memory stream lost in a restart) its
 //! stream ends and the runtime declares and subscribes again.
@@ -44,7 +45,6 @@ pub mod url;
 
 mod consumer;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -60,10 +60,11 @@ use eventing::provider::{
     Capabilities, ConnectFuture, ConsumeOptions, Consumer, Provider, ProviderConfig, Route,
 };
 use eventing::topology::QueueSpec;
-use eventing::{Envelope, Error, Result};
+use eventing::{Envelope, Error, Headers, Result};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
-use tokio::sync::{Notify, watch};
+use rustc_hash::FxHashSet;
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 
 pub use url::NatsUrl;
@@ -76,8 +77,7 @@ const API_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a one-off pull request (listing dead letters) waits at the server.
 const FETCH_EXPIRES: Duration = Duration::from_secs(2);
 
-/// How long one publish attempt waits for its ack before publishing again (same
-/// `Nats-Msg-Id`, so the server stores it once).
+/// How long one publish attempt waits for its ack before publishing again.
 const ACK_WAIT: Duration = Duration::from_secs(2);
 
 /// Publish retries while the server is unreachable.
@@ -110,17 +110,74 @@ pub struct NatsProvider {
 pub(crate) struct Inner {
     pub(crate) client: Client,
     js: js::Context,
+    /// For publishing events: its timeout is [`ACK_WAIT`], how long one attempt
+    /// waits for the publish ack.
+    publisher: js::Context,
     url: NatsUrl,
     send_timeout: Duration,
     /// Events whose stream is known to exist.
-    streams: Mutex<HashSet<String>>,
+    streams: Mutex<FxHashSet<String>>,
     dead_letter_stream: AtomicBool,
-    pub(crate) acks: Tasks,
+    pub(crate) acks: Acks,
     /// Counts lost connections (async-nats' `Disconnected` events).
     pub(crate) disconnects: Arc<watch::Sender<u64>>,
 }
 
-/// Acks in flight (spawned publishes), so `close` can wait for them.
+/// The headers of one message to publish to an event's subject.
+#[derive(Clone, Copy)]
+struct Outgoing<'a> {
+    headers: &'a Headers,
+    /// Provider headers, sent as they are.
+    extra: &'a [(&'a str, &'a str)],
+    /// `extra` holds the message id as `Nats-Msg-Id`: the `message-id` header is
+    /// left out.
+    dedupe: bool,
+}
+
+/// Acks and NAKs on their way to the server. One task per provider publishes them
+/// in order, so settling a delivery costs a channel send rather than a spawned
+/// task; `close` waits until they are all handed to the client.
+pub(crate) struct Acks {
+    queue: mpsc::UnboundedSender<(async_nats::Subject, &'static [u8])>,
+    /// Work that must come before its ack (deleting a dead letter), and the acks
+    /// queued but not yet handed to the client.
+    pub(crate) tasks: Tasks,
+}
+
+impl Acks {
+    fn new(client: Client) -> Self {
+        let (queue, mut rx) = mpsc::unbounded_channel::<(async_nats::Subject, &'static [u8])>();
+        let tasks = Tasks::default();
+        let running = Arc::clone(&tasks.running);
+        let idle = Arc::clone(&tasks.idle);
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(64);
+            // Ends when the provider (the only sender) is gone.
+            while rx.recv_many(&mut batch, 64).await > 0 {
+                let n = batch.len();
+                for (reply, payload) in batch.drain(..) {
+                    if let Err(error) = client.publish(reply, Bytes::from_static(payload)).await {
+                        tracing::debug!(%error, "ack not sent");
+                    }
+                }
+                if running.fetch_sub(n, Ordering::SeqCst) == n {
+                    idle.notify_waiters();
+                }
+            }
+        });
+        Self { queue, tasks }
+    }
+
+    /// Queues `payload` (`b""` is an ack, `b"-NAK"` a requeue) for `reply`.
+    pub(crate) fn send(&self, reply: async_nats::Subject, payload: &'static [u8]) {
+        self.tasks.running.fetch_add(1, Ordering::SeqCst);
+        if self.queue.send((reply, payload)).is_err() {
+            self.tasks.running.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Work in flight (spawned tasks and queued acks), so `close` can wait for it.
 #[derive(Default)]
 pub(crate) struct Tasks {
     running: Arc<AtomicUsize>,
@@ -209,15 +266,20 @@ impl NatsProvider {
             .timeout(API_TIMEOUT)
             .build(client.clone());
         tracing::debug!(servers = ?url.servers, "connected to NATS");
+        let acks = Acks::new(client.clone());
+        let publisher = js::ContextBuilder::new()
+            .timeout(ACK_WAIT)
+            .build(client.clone());
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
                 js,
+                publisher,
                 url,
                 send_timeout: config.send_timeout,
-                streams: Mutex::new(HashSet::new()),
+                streams: Mutex::new(FxHashSet::default()),
                 dead_letter_stream: AtomicBool::new(false),
-                acks: Tasks::default(),
+                acks,
                 disconnects,
             }),
         })
@@ -273,6 +335,11 @@ impl Inner {
             num_replicas: self.url.replicas,
             ..Default::default()
         })
+    }
+
+    /// The subject events of `event` are published to.
+    fn subject(&self, event: &str) -> async_nats::Subject {
+        async_nats::Subject::from(names::subject(event))
     }
 
     async fn ensure_stream(&self, event: &str, durable: bool) -> Result<()> {
@@ -386,12 +453,16 @@ impl Inner {
     }
 
     /// Publishes with retries until the send timeout; returns after the publish ack.
+    /// The NATS headers are built per attempt from `headers` and `extra` (a retry is
+    /// rare; cloning them for every publish is not), leaving out what the subject
+    /// implies ([`headers::event_to_nats`]); with `dedupe` the message id is the
+    /// `Nats-Msg-Id` in `extra`.
     async fn publish(
         &self,
         event: &str,
         durable: bool,
-        subject: String,
-        headers: async_nats::HeaderMap,
+        subject: async_nats::Subject,
+        out: Outgoing<'_>,
         body: Bytes,
     ) -> Result<()> {
         let deadline = Instant::now() + self.send_timeout;
@@ -399,11 +470,15 @@ impl Inner {
         let mut last;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let wait_ack = remaining.min(ACK_WAIT).max(Duration::from_millis(50));
-            match self
-                .try_publish(event, durable, &subject, &headers, &body, wait_ack)
-                .await
-            {
+            let sent = self.try_publish(
+                event,
+                durable,
+                subject.clone(),
+                out,
+                body.clone(),
+                remaining,
+            );
+            match sent.await {
                 Ok(()) => return Ok(()),
                 Err(Failure::Fatal(error)) => return Err(error),
                 Err(Failure::Retry(reason)) => last = reason,
@@ -425,10 +500,10 @@ impl Inner {
         &self,
         event: &str,
         durable: bool,
-        subject: &str,
-        headers: &async_nats::HeaderMap,
-        body: &Bytes,
-        wait_ack: Duration,
+        subject: async_nats::Subject,
+        out: Outgoing<'_>,
+        body: Bytes,
+        remaining: Duration,
     ) -> std::result::Result<(), Failure> {
         if let Err(error) = self.ensure_stream(event, durable).await {
             return Err(match error {
@@ -436,16 +511,27 @@ impl Inner {
                 other => Failure::Fatal(other),
             });
         }
+        let map = headers::event_to_nats(out.headers, event, out.dedupe, out.extra)
+            .map_err(Failure::Fatal)?;
+        let size = body.len();
         let sent = self
-            .js
-            .publish_with_headers(subject.to_string(), headers.clone(), body.clone())
+            .publisher
+            .publish_with_headers(subject, map, body)
             .await;
+        // The publish context gives up on the ack after ACK_WAIT by itself; a
+        // shorter rest of the send timeout needs a timer of its own. A publish sent
+        // again after a lost ack is stored once with `?dedupe=true` (same
+        // `Nats-Msg-Id`), else it may be stored twice (at least once).
+        let no_ack = || Failure::Retry("no publish ack in time".into());
         let outcome = match sent {
-            Ok(ack) => match tokio::time::timeout(wait_ack, ack.into_future()).await {
-                Ok(acked) => acked.map(|_| ()),
-                // Published again with the same Nats-Msg-Id: stored once.
-                Err(_) => return Err(Failure::Retry("no publish ack in time".into())),
-            },
+            Ok(ack) if remaining >= ACK_WAIT => ack.await.map(|_| ()),
+            Ok(ack) => {
+                let wait = remaining.max(Duration::from_millis(50));
+                match tokio::time::timeout(wait, ack.into_future()).await {
+                    Ok(acked) => acked.map(|_| ()),
+                    Err(_) => return Err(no_ack()),
+                }
+            }
             Err(error) => Err(error),
         };
         let Err(error) = outcome else { return Ok(()) };
@@ -455,9 +541,10 @@ impl Inner {
                 self.streams.lock().remove(event);
                 Err(Failure::Retry(error.to_string()))
             }
+            PublishErrorKind::TimedOut => Err(no_ack()),
             PublishErrorKind::MaxPayloadExceeded => Err(Failure::Fatal(Error::TooLarge {
                 address: event.to_string(),
-                size: body.len(),
+                size,
                 limit: self.client.server_info().max_payload,
             })),
             PublishErrorKind::WrongLastMessageId | PublishErrorKind::WrongLastSequence => {
@@ -556,6 +643,7 @@ impl Inner {
                     letters.push(headers::to_envelope(
                         message.headers.as_ref(),
                         message.payload,
+                        None,
                     ));
                 }
                 // 404 no more, 408 expired; or no answer in time.
@@ -640,20 +728,21 @@ impl Provider for NatsProvider {
     }
 
     async fn publish(&self, route: Route<'_>, envelope: Envelope) -> Result<()> {
-        let message_id = envelope.message_id().to_string();
-        let extra: Vec<(&str, &str)> = if message_id.is_empty() {
-            Vec::new()
-        } else {
-            vec![("Nats-Msg-Id", message_id.as_str())]
-        };
-        let headers = headers::to_nats(&envelope.headers, &extra)?;
+        let message_id = envelope.message_id();
+        let dedupe = self.inner.url.dedupe && !message_id.is_empty();
+        let msg_id = [("Nats-Msg-Id", message_id)];
+        let extra: &[(&str, &str)] = if dedupe { &msg_id } else { &[] };
         self.inner
             .publish(
                 route.address,
                 route.durable,
-                names::subject(route.address),
-                headers,
-                envelope.body,
+                self.inner.subject(route.address),
+                Outgoing {
+                    headers: &envelope.headers,
+                    extra,
+                    dedupe,
+                },
+                envelope.body.clone(),
             )
             .await
     }
@@ -669,6 +758,7 @@ impl Provider for NatsProvider {
             consumer: names::consumer(&queue.name)?,
             prefetch: usize::from(options.prefetch.max(1)),
             kind: consumer::Kind::Queue {
+                event: queue.event.clone(),
                 target: names::escape(&queue.name),
                 per_process: queue.per_process,
             },
@@ -680,7 +770,7 @@ impl Provider for NatsProvider {
     async fn close(&self) -> Result<()> {
         // Acks given so far reach the server before the connection goes: the flush
         // is a PING/PONG round trip after them.
-        self.inner.acks.wait_idle(API_TIMEOUT).await;
+        self.inner.acks.tasks.wait_idle(API_TIMEOUT).await;
         if let Err(error) = self.inner.client.flush().await {
             tracing::debug!(%error, "flush on close failed");
         }
@@ -758,20 +848,21 @@ impl Provider for NatsProvider {
                 .next()
                 .unwrap_or("")
         );
-        let headers = headers::to_nats(
-            &envelope.headers,
-            &[
-                (headers::TARGET_QUEUE, target.as_str()),
-                ("Nats-Msg-Id", id.as_str()),
-            ],
-        )?;
+        let extra = [
+            (headers::TARGET_QUEUE, target.as_str()),
+            ("Nats-Msg-Id", id.as_str()),
+        ];
         self.inner
             .publish(
                 &queue.event,
                 queue.durable,
-                names::subject(&queue.event),
-                headers,
-                envelope.body,
+                self.inner.subject(&queue.event),
+                Outgoing {
+                    headers: &envelope.headers,
+                    extra: &extra,
+                    dedupe: false,
+                },
+                envelope.body.clone(),
             )
             .await
     }

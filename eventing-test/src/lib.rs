@@ -2,6 +2,8 @@
 // The docs link the suites, which exist only with the `suites` feature.
 #![cfg_attr(not(feature = "suites"), allow(rustdoc::broken_intra_doc_links))]
 
+#[cfg(feature = "bench")]
+pub mod bench;
 pub mod bus;
 #[cfg(feature = "suites")]
 pub mod faults;

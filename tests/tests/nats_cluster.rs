@@ -105,8 +105,10 @@ impl Cluster {
             .iter()
             .map(|n| format!("127.0.0.1:{}", 14241 + n))
             .collect();
+        // `dedupe=true`: a publish retried after a lost ack (the leader died before
+        // answering) is stored once.
         format!(
-            "nats://{}?replicas=3&server_order=retain",
+            "nats://{}?replicas=3&server_order=retain&dedupe=true",
             servers.join(",")
         )
     }

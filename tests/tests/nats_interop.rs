@@ -185,20 +185,18 @@ fn plain_publish_reaches_a_listener_and_plain_consumer_reads_an_event() {
         let body: serde_json::Value = serde_json::from_slice(&message.payload).expect("JSON body");
         assert_eq!(body["n"], 7);
         assert_eq!(body["text"], "from eventing");
+        // The subject names the event and the body is JSON (the default content
+        // type), so neither is repeated in headers; the message id and the
+        // timestamp are NATS headers.
+        assert_eq!(message.subject.as_str(), names::subject(&address));
         let headers = message.headers.as_ref().expect("headers");
-        assert_eq!(
-            headers.get(header::EVENT).map(|v| v.as_str()),
-            Some(address.as_str())
-        );
-        assert!(headers.get(header::MESSAGE_ID).is_some());
-        assert_eq!(
-            headers.get(header::CONTENT_TYPE).map(|v| v.as_str()),
-            Some("application/json")
-        );
-        assert_eq!(
-            headers.get("Nats-Msg-Id").map(|v| v.as_str()),
-            headers.get(header::MESSAGE_ID).map(|v| v.as_str())
-        );
+        assert!(headers.get(header::EVENT).is_none());
+        assert!(headers.get(header::CONTENT_TYPE).is_none());
+        let id = headers.get(header::MESSAGE_ID).expect("message-id");
+        assert_eq!(id.as_str().len(), 36, "a UUID: {id:?}");
+        assert!(headers.get(header::TIMESTAMP).is_some());
+        // Without `?dedupe=true` the server does not track message ids.
+        assert!(headers.get("Nats-Msg-Id").is_none());
         message.ack().await.expect("ack");
 
         // plain async-nats -> eventing.
@@ -218,5 +216,48 @@ fn plain_publish_reaches_a_listener_and_plain_consumer_reads_an_event() {
         let plain = got.iter().find(|s| s.event.n == 42).expect("the plain one");
         assert_eq!(plain.event.text, "from a plain publish");
         env.finish().await;
+    });
+}
+
+#[test]
+fn dedupe_stores_a_publish_sent_twice_once() {
+    use eventing::Envelope;
+    use eventing::provider::{Provider, ProviderConfig, Route};
+    run(async {
+        let harness = NatsHarness::from_env();
+        let join = if harness.server_url().contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        let url = format!("{}{join}dedupe=true", harness.server_url());
+        let config = ProviderConfig::new(url, "dedupe", Duration::from_secs(10));
+        let provider = eventing_nats::NatsProvider::connect(config)
+            .await
+            .expect("connect");
+        let event = format!("natsdedupe.{}.Ping", std::process::id());
+        let body = Bytes::from_static(br#"{"n":1,"text":"once"}"#);
+        let once = Envelope::new(&event, eventing::codec::JSON, body.clone());
+        let other = Envelope::new(&event, eventing::codec::JSON, body);
+        // The same message twice (a retry after a lost publish ack), then another.
+        for envelope in [&once, &once, &other] {
+            provider
+                .publish(Route::new(&event, true), envelope.clone())
+                .await
+                .expect("publish");
+        }
+        let js = harness.raw_jetstream().await;
+        let name = names::stream(&event).expect("stream name");
+        let mut stream = js.get_stream(&name).await.expect("stream");
+        let stored = stream.info().await.expect("stream info").state.messages;
+        let first = stream.get_raw_message(1).await.expect("first message");
+        js.delete_stream(&name).await.expect("delete stream");
+        assert_eq!(stored, 2, "the repeated message is stored once");
+        // The id travels once, as `Nats-Msg-Id` (the receiver restores `message-id`).
+        assert_eq!(
+            first.headers.get("Nats-Msg-Id").map(|v| v.as_str()),
+            Some(once.message_id())
+        );
+        assert!(first.headers.get(header::MESSAGE_ID).is_none());
     });
 }
