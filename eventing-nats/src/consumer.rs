@@ -27,7 +27,7 @@ use async_nats::{StatusCode, Subject};
 use bytes::Bytes;
 use eventing::provider::{Acker, Consumer, Delivery};
 use eventing::{BoxFuture, Envelope, Result};
-use futures_util::{Stream, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 use tokio::sync::{Notify, mpsc, watch};
@@ -39,6 +39,8 @@ use crate::Inner;
 const EXPIRES: Duration = Duration::from_secs(3);
 /// After its expiry, how long a request is still counted (its 408 may be late).
 const GRACE: Duration = Duration::from_millis(500);
+/// At most how many messages that already arrived are handled per wake-up.
+const DRAIN: usize = 64;
 /// After cancel, how long late arrivals are NAKed before the inbox is closed.
 const LINGER: Duration = Duration::from_millis(250);
 
@@ -235,16 +237,21 @@ enum Step {
 impl Pull {
     async fn run(mut self) {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
-        let why = loop {
+        // One timer for the oldest request's expiry, moved only when that changes.
+        let mut expiry = Box::pin(tokio::time::sleep(EXPIRES));
+        let mut armed = None;
+        let why = 'pull: loop {
             if *self.cancelled.borrow() || self.tx.is_closed() {
                 break "cancelled";
             }
             self.request_more().await;
-            let until = self
-                .requests
-                .front()
-                .map(|(until, _)| *until)
-                .unwrap_or_else(|| Instant::now() + EXPIRES);
+            let until = self.requests.front().map(|(until, _)| *until);
+            if until != armed || expiry.is_elapsed() {
+                expiry
+                    .as_mut()
+                    .reset(until.unwrap_or_else(|| Instant::now() + EXPIRES));
+                armed = until;
+            }
             tokio::select! {
                 _ = self.cancelled.changed() => {}
                 message = self.subscriber.next() => match message {
@@ -253,10 +260,20 @@ impl Pull {
                         if let Step::End(why) = self.on_message(message).await {
                             break why;
                         }
+                        // What else has arrived already, without going round the
+                        // select (and its timers) for each message.
+                        for _ in 0..DRAIN {
+                            let Some(Some(message)) = self.subscriber.next().now_or_never() else {
+                                break;
+                            };
+                            if let Step::End(why) = self.on_message(message).await {
+                                break 'pull why;
+                            }
+                        }
                     }
                 },
                 _ = self.settle.settled.notified() => {}
-                _ = tokio::time::sleep_until(until) => {
+                _ = expiry.as_mut() => {
                     self.requests.pop_front();
                 }
                 _ = self.disconnects.changed() => break "the connection was lost",
