@@ -34,7 +34,6 @@ use eventing::{
     Context, EventListener, EventManager, ListenerOptions, ListenerResult, event, event_listener,
 };
 use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
@@ -46,6 +45,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, Notify, mpsc};
 
 use eventing_amqp as _;
+use eventing_test::bench::{in_flight, median, percentiles, setting};
 
 /// The payload: about 60 bytes of JSON.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -156,13 +156,6 @@ struct Settings {
     phases: String,
 }
 
-fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 impl Settings {
     fn from_env() -> Self {
         Self {
@@ -209,7 +202,7 @@ impl Side {
             probe.expect(n);
             let done = probe.done.notified();
             let start = Instant::now();
-            in_flight(settings.in_flight, n, |i| self.send(i, durable)).await;
+            in_flight(settings.in_flight, n, |i| self.send(i as usize, durable)).await;
             bounded(done).await;
             n as f64 / start.elapsed().as_secs_f64()
         };
@@ -630,40 +623,11 @@ impl EventingSide {
 // ---------------------------------------------------------------------------------
 // helpers
 
-/// Runs `n` operations with at most `limit` in flight.
-async fn in_flight<F: Future<Output = ()>>(limit: usize, n: u64, mut op: impl FnMut(usize) -> F) {
-    let mut running = FuturesUnordered::new();
-    for i in 0..n {
-        if running.len() >= limit {
-            running.next().await;
-        }
-        running.push(op(i as usize));
-    }
-    while running.next().await.is_some() {}
-}
+/// How long the broker may keep the bench waiting at once.
+const PATIENCE: Duration = Duration::from_secs(120);
 
 async fn bounded<T>(future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(120), future)
-        .await
-        .expect("the broker stopped answering (120 s)")
-}
-
-fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
-    samples.sort_unstable();
-    let at = |q: f64| {
-        let index = ((samples.len() as f64 - 1.0) * q).round() as usize;
-        samples[index].as_secs_f64() * 1e6
-    };
-    (at(0.50), at(0.99))
-}
-
-fn median(values: &[f64]) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    let mut values = values.to_vec();
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
+    eventing_test::bench::bounded("the broker stopped answering", PATIENCE, future).await
 }
 
 fn now_nanos() -> u128 {
