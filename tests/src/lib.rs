@@ -12,6 +12,8 @@ pub mod amqp;
 pub mod nats;
 pub mod nodes;
 pub mod rabbitmq;
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(feature = "stomp")]
 pub mod stomp;
 

@@ -1,0 +1,172 @@
+//! Envelopes as stream entries, binary-safe.
+//!
+//! An entry is a list of field/value pairs; Redis keeps both as byte strings, so
+//! nothing needs escaping for the server. The body is the field [`BODY`] (its
+//! bytes as they are), each header a field of its own with the header's name, so
+//! that a plain `XADD stream * body '{"n":1}' content-type application/json`
+//! from any client is an envelope, and `XRANGE` shows an eventing event as readable
+//! fields. The provider's own field [`TARGET_QUEUE`] marks a message put onto one
+//! queue alone (a replay). A header whose name would be mistaken for one of
+//! these (`body`, `eventing.queue`) or starts with the escape `\` is stored with
+//! one more `\` in front, and loses it on the way back.
+
+use bytes::Bytes;
+use eventing::{Envelope, Headers};
+
+/// The field holding the body.
+pub const BODY: &str = "body";
+
+/// On a message put onto one queue alone (replay): the queue it is for. The other
+/// queues of the event acknowledge and skip it.
+pub const TARGET_QUEUE: &str = "eventing.queue";
+
+const ESCAPE: char = '\\';
+
+fn needs_escape(name: &str) -> bool {
+    name == BODY || name == TARGET_QUEUE || name.starts_with(ESCAPE)
+}
+
+/// The fields of an entry for `envelope` (plus the target queue, if any), in XADD
+/// order: the headers first, the body last.
+pub fn to_fields(envelope: &Envelope, target: Option<&str>) -> Vec<(Bytes, Bytes)> {
+    let mut fields = Vec::with_capacity(envelope.headers.len() + 2);
+    for (name, value) in envelope.headers.iter() {
+        let name = if needs_escape(name) {
+            Bytes::from(format!("{ESCAPE}{name}"))
+        } else {
+            Bytes::copy_from_slice(name.as_bytes())
+        };
+        fields.push((name, Bytes::copy_from_slice(value.as_bytes())));
+    }
+    if let Some(queue) = target {
+        fields.push((
+            Bytes::from_static(TARGET_QUEUE.as_bytes()),
+            Bytes::copy_from_slice(queue.as_bytes()),
+        ));
+    }
+    fields.push((Bytes::from_static(BODY.as_bytes()), envelope.body.clone()));
+    fields
+}
+
+/// An entry read back.
+#[derive(Debug)]
+pub struct Entry {
+    /// The envelope (headers and body); an entry without [`BODY`] has an empty body.
+    pub envelope: Envelope,
+    /// The queue it was put onto alone, if any.
+    pub target: Option<String>,
+    /// Whether the entry had a [`BODY`] field.
+    pub has_body: bool,
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The envelope of an entry's fields (name, value, name, value, ...). Names and
+/// values that are not UTF-8 (headers are text) are decoded lossily; the body is
+/// taken as it is. A repeated field keeps its last value.
+pub fn from_fields(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Entry {
+    let mut headers = Headers::with_capacity(pairs.len());
+    let mut body = None;
+    let mut target = None;
+    for (name, value) in pairs {
+        match name.as_slice() {
+            b"body" => body = Some(Bytes::from(value)),
+            b"eventing.queue" => target = Some(text(&value)),
+            _ => {
+                let name = text(&name);
+                let name = name.strip_prefix(ESCAPE).unwrap_or(&name);
+                headers.insert(name, text(&value));
+            }
+        }
+    }
+    Entry {
+        has_body: body.is_some(),
+        envelope: Envelope {
+            headers,
+            body: body.unwrap_or_default(),
+        },
+        target,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn round_trip(pairs: &[(String, String)], body: &[u8]) -> (Vec<(String, String)>, Bytes) {
+        let mut headers = Headers::with_capacity(pairs.len());
+        for (k, v) in pairs {
+            headers.insert(k, v);
+        }
+        let envelope = Envelope {
+            headers,
+            body: Bytes::copy_from_slice(body),
+        };
+        let fields = to_fields(&envelope, Some("q::l"));
+        let entry = from_fields(
+            fields
+                .into_iter()
+                .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .collect(),
+        );
+        assert_eq!(entry.target.as_deref(), Some("q::l"));
+        let mut got: Vec<(String, String)> = entry
+            .envelope
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        got.sort();
+        (got, entry.envelope.body)
+    }
+
+    #[test]
+    fn awkward_headers_and_binary_bodies_arrive_identical() {
+        let pairs = vec![
+            ("body".to_string(), "a header called body".to_string()),
+            ("eventing.queue".to_string(), "not ours".to_string()),
+            ("\\x".to_string(), "escaped".to_string()),
+            ("x\r\n".to_string(), "line1\nline2\0".to_string()),
+        ];
+        let mut want = pairs.clone();
+        want.sort();
+        let body = [0u8, 255, 10, 13, b'b', b'o', b'd', b'y'];
+        let (got, got_body) = round_trip(&pairs, &body);
+        assert_eq!(got, want);
+        assert_eq!(&got_body[..], &body);
+    }
+
+    #[test]
+    fn a_foreign_entry_is_an_envelope() {
+        let entry = from_fields(vec![
+            (b"content-type".to_vec(), b"application/json".to_vec()),
+            (b"body".to_vec(), b"{\"n\":1}".to_vec()),
+        ]);
+        assert!(entry.has_body && entry.target.is_none());
+        assert_eq!(&entry.envelope.body[..], b"{\"n\":1}");
+        assert_eq!(
+            entry.envelope.headers.get("content-type"),
+            Some("application/json")
+        );
+        let odd = from_fields(vec![(b"foo".to_vec(), b"bar".to_vec())]);
+        assert!(!odd.has_body && odd.envelope.body.is_empty());
+    }
+
+    proptest! {
+        #[test]
+        fn any_header_round_trips(
+            pairs in proptest::collection::btree_map(".{1,12}", any::<String>(), 0..6),
+            body in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let pairs: Vec<(String, String)> = pairs.into_iter().collect();
+            let mut want = pairs.clone();
+            want.sort();
+            let (got, got_body) = round_trip(&pairs, &body);
+            prop_assert_eq!(got, want);
+            prop_assert_eq!(&got_body[..], &body[..]);
+        }
+    }
+}
