@@ -12,6 +12,10 @@
 // Link the suite's events and listeners, and the providers the build enables.
 #[cfg(feature = "amqp")]
 use eventing_amqp as _;
+#[cfg(feature = "nats")]
+use eventing_nats as _;
+#[cfg(feature = "redis")]
+use eventing_redis as _;
 #[cfg(feature = "stomp")]
 use eventing_stomp as _;
 use eventing_tests as _;

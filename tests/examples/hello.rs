@@ -19,6 +19,10 @@ use serde::{Deserialize, Serialize};
 // Link the broker providers the build enables; their schemes register themselves.
 #[cfg(feature = "amqp")]
 use eventing_amqp as _;
+#[cfg(feature = "nats")]
+use eventing_nats as _;
+#[cfg(feature = "redis")]
+use eventing_redis as _;
 #[cfg(feature = "stomp")]
 use eventing_stomp as _;
 

@@ -27,6 +27,10 @@ use tokio::sync::OnceCell;
 
 #[cfg(feature = "amqp")]
 use eventing_amqp as _;
+#[cfg(feature = "nats")]
+use eventing_nats as _;
+#[cfg(feature = "redis")]
+use eventing_redis as _;
 #[cfg(feature = "stomp")]
 use eventing_stomp as _;
 
