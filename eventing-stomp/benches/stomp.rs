@@ -1,8 +1,10 @@
-//! End-to-end throughput and round-trip latency over RabbitMQ's STOMP plugin, in
-//! one run: `EventManager` over the STOMP provider beside a minimal raw STOMP
-//! client (this crate's codec over a `TcpStream`: `SEND`, and a `SUBSCRIBE` with
-//! `prefetch-count:1000` and one `ACK` per message), with the same ~60-byte JSON
-//! payload through the same kind of fanout exchange and durable queue.
+//! End-to-end throughput and round-trip latency over RabbitMQ's STOMP plugin (or
+//! ActiveMQ Classic, with `?broker=activemq` in the URL), in one run:
+//! `EventManager` over the STOMP provider beside a minimal raw STOMP client (this
+//! crate's codec over a `TcpStream`: `SEND`, and a `SUBSCRIBE` with a prefetch of
+//! 1000 and one `ACK` per message), with the same ~60-byte JSON payload through
+//! the same kind of destinations: on RabbitMQ a fanout exchange and a durable
+//! queue, on ActiveMQ a virtual topic and its consumer queue.
 //!
 //! - throughput: N events sent back to back, from the first send to the last
 //!   handled message;
@@ -15,6 +17,7 @@
 //! ```text
 //! cargo bench -p eventing-stomp --bench stomp
 //! EVENTING_STOMP_URL=stomp://guest:guest@127.0.0.1:61613 BENCH_EVENTS=30000 BENCH_SAMPLES=2000 BENCH_ROUNDS=4
+//! EVENTING_STOMP_URL='stomp://127.0.0.1:61623?broker=activemq' cargo bench -p eventing-stomp --bench stomp
 //! ```
 
 use std::sync::Arc;
@@ -27,7 +30,7 @@ use eventing::{
 };
 use eventing_stomp::codec::{Incoming, StompCodec};
 use eventing_stomp::frame::{Command, Frame};
-use eventing_stomp::{RabbitAdmin, StompConfig};
+use eventing_stomp::{Dialect, RabbitAdmin, StompConfig, activemq};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
@@ -231,15 +234,29 @@ impl Raw {
             connect.push_header("login", login.clone());
             connect.push_header("passcode", passcode.clone());
         }
-        let destination = format!("/exchange/{exchange}");
-        let subscribe = Frame::new(Command::Subscribe)
+        let (destination, subscribe) = if config.dialect == Dialect::ActiveMq {
+            // The virtual topic and the consumer queue the raw client reads.
+            let destination = activemq::event_destination(exchange);
+            let subscribe = Frame::new(Command::Subscribe)
+                .header(
+                    "destination",
+                    format!("/queue/Consumer.Counter.VirtualTopic.{exchange}"),
+                )
+                .header(activemq::PREFETCH, PREFETCH.to_string());
+            (destination, subscribe)
+        } else {
+            let destination = format!("/exchange/{exchange}");
+            let subscribe = Frame::new(Command::Subscribe)
+                .header("destination", destination.clone())
+                .header("x-queue-name", queue)
+                .header("durable", "true")
+                .header("auto-delete", "false")
+                .header("prefetch-count", PREFETCH.to_string());
+            (destination, subscribe)
+        };
+        let subscribe = subscribe
             .header("id", "0")
-            .header("destination", destination.clone())
-            .header("x-queue-name", queue)
-            .header("durable", "true")
-            .header("auto-delete", "false")
             .header("ack", "client-individual")
-            .header("prefetch-count", PREFETCH.to_string())
             .header("receipt", "subscribed");
         let mut buf = BytesMut::new();
         codec.encode_frame(&connect, &mut buf).expect("encode");
@@ -368,6 +385,10 @@ async fn measure_both(
 }
 
 async fn cleanup(config: &StompConfig, queues: &[&String], exchanges: &[&String]) {
+    if config.dialect == Dialect::ActiveMq {
+        // STOMP cannot delete destinations; the broker's policy collects empty ones.
+        return;
+    }
     let mut admin = RabbitAdmin::connect(config).await.expect("AMQP admin");
     for name in queues {
         admin.delete_queue(name).await.expect("delete queue");
@@ -411,12 +432,14 @@ fn main() {
         let raw_queue = format!("{raw_exchange}::Counter");
         let event = format!("bench.stomp.{run}.Tick");
         let queue = format!("{event}::Counter");
-        let mut admin = RabbitAdmin::connect(&config).await.expect("AMQP admin");
-        admin
-            .declare_exchange(&raw_exchange, false)
-            .await
-            .expect("declare");
-        admin.close().await;
+        if config.dialect != Dialect::ActiveMq {
+            let mut admin = RabbitAdmin::connect(&config).await.expect("AMQP admin");
+            admin
+                .declare_exchange(&raw_exchange, false)
+                .await
+                .expect("declare");
+            admin.close().await;
+        }
 
         // Measured in a task of its own, so the broker is cleaned up even if a
         // measurement panics.

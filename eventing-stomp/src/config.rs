@@ -12,7 +12,8 @@ use crate::error::StompError;
 
 /// The query parameters a STOMP URL may carry.
 const PARAMETERS: &str = "vhost, heartbeat, broker, declare, amqp_port, \
-                          connect_timeout, max_frame, tls_ca, queue_type, delivery_limit";
+                          connect_timeout, max_frame, tls_ca, queue_type, delivery_limit, \
+                          publishers";
 
 /// Default STOMP port.
 pub const DEFAULT_PORT: u16 = 61613;
@@ -28,13 +29,14 @@ pub const DEFAULT_TLS_PORT: u16 = 61614;
 /// |---|---|---|
 /// | `vhost` | `/` | the `host` header of `CONNECT` (RabbitMQ's virtual host) |
 /// | `heartbeat` | `10000` | heart-beat period in ms, both ways; `0` turns them off |
-/// | `broker` | `rabbitmq` | destination and header mapping: `rabbitmq` or `artemis` |
+/// | `broker` | from `CONNECTED` | destination and header mapping: `rabbitmq`, `activemq` (ActiveMQ Classic) or `artemis`; without it, the broker the `server` header of `CONNECTED` names (RabbitMQ if it names none of these) |
 /// | `declare` | `amqp` | RabbitMQ: declare exchanges, competing queues and dead-letter queues over AMQP 0-9-1 (see [`RabbitAdmin`](crate::RabbitAdmin)); `none` expects them to exist |
 /// | `amqp_port` | `5672` (`5671` for `stomps`) | RabbitMQ's AMQP port, for `declare=amqp` |
 /// | `connect_timeout` | `10000` | ms for TCP, TLS and the `CONNECT` handshake |
 /// | `max_frame` | 16 MiB | largest frame read or written, in bytes (at least 1024); a received message over it is dead-lettered without its body, with the reason |
 /// | `tls_ca` | none | a PEM file of extra trusted certificates (`stomps` only) |
 /// | `queue_type` | `classic` | RabbitMQ: `quorum` makes competing queues and their `.dlq` quorum queues, as the AMQP provider's parameter of the same name does (per-process queues stay classic) |
+/// | `publishers` | `1`; `8` on ActiveMQ | sessions durable sends are spread over (1 to 64): ActiveMQ stores a persistent message before it reads the next frame of that connection, so one session is one disk write at a time |
 /// | `delivery_limit` | `20` | with `queue_type=quorum`: `x-delivery-limit`; the broker dead-letters a message to `<queue>.dlq` after this many deliveries without an acknowledgement |
 ///
 /// The password is never shown by `Debug` or in errors.
@@ -67,6 +69,9 @@ pub struct StompConfig {
     pub heartbeat: Duration,
     /// How destinations and headers are mapped for the broker.
     pub dialect: Dialect,
+    /// No `broker` parameter: the dialect is taken from the `server` header of
+    /// the broker's `CONNECTED` frame when the provider connects.
+    pub detect_dialect: bool,
     /// RabbitMQ's AMQP 0-9-1 port, used only to declare exchanges and queues.
     pub amqp_port: u16,
     /// Whether to declare exchanges, competing queues and dead-letter queues over
@@ -81,6 +86,9 @@ pub struct StompConfig {
     pub tls_ca: Option<String>,
     /// RabbitMQ: the type of competing queues (`queue_type`, `delivery_limit`).
     pub queue_type: QueueType,
+    /// Sessions that durable sends are spread over (`publishers`); 0: the
+    /// broker's default (see [`publisher_count`](Self::publisher_count)).
+    pub publishers: usize,
 }
 
 impl StompConfig {
@@ -124,12 +132,14 @@ impl StompConfig {
             vhost: "/".to_string(),
             heartbeat: Duration::from_millis(10_000),
             dialect: Dialect::RabbitMq,
+            detect_dialect: true,
             amqp_port: if tls { 5671 } else { 5672 },
             declare_topology: true,
             connect_timeout: Duration::from_millis(10_000),
             limits: CodecLimits::default(),
             tls_ca: None,
             queue_type: QueueType::Classic,
+            publishers: 0,
         };
         let mut queue_type = QueueTypeParams::default();
         for (name, value) in parsed.query_pairs() {
@@ -140,11 +150,15 @@ impl StompConfig {
                 "vhost" => config.vhost = value.into_owned(),
                 "heartbeat" => config.heartbeat = Duration::from_millis(number(&name, &value)?),
                 "broker" => {
+                    config.detect_dialect = false;
                     config.dialect = match &*value {
                         "rabbitmq" => Dialect::RabbitMq,
+                        "activemq" => Dialect::ActiveMq,
                         "artemis" => Dialect::Artemis,
                         _ => {
-                            return Err(invalid("`broker` must be `rabbitmq` or `artemis`".into()));
+                            return Err(invalid(
+                                "`broker` must be `rabbitmq`, `activemq` or `artemis`".into(),
+                            ));
                         }
                     }
                 }
@@ -168,6 +182,12 @@ impl StompConfig {
                     config.limits.max_frame_bytes = bytes.max(1024);
                 }
                 "tls_ca" => config.tls_ca = Some(value.into_owned()),
+                "publishers" => {
+                    config.publishers = match number(&name, &value)? {
+                        n @ 1..=64 => n as usize,
+                        _ => return Err(invalid("`publishers` must be 1 to 64".into())),
+                    };
+                }
                 other => {
                     return Err(invalid(format!(
                         "unknown parameter `{other}` (known: {PARAMETERS})"
@@ -179,12 +199,45 @@ impl StompConfig {
             return Err(invalid("`tls_ca` needs a stomps:// URL".into()));
         }
         config.queue_type = queue_type.finish().map_err(invalid)?;
-        if config.queue_type != QueueType::Classic && config.dialect != Dialect::RabbitMq {
-            return Err(invalid(
-                "`queue_type` and `delivery_limit` are RabbitMQ's (broker=rabbitmq)".into(),
-            ));
-        }
+        config.check_dialect()?;
         Ok(config)
+    }
+
+    /// Sets the dialect of the broker that answered (the `server` header of
+    /// `CONNECTED`) unless the URL chose one, and checks the settings against it.
+    pub(crate) fn detected(&mut self, server: Option<&str>) -> Result<(), StompError> {
+        if self.detect_dialect {
+            self.dialect = server
+                .and_then(Dialect::from_server)
+                .unwrap_or(Dialect::RabbitMq);
+            tracing::debug!(
+                server,
+                dialect = self.dialect.name(),
+                "STOMP broker recognised"
+            );
+        }
+        self.check_dialect()
+    }
+
+    fn check_dialect(&self) -> Result<(), StompError> {
+        if self.queue_type != QueueType::Classic && self.dialect != Dialect::RabbitMq {
+            return Err(invalid(format!(
+                "`queue_type` and `delivery_limit` are RabbitMQ's (broker=rabbitmq), not {}'s",
+                self.dialect.name()
+            )));
+        }
+        Ok(())
+    }
+
+    /// How many sessions durable sends are spread over: `publishers`, or by
+    /// default 8 on ActiveMQ (which stores one persistent message of a
+    /// connection at a time) and 1 elsewhere.
+    pub fn publisher_count(&self) -> usize {
+        match (self.publishers, self.dialect) {
+            (0, Dialect::ActiveMq) => 8,
+            (0, _) => 1,
+            (n, _) => n,
+        }
     }
 
     /// `host:port` for connecting.
@@ -208,12 +261,14 @@ impl fmt::Debug for StompConfig {
             .field("vhost", &self.vhost)
             .field("heartbeat", &self.heartbeat)
             .field("dialect", &self.dialect)
+            .field("detect_dialect", &self.detect_dialect)
             .field("amqp_port", &self.amqp_port)
             .field("declare_topology", &self.declare_topology)
             .field("connect_timeout", &self.connect_timeout)
             .field("limits", &self.limits)
             .field("tls_ca", &self.tls_ca)
             .field("queue_type", &self.queue_type)
+            .field("publishers", &self.publishers)
             .finish()
     }
 }
@@ -249,6 +304,7 @@ mod tests {
         assert_eq!(config.vhost, "/");
         assert_eq!(config.heartbeat, Duration::from_secs(10));
         assert_eq!(config.dialect, Dialect::RabbitMq);
+        assert!(config.detect_dialect);
         assert_eq!(config.amqp_port, 5672);
         assert_eq!(config.endpoint(), "127.0.0.1:61613");
 
@@ -272,6 +328,7 @@ mod tests {
         assert_eq!(config.vhost, "/prod");
         assert_eq!(config.heartbeat, Duration::ZERO);
         assert_eq!(config.dialect, Dialect::Artemis);
+        assert!(!config.detect_dialect);
         assert_eq!(config.amqp_port, 5673);
         assert!(!config.declare_topology);
         assert_eq!(config.connect_timeout, Duration::from_millis(500));
@@ -329,6 +386,40 @@ mod tests {
         ] {
             let error = StompConfig::from_url(url).expect_err(url).to_string();
             assert!(error.contains(expected), "{url}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_url_wins_over_the_server_header() {
+        let mut auto = StompConfig::from_url("stomp://h:61623").expect("valid");
+        auto.detected(Some("ActiveMQ/5.17.2")).expect("fine");
+        assert_eq!(auto.dialect, Dialect::ActiveMq);
+        let mut unknown = StompConfig::from_url("stomp://h").expect("valid");
+        unknown.detected(Some("Apollo/1.7")).expect("fine");
+        assert_eq!(unknown.dialect, Dialect::RabbitMq);
+        let mut chosen = StompConfig::from_url("stomp://h?broker=rabbitmq").expect("valid");
+        chosen.detected(Some("ActiveMQ/5.17.2")).expect("fine");
+        assert_eq!(chosen.dialect, Dialect::RabbitMq);
+        let activemq = StompConfig::from_url("stomp://h?broker=activemq").expect("valid");
+        assert_eq!(activemq.dialect, Dialect::ActiveMq);
+        let mut quorum = StompConfig::from_url("stomp://h?queue_type=quorum").expect("valid");
+        let error = quorum
+            .detected(Some("ActiveMQ/5.17.2"))
+            .expect_err("quorum queues are RabbitMQ's");
+        assert!(error.to_string().contains("not activemq's"), "{error}");
+    }
+
+    #[test]
+    fn durable_sends_spread_over_publishers() {
+        let mut auto = StompConfig::from_url("stomp://h").expect("valid");
+        assert_eq!(auto.publisher_count(), 1);
+        auto.detected(Some("ActiveMQ/5.17.2")).expect("fine");
+        assert_eq!(auto.publisher_count(), 8);
+        let set = StompConfig::from_url("stomp://h?broker=activemq&publishers=2").expect("valid");
+        assert_eq!(set.publisher_count(), 2);
+        for url in ["stomp://h?publishers=0", "stomp://h?publishers=65"] {
+            let error = StompConfig::from_url(url).expect_err(url).to_string();
+            assert!(error.contains("`publishers` must be 1 to 64"), "{error}");
         }
     }
 

@@ -65,6 +65,8 @@ struct Shared {
     closing: AtomicBool,
     reason: Mutex<Option<StompError>>,
     next_receipt: AtomicU64,
+    /// The `server` header of `CONNECTED` (`RabbitMQ/3.10.8`, `ActiveMQ/5.17.2`).
+    server: Option<String>,
 }
 
 /// What a subscription receives.
@@ -144,7 +146,7 @@ impl Connection {
             },
             decoder,
         );
-        let heartbeats = tokio::time::timeout(
+        let (heartbeats, server) = tokio::time::timeout(
             config.connect_timeout,
             handshake(config, &codec, &mut write, &mut framed),
         )
@@ -165,6 +167,7 @@ impl Connection {
             closing: AtomicBool::new(false),
             reason: Mutex::new(None),
             next_receipt: AtomicU64::new(1),
+            server,
         });
         tokio::spawn(write_loop(rx, write, Arc::clone(&shared), heartbeats.send));
         tokio::spawn(read_loop(framed, Arc::clone(&shared), heartbeats.window()));
@@ -174,6 +177,11 @@ impl Connection {
     /// `stomp://host:port (role)`.
     pub(crate) fn label(&self) -> &str {
         &self.shared.label
+    }
+
+    /// The broker's `server` header, if it sent one.
+    pub(crate) fn server(&self) -> Option<&str> {
+        self.shared.server.as_deref()
     }
 
     /// Whether the session is over.
@@ -354,19 +362,24 @@ impl Shared {
     }
 }
 
-/// Writes `CONNECT` and reads the answer, skipping heart-beats.
+/// Writes `CONNECT` and reads the answer, skipping heart-beats: the agreed
+/// heart-beats and the broker's `server` header.
+///
+/// Every session has a `client-id` of its own: ActiveMQ refuses one that a
+/// connection still closing has (others ignore it or use it for logs).
 async fn handshake(
     config: &StompConfig,
     codec: &StompCodec,
     write: &mut WriteHalf,
     framed: &mut FramedRead<Counted, RecoveringCodec>,
-) -> Result<Heartbeats, StompError> {
+) -> Result<(Heartbeats, Option<String>), StompError> {
     let endpoint = config.endpoint();
     let millis = config.heartbeat.as_millis();
     let mut connect = Frame::new(Command::Connect)
         .header("accept-version", "1.2")
         .header("host", config.vhost.clone())
-        .header("heart-beat", format!("{millis},{millis}"));
+        .header("heart-beat", format!("{millis},{millis}"))
+        .header("client-id", crate::activemq::client_id());
     if let Some(login) = &config.login {
         connect.push_header("login", login.clone());
     }
@@ -410,10 +423,9 @@ async fn handshake(
                             ),
                         });
                     }
-                    return Ok(Heartbeats::negotiate(
-                        config.heartbeat,
-                        frame.get("heart-beat"),
-                    ));
+                    let heartbeats =
+                        Heartbeats::negotiate(config.heartbeat, frame.get("heart-beat"));
+                    return Ok((heartbeats, frame.get("server").map(str::to_owned)));
                 }
                 Command::Error => {
                     return Err(StompError::ConnectRefused {
@@ -592,7 +604,8 @@ async fn read_loop(
         }
     };
     if let Some(error) = error {
-        if !shared.closed.is_cancelled() {
+        // The broker may close the socket right after its receipt of DISCONNECT.
+        if !shared.closed.is_cancelled() && !shared.closing.load(Ordering::Acquire) {
             tracing::warn!(broker = %shared.label, %error, "STOMP session lost");
         }
         shared.fail(error);

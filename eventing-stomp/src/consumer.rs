@@ -36,11 +36,11 @@
 //!   the queue receives a readable message again. An operator has to remove
 //!   those messages (or raise the limits).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use eventing::backoff::Backoff;
@@ -110,9 +110,21 @@ struct Settle {
     conn: Connection,
     shared: Arc<Shared>,
     queue: QueueSpec,
-    /// Delivery tag -> the MESSAGE's `ack` header.
-    pending: Mutex<HashMap<u64, String>>,
+    /// Delivery tag -> the MESSAGE's `ack` header (and, where a requeue is not a
+    /// `NACK`, the envelope to hand out again).
+    pending: Mutex<HashMap<u64, Pending>>,
+    /// Requeued deliveries to hand out again (ActiveMQ), and the waker of the
+    /// stream waiting for one.
+    requeued: Mutex<(VecDeque<Pending>, Option<Waker>)>,
     cancelled: AtomicBool,
+}
+
+/// An unsettled delivery.
+struct Pending {
+    /// The `ack` header of its `MESSAGE`.
+    ack: String,
+    /// Its envelope, kept where a requeue hands it out again.
+    envelope: Option<Envelope>,
 }
 
 impl StompConsumer {
@@ -189,6 +201,23 @@ impl StompConsumer {
         ))
     }
 
+    /// Whether a requeue hands the delivery out again here rather than
+    /// sending `NACK` (ActiveMQ, a listener's queue).
+    fn local_requeue(&self) -> bool {
+        self.kind == Kind::Queue && !self.dialect.nack_requeues()
+    }
+
+    /// A requeued delivery to hand out again, if any (the waker is kept for the
+    /// next requeue otherwise). None once the session is over: the broker gives
+    /// the message to another consumer then.
+    fn requeued(&self, waker: &Waker) -> Option<Pending> {
+        if self.local_requeue() && !self.settle.conn.is_closed() {
+            self.settle.requeued_or_wait(waker)
+        } else {
+            None
+        }
+    }
+
     /// The consumer's session.
     pub(crate) fn session(&self) -> &Connection {
         &self.settle.conn
@@ -209,6 +238,7 @@ impl StompConsumer {
             shared,
             queue,
             pending: Mutex::new(HashMap::new()),
+            requeued: Mutex::new((VecDeque::new(), None)),
             cancelled: AtomicBool::new(false),
         });
         StompConsumer {
@@ -531,6 +561,15 @@ impl Stream for StompConsumer {
             return Poll::Ready(None);
         }
         loop {
+            if let Some(again) = this.requeued(cx.waker()) {
+                this.next_tag += 1;
+                let tag = this.next_tag;
+                let envelope = again.envelope.clone().unwrap_or_default();
+                this.settle.pending.lock().insert(tag, again);
+                let acker = Arc::clone(&this.acker);
+                let delivery = Delivery::new(envelope, tag, acker).redelivered(true);
+                return Poll::Ready(Some(Ok(delivery)));
+            }
             match ready!(this.rx.poll_recv(cx)) {
                 Some(Inbound::Rejected(rejected)) => {
                     if let Some(error) = this.reject(rejected) {
@@ -557,8 +596,13 @@ impl Stream for StompConsumer {
                     let redelivered = frame.get("redelivered") == Some("true");
                     this.next_tag += 1;
                     let tag = this.next_tag;
-                    this.settle.pending.lock().insert(tag, ack);
                     let envelope = this.dialect.envelope_of(frame);
+                    let kept = this.local_requeue().then(|| envelope.clone());
+                    let pending = Pending {
+                        ack,
+                        envelope: kept,
+                    };
+                    this.settle.pending.lock().insert(tag, pending);
                     let acker = Arc::clone(&this.acker);
                     let delivery = Delivery::new(envelope, tag, acker).redelivered(redelivered);
                     return Poll::Ready(Some(Ok(delivery)));
@@ -651,10 +695,21 @@ struct StompAcker(Arc<Settle>);
 
 impl Settle {
     fn ack(&self, tag: u64) {
-        if let Some(id) = self.pending.lock().remove(&tag) {
+        if let Some(pending) = self.pending.lock().remove(&tag) {
             self.conn
-                .send_now(&Frame::new(Command::Ack).header("id", id));
+                .send_now(&Frame::new(Command::Ack).header("id", pending.ack));
         }
+    }
+
+    /// The next requeued delivery, or none, and then the stream's waker is kept
+    /// to be woken by the next requeue.
+    fn requeued_or_wait(&self, waker: &Waker) -> Option<Pending> {
+        let mut requeued = self.requeued.lock();
+        let next = requeued.0.pop_front();
+        if next.is_none() && !requeued.1.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            requeued.1 = Some(waker.clone());
+        }
+        next
     }
 }
 
@@ -663,8 +718,12 @@ impl Acker for StompAcker {
         self.0.ack(tag);
     }
 
+    /// A `NACK` with `requeue:true`; on ActiveMQ, whose `NACK` moves the message
+    /// to the broker's dead-letter queue, the delivery is handed out again by
+    /// this consumer instead (it stays unacknowledged on the broker, which
+    /// gives it to another consumer if this session ends first).
     fn requeue(&self, tag: u64) {
-        let Some(id) = self.0.pending.lock().remove(&tag) else {
+        let Some(pending) = self.0.pending.lock().remove(&tag) else {
             return;
         };
         if self.0.kind == Kind::DeadLetters || self.0.cancelled.load(Ordering::Relaxed) {
@@ -673,9 +732,20 @@ impl Acker for StompAcker {
             // dead letter to its place in the dead-letter queue).
             return;
         }
+        if pending.envelope.is_some() {
+            let waker = {
+                let mut requeued = self.0.requeued.lock();
+                requeued.0.push_back(pending);
+                requeued.1.take()
+            };
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+            return;
+        }
         self.0.conn.send_now(
             &Frame::new(Command::Nack)
-                .header("id", id)
+                .header("id", pending.ack)
                 .header("requeue", "true"),
         );
     }

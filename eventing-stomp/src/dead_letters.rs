@@ -59,7 +59,8 @@ pub(crate) async fn list(
 /// AMQP: RabbitMQ confirms a message sent to a queue that does not exist (and
 /// drops it), so a replay must not start then. Otherwise (`declare=none`,
 /// Artemis) the letters are counted by browsing them, up to 65535, and the
-/// queue's existence cannot be checked.
+/// queue's existence cannot be checked. On ActiveMQ a browse ends at the
+/// broker's `browser:end` marker.
 pub(crate) async fn depth(
     shared: &Shared,
     topology: &Topology,
@@ -108,6 +109,10 @@ async fn browse(
             while letters.len() < limit {
                 let idle = BROWSE_IDLE.min(deadline.saturating_duration_since(Instant::now()));
                 match tokio::time::timeout(idle, rx.recv()).await {
+                    // ActiveMQ ends a browse with an empty `browser:end` message.
+                    Ok(Some(Inbound::Message(frame))) if frame.get("browser") == Some("end") => {
+                        break;
+                    }
                     Ok(Some(letter)) => letters.push(letter),
                     Ok(None) | Err(_) => break,
                 }

@@ -3,11 +3,15 @@
 //! STOMP leaves destinations and most headers to the broker, so the mapping is
 //! chosen per broker with [`Dialect`]:
 //!
-//! | | RabbitMQ (`broker=rabbitmq`) | Artemis (`broker=artemis`) |
-//! |---|---|---|
-//! | send an event | `/exchange/<event>` (a fanout exchange, declared beforehand) | `<event>` with `destination-type:MULTICAST` |
-//! | a listener's queue | `/exchange/<event>` + `x-queue-name:<queue>` | `<event>::<queue>` (fully-qualified queue name) |
-//! | dead letters | `/amq/queue/<queue>.dlq` (declared beforehand) | `<queue>.dlq` with `destination-type:ANYCAST` |
+//! | | RabbitMQ (`broker=rabbitmq`) | ActiveMQ Classic (`broker=activemq`) | Artemis (`broker=artemis`) |
+//! |---|---|---|---|
+//! | send an event | `/exchange/<event>` (a fanout exchange, declared beforehand) | `/topic/VirtualTopic.<event>` | `<event>` with `destination-type:MULTICAST` |
+//! | a listener's queue | `/exchange/<event>` + `x-queue-name:<queue>` | `/queue/Consumer.<listener>.VirtualTopic.<event>`; per process, the topic itself | `<event>::<queue>` (fully-qualified queue name) |
+//! | dead letters | `/amq/queue/<queue>.dlq` (declared beforehand) | `/queue/<queue>.dlq` | `<queue>.dlq` with `destination-type:ANYCAST` |
+//!
+//! Without `broker` in the URL the dialect is the one the `server` header of
+//! `CONNECTED` names (RabbitMQ when it names none we know); ActiveMQ's rules are
+//! in [`crate::activemq`].
 //!
 //! Envelope headers travel as frame headers. A header whose name the broker
 //! reserves (STOMP's own, and names a broker turns into message properties or
@@ -27,6 +31,7 @@ use std::time::UNIX_EPOCH;
 use eventing::topology::QueueSpec;
 use eventing::{Envelope, Headers, header};
 
+use crate::activemq;
 use crate::frame::{Command, Frame};
 
 use eventing_rabbitmq::QueueType;
@@ -83,9 +88,51 @@ pub enum Dialect {
     /// ActiveMQ Artemis: multicast addresses per event, anycast queues named by
     /// fully-qualified queue names `<address>::<queue>`.
     Artemis,
+    /// ActiveMQ Classic: a virtual topic per event, a consumer queue per
+    /// competing listener, a topic subscription per process ([`crate::activemq`]).
+    ActiveMq,
 }
 
 impl Dialect {
+    /// The dialect of the broker a `CONNECTED` frame's `server` header names
+    /// (`RabbitMQ/3.10.8`, `ActiveMQ/5.17.2`, `ActiveMQ-Artemis/2.31.2 ...`).
+    ///
+    /// ```
+    /// use eventing_stomp::Dialect;
+    ///
+    /// assert_eq!(Dialect::from_server("ActiveMQ/5.17.2"), Some(Dialect::ActiveMq));
+    /// assert_eq!(Dialect::from_server("ActiveMQ-Artemis/2.31.2 ActiveMQ Artemis Messaging Engine"), Some(Dialect::Artemis));
+    /// assert_eq!(Dialect::from_server("RabbitMQ/3.10.8"), Some(Dialect::RabbitMq));
+    /// assert_eq!(Dialect::from_server("Apollo/1.7"), None);
+    /// ```
+    pub fn from_server(server: &str) -> Option<Dialect> {
+        let product = server.split('/').next().unwrap_or("").trim();
+        match product {
+            "RabbitMQ" => Some(Dialect::RabbitMq),
+            "ActiveMQ" => Some(Dialect::ActiveMq),
+            p if p.starts_with("ActiveMQ-Artemis") || p.starts_with("Artemis") => {
+                Some(Dialect::Artemis)
+            }
+            _ => None,
+        }
+    }
+
+    /// The name of the `broker` URL parameter's value for this dialect.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dialect::RabbitMq => "rabbitmq",
+            Dialect::Artemis => "artemis",
+            Dialect::ActiveMq => "activemq",
+        }
+    }
+
+    /// Whether a requeue is a `NACK`. ActiveMQ moves a `NACK`ed message to its
+    /// own dead-letter queue (`ActiveMQ.DLQ`) instead, so there a requeue hands
+    /// the message to the subscription again locally (see the `consumer` module).
+    pub(crate) fn nack_requeues(self) -> bool {
+        self != Dialect::ActiveMq
+    }
+
     /// Whether event exchanges must be declared out of band before use (the
     /// RabbitMQ STOMP plugin does not create `/exchange/` destinations).
     pub fn needs_exchanges(self) -> bool {
@@ -97,6 +144,7 @@ impl Dialect {
         match self {
             Dialect::RabbitMq => format!("/exchange/{}", rabbit_segment(event)),
             Dialect::Artemis => event.to_string(),
+            Dialect::ActiveMq => activemq::event_destination(event),
         }
     }
 
@@ -105,6 +153,7 @@ impl Dialect {
         match self {
             Dialect::RabbitMq => self.send_destination(&queue.event),
             Dialect::Artemis => format!("{}::{}", queue.event, queue.name),
+            Dialect::ActiveMq => activemq::subscribe_destination(queue),
         }
     }
 
@@ -114,6 +163,7 @@ impl Dialect {
         match self {
             Dialect::RabbitMq => format!("/amq/queue/{}", rabbit_segment(&dlq)),
             Dialect::Artemis => dlq,
+            Dialect::ActiveMq => activemq::dead_letter_queue(queue),
         }
     }
 
@@ -124,6 +174,10 @@ impl Dialect {
         match self {
             Dialect::RabbitMq => format!("/amq/queue/{}", rabbit_segment(&queue.name)),
             Dialect::Artemis => self.subscribe_destination(queue),
+            // A per-process listener has no queue on ActiveMQ: its consumer queue's
+            // name is never subscribed, so a message sent there stays unread
+            // (the provider refuses that case before it gets here).
+            Dialect::ActiveMq => activemq::consumer_queue(queue),
         }
     }
 
@@ -243,8 +297,24 @@ impl Dialect {
             Dialect::Artemis => {
                 frame.push_header("subscription-type", "MULTICAST");
             }
+            Dialect::ActiveMq => {
+                frame.push_header(activemq::PREFETCH, prefetch.max(1).to_string());
+            }
         }
         frame
+    }
+
+    /// ActiveMQ: a `SUBSCRIBE` that creates `queue`'s consumer queue without
+    /// taking any of its messages (prefetch 0), to be answered by a receipt and
+    /// followed by an `UNSUBSCRIBE`. `None` where a queue needs no declaring.
+    pub(crate) fn declare_frame(self, queue: &QueueSpec, id: &str) -> Option<Frame> {
+        (self == Dialect::ActiveMq && !queue.per_process).then(|| {
+            Frame::new(Command::Subscribe)
+                .header("id", id)
+                .header("destination", activemq::consumer_queue(queue))
+                .header("ack", "client-individual")
+                .header(activemq::PREFETCH, "0")
+        })
     }
 
     /// A `SUBSCRIBE` that reads (and, on disconnect, leaves) up to `limit`
@@ -272,6 +342,16 @@ impl Dialect {
             .header("ack", "client-individual");
         match self {
             Dialect::RabbitMq => frame.push_header("prefetch-count", limit.max(1).to_string()),
+            // A browse sees at most the queue's `maxBrowsePageSize` (ActiveMQ's
+            // default: 400) messages; a consuming subscription no more than its
+            // `maxPageSize` (200) unacknowledged ones. The broker's policy has to
+            // raise the first for longer listings (docs/stomp.md#activemq).
+            Dialect::ActiveMq => {
+                frame.push_header(activemq::PREFETCH, limit.max(1).to_string());
+                if browse {
+                    frame.push_header("browser", "true");
+                }
+            }
             Dialect::Artemis => {
                 frame.push_header("subscription-type", "ANYCAST");
                 if browse {
@@ -299,10 +379,12 @@ impl Dialect {
         let properties = match self {
             Dialect::RabbitMq => RABBITMQ_PROPERTIES,
             Dialect::Artemis => ARTEMIS_PROPERTIES,
+            Dialect::ActiveMq => activemq::PROPERTIES,
         };
         name.starts_with(ESCAPE_PREFIX)
             || STOMP_HEADERS.contains(&name)
             || properties.contains(&name)
+            || (self == Dialect::ActiveMq && activemq::reserved_prefix(name))
     }
 
     /// Appends the frame headers that carry `headers`.
@@ -362,6 +444,7 @@ impl Dialect {
                     fallback_timestamp.get_or_insert(value);
                 }
                 (Dialect::Artemis, "expires" | "priority" | "timestamp") => {}
+                (Dialect::ActiveMq, added) if activemq::ADDED.contains(&added) => {}
                 _ => {
                     if name.starts_with(ESCAPE_PREFIX) {
                         name.drain(..ESCAPE_PREFIX.len());

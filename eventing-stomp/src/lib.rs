@@ -44,7 +44,9 @@
 //!   task; heart-beats are negotiated (`heartbeat` URL parameter) and sent both
 //!   ways, and a broker silent for twice its period counts as lost.
 //! - Destinations, queue names and header mapping depend on the broker:
-//!   [`Dialect::RabbitMq`] (default) or [`Dialect::Artemis`] (`?broker=artemis`).
+//!   [`Dialect::RabbitMq`], [`Dialect::ActiveMq`] (ActiveMQ Classic, virtual
+//!   topics: [`activemq`]) or [`Dialect::Artemis`], chosen by `?broker=` or else
+//!   by the `server` header of the broker's `CONNECTED` frame.
 //!   On RabbitMQ each event is a fanout exchange named by the event, shared with
 //!   the AMQP provider; since the STOMP plugin cannot declare exchanges, they
 //!   (and the competing and dead-letter queues) are declared over AMQP 0-9-1 by
@@ -87,6 +89,7 @@
 //! # Ok::<(), eventing_stomp::codec::FrameError>(())
 //! ```
 
+pub mod activemq;
 pub mod codec;
 pub mod frame;
 

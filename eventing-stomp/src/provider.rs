@@ -18,6 +18,7 @@ use crate::config::StompConfig;
 use crate::connection::Connection;
 use crate::consumer::{Finished, StompConsumer};
 use crate::dead_letters;
+use crate::dialect::Dialect;
 use crate::error::PROVIDER;
 use crate::shared::Shared;
 use crate::topology::Topology;
@@ -99,6 +100,19 @@ impl StompProvider {
         self.inner.shared.unreadable_held()
     }
 
+    /// An error for a queue messages cannot be put back onto: on ActiveMQ a
+    /// per-process listener is a subscription to the event's topic, not a queue.
+    fn replayable(&self, queue: &QueueSpec) -> eventing::Result<()> {
+        if queue.per_process && self.config().dialect == Dialect::ActiveMq {
+            return Err(Error::Unsupported {
+                provider: PROVIDER,
+                operation: "replaying dead letters of a per-process listener on ActiveMQ \
+                            (it subscribes to the event's topic; there is no queue to put them on)",
+            });
+        }
+        Ok(())
+    }
+
     /// Keeps `consumer`'s session, so `close` ends it.
     fn track(&self, consumer: &StompConsumer) {
         let mut sessions = self.inner.sessions.lock();
@@ -114,6 +128,12 @@ impl Provider for StompProvider {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::NONE.with_dead_letters()
+    }
+
+    /// On ActiveMQ, the consumer queue (or topic) and dead-letter queue that
+    /// stand for `queue` ([`crate::activemq`]).
+    fn broker_names(&self, queue: &QueueSpec) -> Option<String> {
+        (self.config().dialect == Dialect::ActiveMq).then(|| crate::activemq::broker_names(queue))
     }
 
     async fn declare(&self, queues: &[QueueSpec]) -> eventing::Result<()> {
@@ -181,6 +201,7 @@ impl Provider for StompProvider {
     }
 
     async fn dead_letter_depth(&self, queue: &QueueSpec) -> eventing::Result<usize> {
+        self.replayable(queue)?;
         dead_letters::depth(&self.inner.shared, &self.inner.topology, queue).await
     }
 
@@ -203,6 +224,7 @@ impl Provider for StompProvider {
     }
 
     async fn send_to_queue(&self, queue: &QueueSpec, envelope: Envelope) -> eventing::Result<()> {
+        self.replayable(queue)?;
         self.inner.shared.publisher.to_queue(queue, &envelope).await
     }
 }

@@ -1,9 +1,10 @@
 //! Sending: one STOMP session shared by every send, opened again with backoff
-//! when it was lost. Durable messages, dead letters and messages for one queue
+//! when it was lost; durable sends are spread over `publishers` sessions
+//! (ActiveMQ: 8 by default), opened on first use. Durable messages, dead letters and messages for one queue
 //! are persistent and awaited by their `RECEIPT`; transient ones are written and
 //! not awaited.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use eventing::backoff::Backoff;
@@ -22,7 +23,7 @@ use crate::frame::Frame;
 use crate::transport::Transport;
 
 /// The publishing session: up to 1024 frames queued before a send waits.
-const PUBLISHER: Options = Options {
+pub(crate) const PUBLISHER: Options = Options {
     role: "publisher",
     capacity: 1024,
 };
@@ -36,28 +37,53 @@ pub(crate) struct Publisher {
     config: StompConfig,
     transport: Transport,
     send_timeout: Duration,
-    session: Mutex<Option<Connection>>,
-    reconnect: tokio::sync::Mutex<()>,
+    /// Slot 0 carries every kind of send; the others durable sends only.
+    slots: Vec<Slot>,
+    /// The slot of the next durable send.
+    next: AtomicUsize,
     closed: AtomicBool,
 }
 
+/// One publishing session, reopened when it was lost.
+struct Slot {
+    session: Mutex<Option<Connection>>,
+    reconnect: tokio::sync::Mutex<()>,
+}
+
+impl Slot {
+    fn new(session: Option<Connection>) -> Slot {
+        Slot {
+            session: Mutex::new(session),
+            reconnect: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn current(&self) -> Option<Connection> {
+        self.session
+            .lock()
+            .clone()
+            .filter(|session| !session.is_closed())
+    }
+}
+
 impl Publisher {
-    /// Opens the publishing session, so wrong credentials or an unreachable
-    /// broker fail here.
-    pub(crate) async fn open(
+    /// The publisher on `session`, a session opened with [`PUBLISHER`].
+    pub(crate) fn new(
         config: &StompConfig,
         transport: &Transport,
         send_timeout: Duration,
-    ) -> Result<Publisher, StompError> {
-        let session = Connection::open(config, transport, PUBLISHER).await?;
-        Ok(Publisher {
+        session: Connection,
+    ) -> Publisher {
+        let mut slots = vec![Slot::new(Some(session))];
+        slots.extend((1..config.publisher_count()).map(|_| Slot::new(None)));
+        Publisher {
             config: config.clone(),
             transport: transport.clone(),
             send_timeout,
-            session: Mutex::new(Some(session)),
-            reconnect: tokio::sync::Mutex::new(()),
+            slots,
+            next: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
-        })
+        }
     }
 
     fn dialect(&self) -> Dialect {
@@ -89,7 +115,14 @@ impl Publisher {
         if let Some(reason) = self.dialect().unsendable(&frame) {
             return Err(StompError::Unsendable { reason }.into());
         }
-        let session = self.session(deadline).await?;
+        // A transient send is not awaited: it stays on slot 0, so that sends of
+        // one task keep their order.
+        let slot = if route.durable {
+            self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()
+        } else {
+            0
+        };
+        let session = self.session_at(slot, deadline).await?;
         if route.durable {
             let wait = deadline.saturating_duration_since(Instant::now());
             session
@@ -158,14 +191,20 @@ impl Publisher {
             .map_err(|error| refused(error, target, envelope))
     }
 
-    /// The publishing session, reopened with backoff (until `deadline`) if it
-    /// was lost.
+    /// The first publishing session, reopened with backoff (until `deadline`)
+    /// if it was lost.
     async fn session(&self, deadline: Instant) -> Result<Connection, StompError> {
-        if let Some(session) = self.current() {
+        self.session_at(0, deadline).await
+    }
+
+    /// Publishing session `index`, (re)opened with backoff (until `deadline`).
+    async fn session_at(&self, index: usize, deadline: Instant) -> Result<Connection, StompError> {
+        let slot = &self.slots[index];
+        if let Some(session) = slot.current() {
             return Ok(session);
         }
-        let _one_at_a_time = self.reconnect.lock().await;
-        if let Some(session) = self.current() {
+        let _one_at_a_time = slot.reconnect.lock().await;
+        if let Some(session) = slot.current() {
             return Ok(session);
         }
         let mut attempt = 0;
@@ -179,8 +218,12 @@ impl Publisher {
             let pause = RECONNECT.delay(attempt);
             match Connection::open(&self.config, &self.transport, PUBLISHER).await {
                 Ok(session) => {
-                    tracing::info!(broker = %session.label(), "STOMP publishing session reopened");
-                    *self.session.lock() = Some(session.clone());
+                    let reopened = slot.session.lock().replace(session.clone()).is_some();
+                    if reopened {
+                        tracing::info!(broker = %session.label(), index, "STOMP publishing session reopened");
+                    } else {
+                        tracing::debug!(broker = %session.label(), index, "STOMP publishing session opened");
+                    }
                     return Ok(session);
                 }
                 Err(error) if error.is_transient() && Instant::now() + pause < deadline => {
@@ -192,20 +235,15 @@ impl Publisher {
         }
     }
 
-    fn current(&self) -> Option<Connection> {
-        self.session
-            .lock()
-            .clone()
-            .filter(|session| !session.is_closed())
-    }
-
-    /// Closes the publishing session for good.
+    /// Closes the publishing sessions for good.
     pub(crate) async fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
-        let session = self.session.lock().take();
-        if let Some(session) = session {
-            session.close().await;
-        }
+        let sessions: Vec<Connection> = self
+            .slots
+            .iter()
+            .filter_map(|slot| slot.session.lock().take())
+            .collect();
+        futures_util::future::join_all(sessions.iter().map(Connection::close)).await;
     }
 }
 /// The runtime's error for a failed send: a broker `ERROR` is a refusal.

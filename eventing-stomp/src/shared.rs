@@ -40,13 +40,20 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Opens the publishing session.
+    /// Opens the publishing session, so wrong credentials or an unreachable
+    /// broker fail here, and learns the broker's dialect from it unless the URL
+    /// named one.
     pub(crate) async fn open(
-        config: StompConfig,
+        mut config: StompConfig,
         send_timeout: Duration,
     ) -> Result<Shared, StompError> {
         let transport = Transport::new(&config)?;
-        let publisher = Publisher::open(&config, &transport, send_timeout).await?;
+        let session = Connection::open(&config, &transport, crate::publish::PUBLISHER).await?;
+        if let Err(error) = config.detected(session.server()) {
+            session.close().await;
+            return Err(error);
+        }
+        let publisher = Publisher::new(&config, &transport, send_timeout, session);
         Ok(Shared {
             config,
             transport,

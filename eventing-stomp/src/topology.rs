@@ -1,8 +1,15 @@
-//! The RabbitMQ topology the STOMP plugin cannot declare: event exchanges,
-//! competing queues and dead-letter queues, declared over AMQP 0-9-1 by
-//! [`RabbitAdmin`] as RabbitMQ's rules say ([`eventing_rabbitmq::topology`], the
-//! AMQP provider's too), once per provider. Per-process queues are declared by
-//! their `SUBSCRIBE` (exclusive to its session).
+//! Declaring topology, once per provider.
+//!
+//! On RabbitMQ: what the STOMP plugin cannot declare (event exchanges, competing
+//! queues and dead-letter queues), over AMQP 0-9-1 by [`RabbitAdmin`] as
+//! RabbitMQ's rules say ([`eventing_rabbitmq::topology`], the AMQP provider's
+//! too). Per-process queues are declared by their `SUBSCRIBE` (exclusive to its
+//! session).
+//!
+//! On ActiveMQ: the consumer queue of every competing listener, over STOMP, so
+//! the event's virtual topic copies every later send into it
+//! ([`crate::activemq`]); per-process listeners subscribe to the topic itself.
+//! Dead-letter queues come into being with their first letter.
 
 use std::collections::HashSet;
 
@@ -12,8 +19,17 @@ use parking_lot::Mutex;
 
 use crate::admin::RabbitAdmin;
 use crate::config::StompConfig;
+use crate::connection::{Connection, Options};
+use crate::dialect::Dialect;
 use crate::error::StompError;
+use crate::frame::{Command, Frame};
 use crate::transport::Transport;
+
+/// The short session that declares ActiveMQ consumer queues.
+const DECLARER: Options = Options {
+    role: "declarer",
+    capacity: 16,
+};
 
 /// What one provider declared, and how to declare more.
 pub(crate) struct Topology {
@@ -67,6 +83,9 @@ impl Topology {
     /// Declares the exchanges, the competing queues bound to them and the
     /// dead-letter queues of `queues` that this provider has not declared yet.
     pub(crate) async fn declare(&self, queues: &[QueueSpec]) -> Result<(), StompError> {
+        if self.config.dialect == Dialect::ActiveMq {
+            return self.declare_on_activemq(queues).await;
+        }
         if !self.declares() {
             return Ok(());
         }
@@ -85,6 +104,44 @@ impl Topology {
         let result = self.declare_with(&mut admin, &todo).await;
         admin.close().await;
         result
+    }
+
+    /// ActiveMQ: makes each competing queue's consumer queue exist (a
+    /// `SUBSCRIBE` taking nothing, then `UNSUBSCRIBE`, both receipted).
+    async fn declare_on_activemq(&self, queues: &[QueueSpec]) -> Result<(), StompError> {
+        let todo: Vec<&QueueSpec> = {
+            let declared = self.queues.lock();
+            queues
+                .iter()
+                .filter(|q| !q.per_process && !declared.contains(&q.name))
+                .collect()
+        };
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let session = Connection::open(&self.config, &self.transport, DECLARER).await?;
+        let wait = self.config.connect_timeout;
+        let declared = async {
+            for (n, queue) in todo.iter().enumerate() {
+                let id = format!("declare-{n}");
+                let Some(subscribe) = self.config.dialect.declare_frame(queue, &id) else {
+                    continue;
+                };
+                session
+                    .request(subscribe, wait, "SUBSCRIBE to declare a queue")
+                    .await?;
+                let unsubscribe = Frame::new(Command::Unsubscribe).header("id", id);
+                session
+                    .request(unsubscribe, wait, "UNSUBSCRIBE after declaring a queue")
+                    .await?;
+                tracing::debug!(event = %queue.event, queue = %queue.name, "declared");
+                self.queues.lock().insert(queue.name.clone());
+            }
+            Ok::<_, StompError>(())
+        }
+        .await;
+        session.close().await;
+        declared
     }
 
     async fn declare_with(

@@ -41,6 +41,15 @@ pub trait Harness: Send + Sync + 'static {
     fn in_process(&self) -> bool {
         false
     }
+
+    /// How many messages the backlog fault test (`backlog_drain`) piles up before
+    /// its consumer starts, if not the kit's default (200,000 on a broker). A
+    /// harness lowers it only for a broker too slow to store and hand out the
+    /// default within the test's time limit on the machine that runs it, and says
+    /// why; the test prints the size it used (`sent=`).
+    fn backlog(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The in-process provider: one broker per test, named after the test's env.

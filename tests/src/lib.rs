@@ -6,6 +6,8 @@
 //! what only RabbitMQ needs: the AMQP and STOMP harnesses, `rabbitmqctl`, and
 //! nodes started by the tests.
 
+#[cfg(feature = "activemq")]
+pub mod activemq;
 #[cfg(feature = "amqp")]
 pub mod amqp;
 #[cfg(feature = "nats")]

@@ -533,7 +533,8 @@ fn padded(id: u64) -> Outgoing {
 
 /// A large backlog waits on the broker before the consumer starts; the consumer
 /// drains it with resident memory growing by at most [`BACKLOG_RSS_GROWTH_MIB`]
-/// (prefetch bounds what is buffered). The backlog is [`BACKLOG`] messages, or
+/// (prefetch bounds what is buffered). The backlog is [`BACKLOG`] messages (or
+/// what the harness's [`Harness::backlog`] says), or
 /// [`eventing::memory::DEFAULT_MAX_QUEUE_LEN`] on the in-process broker (whose queues hold
 /// no more).
 ///
@@ -556,7 +557,7 @@ async fn backlog_body(env: &mut TestEnv<'_>) -> Result<(), String> {
     let n = if in_process(env) {
         eventing::memory::DEFAULT_MAX_QUEUE_LEN as u64
     } else {
-        BACKLOG
+        env.harness.backlog().unwrap_or(BACKLOG)
     };
     let overall = RssSampler::start();
     let began = Instant::now();
