@@ -59,6 +59,19 @@ pub struct EventManager {
     inner: Arc<Inner>,
 }
 
+/// An event that went through the send pipelines but was not published
+/// ([`EventManager::prepare_event`]).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Prepared {
+    /// The event's resolved address.
+    pub address: Arc<str>,
+    /// Whether the event is durable (a persistent, confirmed message).
+    pub durable: bool,
+    /// The finished envelope: body, message id and every pipeline's headers.
+    pub envelope: Envelope,
+}
+
 /// A handle to a manager that does not keep it alive (given to pipelines).
 #[derive(Clone)]
 pub struct WeakManager {
@@ -379,6 +392,67 @@ impl EventManager {
         codec: crate::codec::Codec,
         body: bytes::Bytes,
     ) -> Result<()> {
+        let envelope = self.envelope_of(descriptor, &address, codec, body)?;
+        self.publish_envelope(&address, descriptor.durable(), envelope)
+            .await
+    }
+
+    /// Serializes `event` and runs the send pipelines, as
+    /// [`send_event`](Self::send_event) does, but does not publish: the result holds
+    /// the address, the durability and the finished envelope (message id and
+    /// headers fixed). Publish it later, perhaps from another process, with
+    /// [`publish_prepared`](Self::publish_prepared). A transactional outbox stores
+    /// it in the sender's database transaction.
+    ///
+    /// ```
+    /// # #[eventing::event] #[derive(serde::Serialize, serde::Deserialize)] struct Noted { n: u32 }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> eventing::Result<()> {
+    /// let manager = eventing::EventManager::builder().url("memory://prepare-doc").build().await?;
+    /// let prepared = manager.prepare_event(&Noted { n: 1 })?;
+    /// assert_eq!(&*prepared.address, "Noted");
+    /// assert_eq!(prepared.envelope.message_id().len(), 36);
+    /// manager.publish_prepared(&prepared.address, prepared.durable, prepared.envelope).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn prepare_event<E: Event>(&self, event: &E) -> Result<Prepared> {
+        let descriptor = E::descriptor();
+        let address = self.inner.address(descriptor)?;
+        let codec = descriptor.codec().unwrap_or(self.inner.codec);
+        let body = codec.encode(event, &address)?;
+        let envelope = self.envelope_of(descriptor, &address, codec, body)?;
+        Ok(Prepared {
+            address,
+            durable: descriptor.durable(),
+            envelope,
+        })
+    }
+
+    /// Publishes an envelope built by [`prepare_event`](Self::prepare_event) to
+    /// `address` through the provider, without running the send pipelines again; for
+    /// a durable event this returns once the broker has confirmed it. Bounded by the
+    /// send timeout, like [`send_event`](Self::send_event).
+    pub async fn publish_prepared(
+        &self,
+        address: &str,
+        durable: bool,
+        envelope: Envelope,
+    ) -> Result<()> {
+        if self.inner.stopped.load(Ordering::Relaxed) {
+            return Err(Error::ShutDown {
+                operation: "publish_prepared()",
+            });
+        }
+        self.publish_envelope(address, durable, envelope).await
+    }
+
+    /// The envelope of an encoded event: standard headers, then the send pipelines.
+    fn envelope_of(
+        &self,
+        descriptor: &'static EventDescriptor,
+        address: &str,
+        codec: crate::codec::Codec,
+        body: bytes::Bytes,
+    ) -> Result<Envelope> {
         if body.len() > self.inner.max_body {
             return Err(Error::TooLarge {
                 address: address.to_string(),
@@ -391,7 +465,7 @@ impl EventManager {
                 operation: "send_event()",
             });
         }
-        let mut envelope = Envelope::new(&address, codec.content_type(), body);
+        let mut envelope = Envelope::new(address, codec.content_type(), body);
         if let Some(version) = descriptor.version() {
             envelope
                 .headers
@@ -405,9 +479,19 @@ impl EventManager {
                     source,
                 })?;
         }
+        Ok(envelope)
+    }
+
+    /// Publishes a finished envelope, bounded by the send timeout, and counts it.
+    async fn publish_envelope(
+        &self,
+        address: &str,
+        durable: bool,
+        envelope: Envelope,
+    ) -> Result<()> {
         let span =
             tracing::debug_span!("send", event = %address, message_id = %envelope.message_id());
-        let route = Route::new(&address, descriptor.durable());
+        let route = Route::new(address, durable);
         let mut publish = self.inner.provider.publish(route, envelope);
         // Most publishes complete at once; only a waiting one pays for a timer.
         match (&mut publish).now_or_never() {
@@ -423,7 +507,7 @@ impl EventManager {
             }
         }
         self.inner.stats.sent.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::sent(&address);
+        crate::metrics::sent(address);
         Ok(())
     }
 
