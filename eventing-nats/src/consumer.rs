@@ -16,18 +16,16 @@
 //! still settled through the client once it is back.
 
 use std::collections::VecDeque;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_nats::connection::State;
 use async_nats::{StatusCode, Subject};
 use bytes::Bytes;
-use eventing::provider::{Acker, Consumer, Delivery};
+use eventing::provider::{Acker, ChannelConsumer, Consumer, Delivery};
 use eventing::{BoxFuture, Envelope, Result};
-use futures_util::{FutureExt, Stream, StreamExt};
+use futures_util::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 use tokio::sync::{Notify, mpsc, watch};
@@ -146,33 +144,6 @@ impl Acker for Settle {
     }
 }
 
-/// One subscription: deliveries arrive on a channel the pull loop fills.
-pub(crate) struct Subscription {
-    rx: mpsc::UnboundedReceiver<Delivery>,
-    cancel: watch::Sender<bool>,
-}
-
-impl Stream for Subscription {
-    type Item = Result<Delivery>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx).map(|d| d.map(Ok))
-    }
-}
-
-impl Consumer for Subscription {
-    fn cancel(&mut self) -> BoxFuture<'_, Result<()>> {
-        let _ = self.cancel.send(true);
-        Box::pin(std::future::ready(Ok(())))
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        let _ = self.cancel.send(true);
-    }
-}
-
 /// Starts consuming `spec`.
 pub(crate) async fn subscribe(
     inner: Arc<Inner>,
@@ -194,8 +165,8 @@ pub(crate) async fn subscribe(
         settled: Arc::new(Notify::new()),
         dead_letter_subject,
     });
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (cancel, cancelled) = watch::channel(false);
+    let (consumer, feed) = ChannelConsumer::new();
+    let (tx, cancelled) = (feed.deliveries, feed.cancelled);
     let mut disconnects = inner.disconnects.subscribe();
     disconnects.mark_unchanged();
     let pull = Pull {
@@ -210,7 +181,7 @@ pub(crate) async fn subscribe(
         requests: VecDeque::new(),
     };
     tokio::spawn(pull.run());
-    Ok(Box::new(Subscription { rx, cancel }))
+    Ok(Box::new(consumer))
 }
 
 struct Pull {

@@ -46,7 +46,7 @@ pub mod url;
 mod consumer;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream as js;
@@ -57,14 +57,15 @@ use async_nats::{Client, ConnectErrorKind};
 use bytes::Bytes;
 use eventing::backoff::Backoff;
 use eventing::provider::{
-    Capabilities, ConnectFuture, ConsumeOptions, Consumer, Provider, ProviderConfig, Route,
+    Capabilities, ConnectFuture, ConsumeOptions, Consumer, InFlight, Provider, ProviderConfig,
+    Route,
 };
 use eventing::topology::QueueSpec;
 use eventing::{Envelope, Error, Headers, Result};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use rustc_hash::FxHashSet;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 pub use url::NatsUrl;
@@ -141,15 +142,14 @@ pub(crate) struct Acks {
     queue: mpsc::UnboundedSender<(async_nats::Subject, &'static [u8])>,
     /// Work that must come before its ack (deleting a dead letter), and the acks
     /// queued but not yet handed to the client.
-    pub(crate) tasks: Tasks,
+    pub(crate) tasks: InFlight,
 }
 
 impl Acks {
     fn new(client: Client) -> Self {
         let (queue, mut rx) = mpsc::unbounded_channel::<(async_nats::Subject, &'static [u8])>();
-        let tasks = Tasks::default();
-        let running = Arc::clone(&tasks.running);
-        let idle = Arc::clone(&tasks.idle);
+        let tasks = InFlight::default();
+        let settled = tasks.clone();
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(64);
             // Ends when the provider (the only sender) is gone.
@@ -160,9 +160,7 @@ impl Acks {
                         tracing::debug!(%error, "ack not sent");
                     }
                 }
-                if running.fetch_sub(n, Ordering::SeqCst) == n {
-                    idle.notify_waiters();
-                }
+                settled.end(n);
             }
         });
         Self { queue, tasks }
@@ -170,43 +168,9 @@ impl Acks {
 
     /// Queues `payload` (`b""` is an ack, `b"-NAK"` a requeue) for `reply`.
     pub(crate) fn send(&self, reply: async_nats::Subject, payload: &'static [u8]) {
-        self.tasks.running.fetch_add(1, Ordering::SeqCst);
+        self.tasks.begin(1);
         if self.queue.send((reply, payload)).is_err() {
-            self.tasks.running.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
-}
-
-/// Work in flight (spawned tasks and queued acks), so `close` can wait for it.
-#[derive(Default)]
-pub(crate) struct Tasks {
-    running: Arc<AtomicUsize>,
-    idle: Arc<Notify>,
-}
-
-impl Tasks {
-    pub(crate) fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
-        let running = Arc::clone(&self.running);
-        let idle = Arc::clone(&self.idle);
-        running.fetch_add(1, Ordering::SeqCst);
-        tokio::spawn(async move {
-            task.await;
-            if running.fetch_sub(1, Ordering::SeqCst) == 1 {
-                idle.notify_waiters();
-            }
-        });
-    }
-
-    async fn wait_idle(&self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
-            let idle = self.idle.notified();
-            if self.running.load(Ordering::SeqCst) == 0 {
-                return;
-            }
-            if tokio::time::timeout_at(deadline, idle).await.is_err() {
-                return;
-            }
+            self.tasks.end(1);
         }
     }
 }

@@ -13,16 +13,13 @@
 //! (`CLIENT UNBLOCK`); what that read still brings is requeued at once.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use eventing::provider::{Acker, Consumer, Delivery};
+use eventing::provider::{Acker, ChannelConsumer, Consumer, Delivery};
 use eventing::topology::QueueSpec;
 use eventing::{BoxFuture, Envelope, Result};
-use futures_util::Stream;
 use parking_lot::Mutex;
 use redis::Value;
 use redis::aio::MultiplexedConnection;
@@ -220,33 +217,6 @@ impl Acker for Settle {
 // ---------------------------------------------------------------------------------
 // the subscription
 
-/// One subscription: deliveries arrive on a channel the read loop fills.
-pub(crate) struct Subscription {
-    rx: mpsc::UnboundedReceiver<Delivery>,
-    cancel: watch::Sender<bool>,
-}
-
-impl Stream for Subscription {
-    type Item = Result<Delivery>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx).map(|d| d.map(Ok))
-    }
-}
-
-impl Consumer for Subscription {
-    fn cancel(&mut self) -> BoxFuture<'_, Result<()>> {
-        let _ = self.cancel.send(true);
-        Box::pin(std::future::ready(Ok(())))
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        let _ = self.cancel.send(true);
-    }
-}
-
 /// How often the loop claims idle entries of others.
 fn claim_every(inner: &Inner) -> Duration {
     (inner.claim_idle() / 4).clamp(Duration::from_millis(250), Duration::from_secs(5))
@@ -278,8 +248,8 @@ pub(crate) async fn subscribe(
         claim_soon: AtomicBool::new(false),
     });
     tokio::spawn(keep_fresh(Arc::downgrade(&settle)));
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (cancel, cancelled) = watch::channel(false);
+    let (consumer, feed) = ChannelConsumer::new();
+    let (tx, cancelled) = (feed.deliveries, feed.cancelled);
     let read = Read {
         span: tracing::debug_span!("redis.consume", queue = %queue.name, consumer = %settle.consumer),
         inner,
@@ -294,7 +264,7 @@ pub(crate) async fn subscribe(
         cancelled,
     };
     tokio::spawn(read.run());
-    Ok(Box::new(Subscription { rx, cancel }))
+    Ok(Box::new(consumer))
 }
 
 /// While the subscription's deliveries live: resets the idle time of the entries
@@ -644,8 +614,8 @@ pub(crate) async fn take_letters(
         pending: Mutex::new(HashMap::new()),
         settled: Notify::new(),
     });
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (cancel, mut cancelled) = watch::channel(false);
+    let (consumer, feed) = ChannelConsumer::new();
+    let (tx, mut cancelled) = (feed.deliveries, feed.cancelled);
     tokio::spawn(async move {
         let Some(end) = end else { return };
         let mut start = "-".to_string();
@@ -698,5 +668,5 @@ pub(crate) async fn take_letters(
             }
         }
     });
-    Ok(Box::new(Subscription { rx, cancel }))
+    Ok(Box::new(consumer))
 }

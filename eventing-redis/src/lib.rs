@@ -74,19 +74,18 @@ mod scripts;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use eventing::backoff::Backoff;
 use eventing::provider::{
-    Capabilities, ConnectFuture, ConsumeOptions, Consumer, Provider, ProviderConfig, Route,
+    Capabilities, ConnectFuture, ConsumeOptions, Consumer, InFlight, Provider, ProviderConfig,
+    Route,
 };
 use eventing::topology::QueueSpec;
 use eventing::{Envelope, Error, Result};
 use parking_lot::Mutex;
 use redis::Value;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -127,44 +126,10 @@ pub(crate) struct Inner {
     send_timeout: Duration,
     /// Streams sent to since the last trim pass.
     dirty: Mutex<HashSet<String>>,
-    pub(crate) tasks: Tasks,
+    pub(crate) tasks: InFlight,
     /// Dead letters being deleted (taken off their stream by a replay): listing and
     /// counting wait for them, so they see what the replay left.
-    pub(crate) letter_deletions: Tasks,
-}
-
-/// Settlements in flight (spawned acks), so `close` can wait for them.
-#[derive(Default)]
-pub(crate) struct Tasks {
-    running: Arc<AtomicUsize>,
-    idle: Arc<Notify>,
-}
-
-impl Tasks {
-    pub(crate) fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
-        let running = Arc::clone(&self.running);
-        let idle = Arc::clone(&self.idle);
-        running.fetch_add(1, Ordering::SeqCst);
-        tokio::spawn(async move {
-            task.await;
-            if running.fetch_sub(1, Ordering::SeqCst) == 1 {
-                idle.notify_waiters();
-            }
-        });
-    }
-
-    async fn wait_idle(&self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
-            let idle = self.idle.notified();
-            if self.running.load(Ordering::SeqCst) == 0 {
-                return;
-            }
-            if tokio::time::timeout_at(deadline, idle).await.is_err() {
-                return;
-            }
-        }
-    }
+    pub(crate) letter_deletions: InFlight,
 }
 
 impl RedisProvider {
@@ -180,8 +145,8 @@ impl RedisProvider {
             server_name: config.server_name,
             send_timeout: config.send_timeout,
             dirty: Mutex::new(HashSet::new()),
-            tasks: Tasks::default(),
-            letter_deletions: Tasks::default(),
+            tasks: InFlight::default(),
+            letter_deletions: InFlight::default(),
         });
         // Reachable now, or a clear error now rather than at the first send.
         let pong: String = inner.link.query("PING", &redis::cmd("PING")).await?;

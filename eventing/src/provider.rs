@@ -504,3 +504,142 @@ pub async fn connect(config: ProviderConfig) -> Result<Arc<dyn DynProvider>> {
         }
     }
 }
+
+/// Work a provider started and must see finished before it closes: acks spawned
+/// from [`Acker`] methods (which cannot wait), queued settlements, deletions.
+/// [`close`](Provider::close) waits for it with a bound
+/// ([`wait_idle`](Self::wait_idle)), so what the runtime settled reaches the broker.
+/// Clones share the count.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use std::time::Duration;
+/// let acks = eventing::provider::InFlight::default();
+/// acks.spawn(async { /* send the ack */ });
+/// assert!(acks.wait_idle(Duration::from_secs(1)).await);
+/// assert_eq!(acks.count(), 0);
+/// # }
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct InFlight {
+    running: Arc<std::sync::atomic::AtomicUsize>,
+    idle: Arc<tokio::sync::Notify>,
+}
+
+impl InFlight {
+    /// Spawns `task` on the current tokio runtime and counts it until it ends.
+    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.begin(1);
+        let this = self.clone();
+        tokio::spawn(async move {
+            task.await;
+            this.end(1);
+        });
+    }
+
+    /// Counts `n` pieces of work started elsewhere (a queue's entries, say); each
+    /// must be ended with [`end`](Self::end).
+    pub fn begin(&self, n: usize) {
+        self.running
+            .fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// `n` pieces counted by [`begin`](Self::begin) are done.
+    pub fn end(&self, n: usize) {
+        let before = self
+            .running
+            .fetch_sub(n, std::sync::atomic::Ordering::SeqCst);
+        if before == n {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// How much is in flight now.
+    pub fn count(&self) -> usize {
+        self.running.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until nothing is in flight, at most `limit`; false if something still
+    /// was when the time was up.
+    pub async fn wait_idle(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let idle = self.idle.notified();
+            if self.count() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return self.count() == 0;
+            }
+        }
+    }
+}
+
+/// A [`Consumer`] that a task of the provider feeds through a channel: the usual
+/// shape of a broker consumer (a read loop hands deliveries over; the runtime
+/// cancels or drops the consumer to stop it). [`new`](Self::new) gives the
+/// runtime's end and the provider's ([`ConsumerFeed`]).
+///
+/// ```
+/// use eventing::provider::ChannelConsumer;
+/// let (consumer, feed) = ChannelConsumer::new();
+/// drop(consumer); // the runtime dropped it: the read loop sees that
+/// assert!(*feed.cancelled.borrow());
+/// assert!(feed.deliveries.is_closed());
+/// ```
+#[derive(Debug)]
+pub struct ChannelConsumer {
+    rx: tokio::sync::mpsc::UnboundedReceiver<Delivery>,
+    cancel: tokio::sync::watch::Sender<bool>,
+}
+
+/// The provider's end of a [`ChannelConsumer`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct ConsumerFeed {
+    /// Where the read loop sends deliveries; closed once the consumer is gone.
+    pub deliveries: tokio::sync::mpsc::UnboundedSender<Delivery>,
+    /// Becomes `true` when the runtime cancels or drops the consumer: the read
+    /// loop stops asking the broker for more.
+    pub cancelled: tokio::sync::watch::Receiver<bool>,
+}
+
+impl ChannelConsumer {
+    /// A consumer and the feed of it.
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new() -> (Self, ConsumerFeed) {
+        let (deliveries, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (cancel, cancelled) = tokio::sync::watch::channel(false);
+        (
+            Self { rx, cancel },
+            ConsumerFeed {
+                deliveries,
+                cancelled,
+            },
+        )
+    }
+}
+
+impl Stream for ChannelConsumer {
+    type Item = Result<Delivery>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx).map(|d| d.map(Ok))
+    }
+}
+
+impl Consumer for ChannelConsumer {
+    fn cancel(&mut self) -> BoxFuture<'_, Result<()>> {
+        let _ = self.cancel.send(true);
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+impl Drop for ChannelConsumer {
+    fn drop(&mut self) {
+        let _ = self.cancel.send(true);
+    }
+}

@@ -28,15 +28,9 @@ pub struct ActiveMqHarness {
 impl ActiveMqHarness {
     /// The harness for the URL in the environment.
     pub fn from_env() -> Self {
-        // `EVENTING_ACTIVEMQ_LOG=eventing_stomp=debug` shows the provider's logs.
-        if let Ok(filter) = std::env::var("EVENTING_ACTIVEMQ_LOG") {
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-                .with_test_writer()
-                .try_init();
-        }
+        // `EVENTING_ACTIVEMQ_LOG=<filter>` shows the provider's logs.
         Self {
-            url: std::env::var(URL_VARIABLE).unwrap_or_else(|_| DEFAULT_URL.to_string()),
+            url: crate::url_from_env(URL_VARIABLE, DEFAULT_URL, "EVENTING_ACTIVEMQ_LOG"),
         }
     }
 

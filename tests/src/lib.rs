@@ -20,3 +20,16 @@ pub mod redis;
 pub mod stomp;
 
 pub use eventing_test::{Harness, MemoryHarness, TestEnv};
+
+/// The server URL of a harness: the environment variable `url_variable`, or
+/// `default`. With `log_variable` set (e.g. `EVENTING_NATS_LOG=eventing_nats=debug`)
+/// the provider's logs go to the test output as that filter says.
+pub fn url_from_env(url_variable: &str, default: &str, log_variable: &str) -> String {
+    if let Ok(filter) = std::env::var(log_variable) {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+    std::env::var(url_variable).unwrap_or_else(|_| default.to_string())
+}
