@@ -55,8 +55,18 @@ pub trait Backend: sqlx::Database + sealed::Sealed {
         claim: &'a ClaimSpec,
         claimed: Claimed<Self>,
         sent: &'a [i64],
-        failed: Option<i64>,
+        failed: Option<&'a Failure>,
     ) -> BoxFuture<'a, Result<()>>;
+
+    #[doc(hidden)]
+    fn failed_rows<'a>(
+        pool: &'a Pool<Self>,
+        tables: &'a Tables,
+        limit: i64,
+    ) -> BoxFuture<'a, Result<Vec<FailedRow>>>;
+
+    #[doc(hidden)]
+    fn requeue_failed<'a>(pool: &'a Pool<Self>, tables: &'a Tables) -> BoxFuture<'a, Result<u64>>;
 
     #[doc(hidden)]
     fn wake_stream<'a>(
@@ -117,6 +127,36 @@ pub struct StoredRow {
     pub(crate) durable: bool,
     pub(crate) headers: String,
     pub(crate) body: Vec<u8>,
+}
+
+/// A publish of a claimed row that failed (internal): `dead` carries the reason when
+/// the row can never be published and is set aside, `None` when it is retried.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Failure {
+    pub(crate) id: i64,
+    pub(crate) dead: Option<String>,
+}
+
+/// A row the relay set aside because it can never be published (a corrupt row, a
+/// message the broker refuses for good): listed by
+/// [`Outbox::failed`](crate::Outbox::failed), put back by
+/// [`Outbox::requeue_failed`](crate::Outbox::requeue_failed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FailedRow {
+    /// The row id (its place in the order of its address).
+    pub id: i64,
+    /// The event's message id.
+    pub message_id: String,
+    /// The event address.
+    pub address: String,
+    /// Publish attempts made.
+    pub attempts: i64,
+    /// When it was set aside, in milliseconds since the Unix epoch.
+    pub failed_at: i64,
+    /// Why.
+    pub error: String,
 }
 
 /// How a relay claims (internal).

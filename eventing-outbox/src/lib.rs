@@ -44,7 +44,7 @@ mod outbox;
 mod relay;
 mod tables;
 
-pub use backend::Backend;
+pub use backend::{Backend, FailedRow};
 pub use error::{Error, Result};
 pub use inbox::{Inbox, MemoryInbox};
 pub use outbox::Outbox;
@@ -54,5 +54,5 @@ pub use tables::Tables;
 
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::backend::{ClaimSpec, Claimed, NewRow, StoredRow};
+    pub use crate::backend::{ClaimSpec, Claimed, Failure, NewRow, StoredRow};
 }

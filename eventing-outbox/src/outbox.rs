@@ -7,7 +7,7 @@ use eventing::{Event, EventManager};
 use sqlx::{Pool, Transaction};
 use tokio::sync::Notify;
 
-use crate::backend::{Backend, NewRow, now_ms};
+use crate::backend::{Backend, FailedRow, NewRow, now_ms};
 use crate::error::Result;
 use crate::relay::{Relay, RelayOptions};
 use crate::tables::Tables;
@@ -156,9 +156,28 @@ impl<DB: Backend> Outbox<DB> {
         }
     }
 
-    /// Rows written and committed but not yet published.
+    /// Rows written and committed but not yet published (rows set aside as failed
+    /// not counted).
     pub async fn pending(&self) -> Result<i64> {
         DB::pending(&self.inner.pool, &self.inner.tables).await
+    }
+
+    /// Up to `limit` rows the relay set aside because they can never be published (a
+    /// row whose stored headers are not readable, a message over the broker's size
+    /// limit), oldest first, with the reason. They are the outbox's dead letters: the
+    /// relay skips them and publishes the rows after them; nothing deletes them.
+    pub async fn failed(&self, limit: usize) -> Result<Vec<FailedRow>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        DB::failed_rows(&self.inner.pool, &self.inner.tables, limit).await
+    }
+
+    /// Puts every failed row back in line (after the cause is fixed, e.g. a larger
+    /// broker limit); the relay publishes them in id order with the rest. Returns
+    /// how many.
+    pub async fn requeue_failed(&self) -> Result<u64> {
+        let moved = DB::requeue_failed(&self.inner.pool, &self.inner.tables).await?;
+        self.inner.wake.notify_one();
+        Ok(moved)
     }
 
     /// Deletes rows sent more than `older_than` ago; returns how many.

@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::backend::{Backend, ClaimSpec, StoredRow, now_ms};
+use crate::backend::{Backend, ClaimSpec, Failure, StoredRow, now_ms};
 use crate::error::{Error, Result};
 use crate::outbox::Outbox;
 
@@ -72,6 +72,9 @@ pub struct RelayStats {
     pub failures: u64,
     /// Sent rows deleted by the retention policy.
     pub deleted: u64,
+    /// Rows set aside because they can never be published (see
+    /// [`Outbox::failed`](crate::Outbox::failed)).
+    pub failed: u64,
 }
 
 #[derive(Default)]
@@ -79,6 +82,7 @@ struct Counters {
     published: AtomicU64,
     failures: AtomicU64,
     deleted: AtomicU64,
+    failed: AtomicU64,
 }
 
 /// A running relay task. Dropping it stops the task.
@@ -106,6 +110,7 @@ impl Relay {
             published: self.counters.published.load(Ordering::Relaxed),
             failures: self.counters.failures.load(Ordering::Relaxed),
             deleted: self.counters.deleted.load(Ordering::Relaxed),
+            failed: self.counters.failed.load(Ordering::Relaxed),
         }
     }
 
@@ -130,6 +135,9 @@ impl Drop for Relay {
 pub(crate) struct Pass {
     pub(crate) claimed: usize,
     pub(crate) published: usize,
+    /// A row set aside for good (it can never be published): the relay goes on.
+    pub(crate) failed: usize,
+    /// A publish that failed for now: the relay backs off and tries again.
     pub(crate) error: Option<Error>,
 }
 
@@ -154,20 +162,54 @@ pub(crate) async fn pass<DB: Backend>(outbox: &Outbox<DB>, spec: &ClaimSpec) -> 
         }
     }
     let count = claimed.rows.len();
+    let (failure, error) = match failure {
+        Some((id, error)) if permanent(&error) => {
+            let reason = error.to_string();
+            tracing::error!(row = id, %reason, relay = %spec.relay, "outbox row can never be published; set aside");
+            (
+                Some(Failure {
+                    id,
+                    dead: Some(reason),
+                }),
+                None,
+            )
+        }
+        Some((id, error)) => (Some(Failure { id, dead: None }), Some(error)),
+        None => (None, None),
+    };
     DB::finish(
         &shared.pool,
         &shared.tables,
         spec,
         claimed,
         &sent,
-        failure.as_ref().map(|(id, _)| *id),
+        failure.as_ref(),
     )
     .await?;
     Ok(Pass {
         claimed: count,
         published: sent.len(),
-        error: failure.map(|(_, e)| e),
+        failed: usize::from(error.is_none() && failure.is_some()),
+        error,
     })
+}
+
+/// True when publishing the row again cannot succeed: it cannot be read back, or
+/// the runtime or the broker refuses its content for good. Anything else (the broker
+/// down, a timeout, a refusal that may pass) is retried.
+fn permanent(error: &Error) -> bool {
+    match error {
+        Error::CorruptRow { .. } => true,
+        Error::Eventing(error) => matches!(
+            error,
+            eventing::Error::TooLarge { .. }
+                | eventing::Error::Encode { .. }
+                | eventing::Error::Pipeline { .. }
+                | eventing::Error::UnknownEvent { .. }
+                | eventing::Error::Unsupported { .. }
+        ),
+        _ => false,
+    }
 }
 
 async fn publish<DB: Backend>(outbox: &Outbox<DB>, row: &StoredRow) -> Result<()> {
@@ -213,7 +255,13 @@ async fn run<DB: Backend>(
                 counters
                     .published
                     .fetch_add(pass.published as u64, Ordering::Relaxed);
-                (pass.claimed as i64 >= spec.batch, pass.error)
+                counters
+                    .failed
+                    .fetch_add(pass.failed as u64, Ordering::Relaxed);
+                (
+                    pass.claimed as i64 >= spec.batch || pass.failed > 0,
+                    pass.error,
+                )
             }
             Err(error) => (false, Some(error)),
         };

@@ -41,6 +41,19 @@ impl EventListener<Deposit> for Ledger {
     }
 }
 
+/// The same ledger as a competing listener: its queue is durable, so it outlives a
+/// broker restart (a per-process queue is exclusive and goes with the connection).
+#[event_listener(Deposit, per_process = false)]
+struct Books {
+    handler: Handler,
+}
+
+impl EventListener<Deposit> for Books {
+    async fn on(&self, event: Deposit, ctx: &Context) -> ListenerResult {
+        (self.handler)(event.n, ctx.clone()).await
+    }
+}
+
 /// What the child needs, passed in environment variables.
 struct ChildConfig {
     db: String,
@@ -174,22 +187,7 @@ where
     let inbox = Inbox::with_tables(pool.clone(), tables.clone());
     inbox.migrate().await.expect("migrate");
     let deliveries = Arc::new(AtomicU64::new(0));
-    let handler: Handler = {
-        let (inbox, deliveries) = (inbox.clone(), Arc::clone(&deliveries));
-        let insert = format!("INSERT INTO {handled} (n) VALUES ($1)");
-        Arc::new(move |n, ctx: Context| {
-            let (inbox, insert) = (inbox.clone(), insert.clone());
-            deliveries.fetch_add(1, Ordering::Relaxed);
-            Box::pin(async move {
-                let Some(mut tx) = inbox.begin(&ctx).await? else {
-                    return Ok(());
-                };
-                sqlx::query(&insert).bind(n).execute(&mut *tx).await?;
-                tx.commit().await?;
-                Ok(())
-            })
-        })
-    };
+    let handler = recording_handler(&inbox, &handled, &deliveries);
     let manager = EventManager::builder()
         .url(amqp)
         .var("run", &run)
@@ -319,6 +317,34 @@ where
     }
 }
 
+/// The listeners' side effect: a row in `handled`, in one transaction with the inbox
+/// row, so a redelivered event changes nothing; every call counted in `deliveries`.
+fn recording_handler<DB: Backend>(
+    inbox: &Inbox<DB>,
+    handled: &str,
+    deliveries: &Arc<AtomicU64>,
+) -> Handler
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    i64: sqlx::Type<DB> + for<'q> sqlx::Encode<'q, DB>,
+{
+    let (inbox, deliveries) = (inbox.clone(), Arc::clone(deliveries));
+    let insert = format!("INSERT INTO {handled} (n) VALUES ($1)");
+    Arc::new(move |n, ctx: Context| {
+        let (inbox, insert) = (inbox.clone(), insert.clone());
+        deliveries.fetch_add(1, Ordering::Relaxed);
+        Box::pin(async move {
+            let Some(mut tx) = inbox.begin(&ctx).await? else {
+                return Ok(());
+            };
+            sqlx::query(&insert).bind(n).execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    })
+}
+
 fn amqp_url(test: &str) -> Option<String> {
     let url = std::env::var("EVENTING_AMQP_URL").ok();
     if url.is_none() {
@@ -335,6 +361,7 @@ async fn crash_between_commit_and_publish_sqlite_amqp() {
     let Some(amqp) = amqp_url("crash_sqlite") else {
         return;
     };
+    let _one = RESTARTS.lock().await;
     let dir = common::temp_dir("crash");
     let path = dir.join("crash.db");
     let pool = common::sqlite_at(&path).await;
@@ -353,6 +380,187 @@ async fn crash_between_commit_and_publish_postgres_amqp() {
     let Some(pool) = common::postgres("crash_postgres").await else {
         return;
     };
+    let _one = RESTARTS.lock().await;
     let url = std::env::var("EVENTING_PG_URL").unwrap_or_default();
     crash(pool, "postgres", &url, &amqp).await;
+}
+
+// ---------------------------------------------------------------------------------
+// The broker restarts while the relay runs: rows committed meanwhile wait in the
+// outbox and are published once it is back.
+
+async fn broker_restart<DB: Backend>(pool: Pool<DB>, db: &str, amqp: &str)
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    i64: sqlx::Type<DB> + for<'q> sqlx::Encode<'q, DB> + for<'r> sqlx::Decode<'r, DB>,
+    for<'c> &'c Pool<DB>: sqlx::Executor<'c, Database = DB>,
+    (i64,): for<'r> sqlx::FromRow<'r, DB::Row>,
+{
+    let host = url::Url::parse(amqp)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_default();
+    let run = common::uuid_short();
+    let tables = tables(&run);
+    let (biz, handled) = (format!("crash_biz_{run}"), format!("crash_handled_{run}"));
+    for table in [&biz, &handled] {
+        sqlx::query(&format!("CREATE TABLE {table} (n BIGINT NOT NULL)"))
+            .execute(&pool)
+            .await
+            .expect("create");
+    }
+    let inbox = Inbox::with_tables(pool.clone(), tables.clone());
+    inbox.migrate().await.expect("migrate");
+    let deliveries = Arc::new(AtomicU64::new(0));
+    let handler = recording_handler(&inbox, &handled, &deliveries);
+    let manager = EventManager::builder()
+        .url(amqp)
+        .var("run", &run)
+        .listener(Books { handler })
+        .only_bound_listeners()
+        .send_timeout(Duration::from_secs(2))
+        .reconnect_backoff(Duration::from_millis(100), Duration::from_secs(1))
+        .build()
+        .await
+        .expect("manager");
+    manager.start().await.expect("start");
+    let outbox = Outbox::with_tables(manager.clone(), pool.clone(), tables.clone());
+    let mut options = RelayOptions::default();
+    options.poll_interval = Duration::from_millis(50);
+    options.backoff =
+        eventing::backoff::Backoff::new(Duration::from_millis(50), Duration::from_millis(500));
+    let relay = outbox.relay(options);
+
+    // Commit ROWS rows with their events over ~8 s; restart the broker a quarter in.
+    let started = Instant::now();
+    let insert = format!("INSERT INTO {biz} (n) VALUES ($1)");
+    let mut restart = None;
+    let mut n = 0i64;
+    while n < ROWS {
+        if restart.is_none() && n >= ROWS / 4 {
+            let host = host.clone();
+            restart = Some(tokio::spawn(async move {
+                eventing_tests::rabbitmq::restart_rabbitmq_app(
+                    &host,
+                    &[5672],
+                    Duration::from_secs(90),
+                )
+                .await
+            }));
+        }
+        let mut tx = pool.begin().await.expect("begin");
+        for _ in 0..fastrand::i64(1..=3).min(ROWS - n) {
+            sqlx::query(&insert)
+                .bind(n)
+                .execute(&mut *tx)
+                .await
+                .expect("insert");
+            outbox
+                .send_event(&mut tx, &Deposit { n })
+                .await
+                .expect("send (writes the row, whatever the broker)");
+            n += 1;
+        }
+        tx.commit().await.expect("commit");
+        tokio::time::sleep(Duration::from_millis(8)).await;
+    }
+    let restarted = match restart {
+        Some(task) => task.await.expect("restart task"),
+        None => Ok(None),
+    };
+    let took = match restarted {
+        Ok(Some(took)) => took,
+        Ok(None) => {
+            eprintln!(
+                "outbox_broker_restart {db}: cannot restart the broker at {host} (not local or no rabbitmqctl); skipping"
+            );
+            relay.shutdown().await;
+            let _ = manager.shutdown().await;
+            return;
+        }
+        Err(error) => panic!("restarting RabbitMQ failed: {error}"),
+    };
+    let distinct_handled = async || -> i64 {
+        let (c,): (i64,) = sqlx::query_as(&format!("SELECT count(DISTINCT n) FROM {handled}"))
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+        c
+    };
+    let finished = eventually(Duration::from_secs(90), async || {
+        outbox.pending().await.unwrap_or(1) == 0 && distinct_handled().await >= ROWS
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // late duplicates show up
+    let (effects,): (i64,) = sqlx::query_as(&format!("SELECT count(*) FROM {handled}"))
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    let seen = distinct_handled().await;
+    let lost = ROWS - seen;
+    let duplicated_effects = effects - seen;
+    let stats = relay.stats();
+    println!(
+        "fault outbox_broker_restart {db}+amqp: committed={ROWS} restart={:.1}s relay_published={} relay_failures={} \
+         deliveries={} lost={lost} duplicated_effects={duplicated_effects} ({:.1} s)",
+        took.as_secs_f64(),
+        stats.published,
+        stats.failures,
+        deliveries.load(Ordering::Relaxed),
+        started.elapsed().as_secs_f64()
+    );
+    relay.shutdown().await;
+    manager.shutdown().await.expect("shutdown");
+    assert!(
+        finished,
+        "every committed row's event was handled after the restart"
+    );
+    assert_eq!(lost, 0);
+    assert_eq!(duplicated_effects, 0);
+    assert_eq!(outbox.failed(1).await.expect("failed").len(), 0);
+    for table in [
+        &biz,
+        &handled,
+        &tables.outbox().to_string(),
+        &tables.inbox().to_string(),
+    ] {
+        let _ = sqlx::query(&format!("DROP TABLE {table}"))
+            .execute(&pool)
+            .await;
+    }
+}
+
+/// The restart cases restart the one RabbitMQ, and the crash cases' per-process
+/// queues would not survive that: the tests of this file run one at a time.
+static RESTARTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_while_the_relay_runs_sqlite_amqp() {
+    if std::env::var(CHILD).is_ok() {
+        return;
+    }
+    let Some(amqp) = amqp_url("restart_sqlite") else {
+        return;
+    };
+    let _one = RESTARTS.lock().await;
+    let dir = common::temp_dir("restart");
+    let pool = common::sqlite(&dir).await;
+    broker_restart(pool, "sqlite", &amqp).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_while_the_relay_runs_postgres_amqp() {
+    if std::env::var(CHILD).is_ok() {
+        return;
+    }
+    let Some(amqp) = amqp_url("restart_postgres") else {
+        return;
+    };
+    let Some(pool) = common::postgres("restart_postgres").await else {
+        return;
+    };
+    let _one = RESTARTS.lock().await;
+    broker_restart(pool, "postgres", &amqp).await;
 }

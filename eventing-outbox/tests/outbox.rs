@@ -519,3 +519,105 @@ async fn inbox_runs_each_side_effect_once_postgres() {
         duplicates(pool, tables, &run, "postgres").await;
     }
 }
+
+// ---------------------------------------------------------------------------------
+// A row that can never be published is set aside with its reason; the rows behind it
+// go on; requeued after the fix, it is published.
+
+async fn poison<DB: Backend>(pool: Pool<DB>, tables: Tables, db: &str)
+where
+    for<'c> &'c Pool<DB>: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+{
+    let (seen, handler) = recorder();
+    let manager = manager_with(MemoryProvider::new(), handler).await;
+    let outbox = Outbox::with_tables(manager.clone(), pool.clone(), tables.clone());
+    outbox.migrate().await.expect("migrate");
+    let total = 100i64;
+    let mut tx = pool.begin().await.expect("begin");
+    for n in 0..total {
+        outbox
+            .send_event(&mut tx, &Placed { n, stream: 2 })
+            .await
+            .expect("send");
+    }
+    tx.commit().await.expect("commit");
+    // Rows 11 and 51 (events 10 and 50): headers no longer JSON, as a hand edit or a
+    // foreign writer might leave them.
+    let table = tables.outbox();
+    let corrupt = format!("UPDATE {table} SET headers = 'x' || headers WHERE id IN (11, 51)");
+    sqlx::query(&corrupt).execute(&pool).await.expect("corrupt");
+
+    let relay = outbox.relay(fast_relay());
+    // Handled first, marked sent after the batch: wait for both.
+    let past = eventually(Duration::from_secs(20), async || {
+        seen.lock().len() as i64 >= total - 2 && outbox.pending().await.unwrap_or(1) == 0
+    })
+    .await;
+    let failed = outbox.failed(10).await.expect("failed rows");
+    let handled_before_fix = seen.lock().len();
+    let pending_before_fix = outbox.pending().await.expect("pending");
+    let stats = relay.stats();
+
+    let fix = format!("UPDATE {table} SET headers = substr(headers, 2) WHERE id IN (11, 51)");
+    sqlx::query(&fix).execute(&pool).await.expect("fix");
+    let requeued = outbox.requeue_failed().await.expect("requeue");
+    let all = eventually(Duration::from_secs(20), async || {
+        seen.lock().len() as i64 >= total
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let got: Vec<i64> = seen.lock().iter().map(|(_, n)| *n / 1000).collect();
+    let unique: std::collections::BTreeSet<i64> = got.iter().copied().collect();
+    let lost = total as usize - unique.len();
+    println!(
+        "fault outbox_poison {db}+memory: committed={total} corrupt=2 set_aside={} handled_before_fix={handled_before_fix} \
+         requeued={requeued} handled={} lost={lost} duplicated={}",
+        failed.len(),
+        got.len(),
+        got.len() - unique.len()
+    );
+    assert!(
+        past,
+        "the rows behind the corrupt ones were published ({handled_before_fix})"
+    );
+    assert_eq!(
+        failed.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![11, 51],
+        "both corrupt rows are listed"
+    );
+    for row in &failed {
+        assert!(row.error.contains("corrupt"), "reason: {}", row.error);
+        assert_eq!(row.address, "Placed");
+        assert!(row.attempts >= 1 && row.failed_at > 0);
+    }
+    assert_eq!(stats.failed, 2);
+    assert_eq!(pending_before_fix, 0, "set-aside rows are not pending");
+    let expected_first: Vec<i64> = (0..total).filter(|n| *n != 10 && *n != 50).collect();
+    assert_eq!(
+        &got[..expected_first.len()],
+        &expected_first[..],
+        "the others in order"
+    );
+    assert_eq!(requeued, 2);
+    assert!(all, "requeued rows were published after the fix");
+    assert_eq!(lost, 0);
+    assert_eq!(got.len(), unique.len(), "nothing published twice");
+    assert!(outbox.failed(10).await.expect("failed rows").is_empty());
+    relay.shutdown().await;
+    manager.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_rows_are_set_aside_and_requeued_sqlite() {
+    let dir = common::temp_dir("poison");
+    poison(common::sqlite(&dir).await, Tables::default(), "sqlite").await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_rows_are_set_aside_and_requeued_postgres() {
+    if let Some(pool) = common::postgres("poison").await {
+        poison(pool, common::unique_tables().0, "postgres").await;
+    }
+}

@@ -10,7 +10,7 @@ use futures_util::stream::BoxStream;
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, Pool, Postgres, Row};
 
-use super::{Backend, ClaimSpec, Claimed, NewRow, StoredRow, in_order, now_ms};
+use super::{Backend, ClaimSpec, Claimed, FailedRow, Failure, NewRow, StoredRow, in_order, now_ms};
 use crate::error::{Error, Result};
 use crate::tables::Tables;
 
@@ -70,7 +70,7 @@ impl Backend for Postgres {
                 .await
                 .map_err(Error::db("claiming outbox rows"))?;
             let sql = tables.render(
-                "SELECT id, address, durable, headers, body FROM __outbox__ WHERE sent_at IS NULL \
+                "SELECT id, address, durable, headers, body FROM __outbox__ WHERE sent_at IS NULL AND failed_at IS NULL \
                  ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
             );
             let rows: Vec<StoredRow> = sqlx::query(&sql)
@@ -94,7 +94,7 @@ impl Backend for Postgres {
             // read: keep only ours that no older unsent row of their address precedes.
             let addresses: Vec<&str> = rows.iter().map(|r| r.address.as_str()).collect();
             let sql = tables.render(
-                "SELECT id, address FROM __outbox__ WHERE sent_at IS NULL AND id <= $1 \
+                "SELECT id, address FROM __outbox__ WHERE sent_at IS NULL AND failed_at IS NULL AND id <= $1 \
                  AND address = ANY($2) ORDER BY id",
             );
             let unsent: Vec<(i64, String)> = sqlx::query_as(&sql)
@@ -114,7 +114,7 @@ impl Backend for Postgres {
         _claim: &'a ClaimSpec,
         claimed: Claimed<Postgres>,
         sent: &'a [i64],
-        failed: Option<i64>,
+        failed: Option<&'a Failure>,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let Some(mut tx) = claimed.tx else {
@@ -131,16 +131,65 @@ impl Backend for Postgres {
                     .await
                     .map_err(Error::db("marking rows sent"))?;
             }
-            if let Some(id) = failed {
-                let sql =
-                    tables.render("UPDATE __outbox__ SET attempts = attempts + 1 WHERE id = $1");
+            if let Some(failure) = failed {
+                let sql = tables.render(
+                    "UPDATE __outbox__ SET attempts = attempts + 1, \
+                     failed_at = CASE WHEN $2::TEXT IS NULL THEN NULL ELSE $3 END, error = $2 WHERE id = $1",
+                );
                 sqlx::query(&sql)
-                    .bind(id)
+                    .bind(failure.id)
+                    .bind(failure.dead.as_deref())
+                    .bind(now_ms())
                     .execute(&mut *tx)
                     .await
-                    .map_err(Error::db("counting a failed publish"))?;
+                    .map_err(Error::db("recording a failed publish"))?;
             }
             tx.commit().await.map_err(Error::db("marking rows sent"))
+        })
+    }
+
+    fn failed_rows<'a>(
+        pool: &'a Pool<Postgres>,
+        tables: &'a Tables,
+        limit: i64,
+    ) -> BoxFuture<'a, Result<Vec<FailedRow>>> {
+        Box::pin(async move {
+            let sql = tables.render(
+                "SELECT id, message_id, address, attempts, failed_at, error FROM __outbox__ \
+                 WHERE failed_at IS NOT NULL ORDER BY id LIMIT $1",
+            );
+            let rows = sqlx::query(&sql)
+                .bind(limit)
+                .fetch_all(pool)
+                .await
+                .map_err(Error::db("listing failed rows"))?;
+            Ok(rows
+                .into_iter()
+                .map(|r| FailedRow {
+                    id: r.get(0),
+                    message_id: r.get(1),
+                    address: r.get(2),
+                    attempts: i64::from(r.get::<i32, _>(3)),
+                    failed_at: r.get(4),
+                    error: r.get::<Option<String>, _>(5).unwrap_or_default(),
+                })
+                .collect())
+        })
+    }
+
+    fn requeue_failed<'a>(
+        pool: &'a Pool<Postgres>,
+        tables: &'a Tables,
+    ) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            let sql = tables.render(
+                "UPDATE __outbox__ SET failed_at = NULL, error = NULL WHERE failed_at IS NOT NULL",
+            );
+            let done = sqlx::query(&sql)
+                .execute(pool)
+                .await
+                .map_err(Error::db("requeueing failed rows"))?;
+            Ok(done.rows_affected())
         })
     }
 
@@ -181,7 +230,9 @@ impl Backend for Postgres {
 
     fn pending<'a>(pool: &'a Pool<Postgres>, tables: &'a Tables) -> BoxFuture<'a, Result<i64>> {
         Box::pin(async move {
-            let sql = tables.render("SELECT count(*) FROM __outbox__ WHERE sent_at IS NULL");
+            let sql = tables.render(
+                "SELECT count(*) FROM __outbox__ WHERE sent_at IS NULL AND failed_at IS NULL",
+            );
             sqlx::query_scalar(&sql)
                 .fetch_one(pool)
                 .await

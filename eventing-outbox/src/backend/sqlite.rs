@@ -7,7 +7,7 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use sqlx::{Pool, Row, Sqlite, SqliteConnection};
 
-use super::{Backend, ClaimSpec, Claimed, NewRow, StoredRow, now_ms};
+use super::{Backend, ClaimSpec, Claimed, FailedRow, Failure, NewRow, StoredRow, now_ms};
 use crate::error::{Error, Result};
 use crate::tables::Tables;
 
@@ -64,10 +64,10 @@ impl Backend for Sqlite {
             // older unsent row of the same address is leased by another relay.
             let sql = tables.render(
                 "UPDATE __outbox__ SET claimed_by = ?1, claimed_until = ?2 WHERE id IN ( \
-                   SELECT o.id FROM __outbox__ o WHERE o.sent_at IS NULL \
+                   SELECT o.id FROM __outbox__ o WHERE o.sent_at IS NULL AND o.failed_at IS NULL \
                      AND (o.claimed_until IS NULL OR o.claimed_until < ?3 OR o.claimed_by = ?1) \
                      AND NOT EXISTS (SELECT 1 FROM __outbox__ p WHERE p.address = o.address \
-                       AND p.sent_at IS NULL AND p.id < o.id AND p.claimed_by IS NOT NULL \
+                       AND p.sent_at IS NULL AND p.failed_at IS NULL AND p.id < o.id AND p.claimed_by IS NOT NULL \
                        AND p.claimed_by <> ?1 AND p.claimed_until >= ?3) \
                    ORDER BY o.id LIMIT ?4) \
                  RETURNING id, address, durable, headers, body",
@@ -100,7 +100,7 @@ impl Backend for Sqlite {
         claim: &'a ClaimSpec,
         claimed: Claimed<Sqlite>,
         sent: &'a [i64],
-        failed: Option<i64>,
+        failed: Option<&'a Failure>,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let mut tx = pool.begin().await.map_err(Error::db("marking rows sent"))?;
@@ -117,14 +117,18 @@ impl Backend for Sqlite {
                     .await
                     .map_err(Error::db("marking rows sent"))?;
             }
-            if let Some(id) = failed {
-                let sql =
-                    tables.render("UPDATE __outbox__ SET attempts = attempts + 1 WHERE id = ?");
+            if let Some(failure) = failed {
+                let sql = tables.render(
+                    "UPDATE __outbox__ SET attempts = attempts + 1, \
+                     failed_at = CASE WHEN ?2 IS NULL THEN NULL ELSE ?3 END, error = ?2 WHERE id = ?1",
+                );
                 sqlx::query(&sql)
-                    .bind(id)
+                    .bind(failure.id)
+                    .bind(failure.dead.as_deref())
+                    .bind(now_ms())
                     .execute(&mut *tx)
                     .await
-                    .map_err(Error::db("counting a failed publish"))?;
+                    .map_err(Error::db("recording a failed publish"))?;
             }
             let unsent: Vec<i64> = claimed
                 .rows
@@ -145,6 +149,51 @@ impl Backend for Sqlite {
                     .map_err(Error::db("releasing outbox rows"))?;
             }
             tx.commit().await.map_err(Error::db("marking rows sent"))
+        })
+    }
+
+    fn failed_rows<'a>(
+        pool: &'a Pool<Sqlite>,
+        tables: &'a Tables,
+        limit: i64,
+    ) -> BoxFuture<'a, Result<Vec<FailedRow>>> {
+        Box::pin(async move {
+            let sql = tables.render(
+                "SELECT id, message_id, address, attempts, failed_at, error FROM __outbox__ \
+                 WHERE failed_at IS NOT NULL ORDER BY id LIMIT ?",
+            );
+            let rows = sqlx::query(&sql)
+                .bind(limit)
+                .fetch_all(pool)
+                .await
+                .map_err(Error::db("listing failed rows"))?;
+            Ok(rows
+                .into_iter()
+                .map(|r| FailedRow {
+                    id: r.get(0),
+                    message_id: r.get(1),
+                    address: r.get(2),
+                    attempts: r.get(3),
+                    failed_at: r.get(4),
+                    error: r.get::<Option<String>, _>(5).unwrap_or_default(),
+                })
+                .collect())
+        })
+    }
+
+    fn requeue_failed<'a>(
+        pool: &'a Pool<Sqlite>,
+        tables: &'a Tables,
+    ) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            let sql = tables.render(
+                "UPDATE __outbox__ SET failed_at = NULL, error = NULL WHERE failed_at IS NOT NULL",
+            );
+            let done = sqlx::query(&sql)
+                .execute(pool)
+                .await
+                .map_err(Error::db("requeueing failed rows"))?;
+            Ok(done.rows_affected())
         })
     }
 
@@ -174,7 +223,9 @@ impl Backend for Sqlite {
 
     fn pending<'a>(pool: &'a Pool<Sqlite>, tables: &'a Tables) -> BoxFuture<'a, Result<i64>> {
         Box::pin(async move {
-            let sql = tables.render("SELECT count(*) FROM __outbox__ WHERE sent_at IS NULL");
+            let sql = tables.render(
+                "SELECT count(*) FROM __outbox__ WHERE sent_at IS NULL AND failed_at IS NULL",
+            );
             sqlx::query_scalar(&sql)
                 .fetch_one(pool)
                 .await
