@@ -1,6 +1,7 @@
 //! NATS URLs with credentials, against nats-servers of the test's own (child
 //! processes on loopback ports of their own, stopped at the end): user and password,
-//! token, TLS with the URL's `tls_ca`; a wrong password or an untrusted server is
+//! token, NKey seed file, a `.creds` file (operator/account/user JWTs), TLS with the
+//! URL's `tls_ca`; a wrong password or an untrusted server is
 //! refused without the URL's secret in the error.
 #![cfg(feature = "nats")]
 
@@ -185,6 +186,169 @@ fn nkey_seed_file() {
             .err()
             .expect("no credentials: refused");
         println!("without the nkey: {refused}");
+        server.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
+/// A NATS JWT (`ed25519-nkey`) for `subject`, signed by `issuer`, with `nats` as its
+/// NATS claims. The server checks the signature and the issuer chain, not `jti`.
+fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let claims = serde_json::json!({
+        "jti": eventing::header::new_message_id().replace('-', "").to_uppercase(),
+        "iat": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        "iss": issuer.public_key(),
+        "name": name,
+        "sub": subject,
+        "nats": nats,
+    });
+    let signed = format!(
+        "{}.{}",
+        b64.encode(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#),
+        b64.encode(claims.to_string())
+    );
+    let signature = issuer.sign(signed.as_bytes()).expect("sign");
+    format!("{signed}.{}", b64.encode(signature))
+}
+
+/// An account JWT without limits, signed by `operator`; JetStream on if `jetstream`
+/// (the server refuses it on the system account).
+fn account_jwt(
+    operator: &nkeys::KeyPair,
+    account: &nkeys::KeyPair,
+    name: &str,
+    jetstream: bool,
+) -> String {
+    let storage = if jetstream { -1 } else { 0 };
+    let limits = serde_json::json!({
+        "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+        "wildcards": true, "conn": -1, "leaf": -1,
+        "mem_storage": storage, "disk_storage": storage, "streams": storage, "consumer": storage,
+    });
+    nats_jwt(
+        operator,
+        &account.public_key(),
+        name,
+        serde_json::json!({ "limits": limits, "type": "account", "version": 2 }),
+    )
+}
+
+/// A `.creds` file's text: the user JWT and the user's seed.
+fn creds(user_jwt: &str, seed: &str) -> String {
+    format!(
+        "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+         ************************* IMPORTANT *************************\n\
+         NKEY Seed printed below can be used to sign and prove identity.\n\n\
+         -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+    )
+}
+
+/// Decentralized (JWT) auth: a nats-server in operator mode with a memory resolver
+/// trusts an operator, which signed an account, which signed a user; the URL's
+/// `credentials` file (user JWT + seed) connects. A user signed by an account the
+/// server does not know is refused, without the seed in the error; a missing file is
+/// a clear error naming the parameter.
+#[test]
+fn credentials_file() {
+    eventing_test::run(async {
+        let dir = std::env::temp_dir().join(format!("eventing-nats-creds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let operator = nkeys::KeyPair::new_operator();
+        let system = nkeys::KeyPair::new_account();
+        let account = nkeys::KeyPair::new_account();
+        let user = nkeys::KeyPair::new_user();
+        let operator_jwt = nats_jwt(
+            &operator,
+            &operator.public_key(),
+            "eventing-test",
+            serde_json::json!({ "type": "operator", "version": 2 }),
+        );
+        let conf = dir.join("operator.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "operator: \"{operator_jwt}\"\nsystem_account: {sys}\nresolver: MEMORY\n\
+                 resolver_preload: {{\n  {sys}: \"{sys_jwt}\"\n  {app}: \"{app_jwt}\"\n}}\n",
+                sys = system.public_key(),
+                sys_jwt = account_jwt(&operator, &system, "SYS", false),
+                app = account.public_key(),
+                app_jwt = account_jwt(&operator, &account, "APP", true),
+            ),
+        )
+        .expect("config");
+        let user_jwt = nats_jwt(
+            &account,
+            &user.public_key(),
+            "eventing-user",
+            serde_json::json!({
+                "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1,
+                "type": "user", "version": 2,
+            }),
+        );
+        let seed = user.seed().expect("seed");
+        let file = dir.join("user.creds");
+        std::fs::write(&file, creds(&user_jwt, &seed)).expect("creds");
+        let conf = conf.to_string_lossy().into_owned();
+        let Some(server) = Server::start(14235, &["-c", &conf]).await else {
+            println!("nats-server is not installed: skipped");
+            return;
+        };
+        round_trip(format!(
+            "nats://127.0.0.1:14235?credentials={}",
+            file.display()
+        ))
+        .await;
+
+        // A user of an account the operator never signed (unknown to the server).
+        let stranger = nkeys::KeyPair::new_account();
+        let other = nkeys::KeyPair::new_user();
+        let other_jwt = nats_jwt(
+            &stranger,
+            &other.public_key(),
+            "stranger",
+            serde_json::json!({ "pub": {}, "sub": {}, "type": "user", "version": 2 }),
+        );
+        let other_seed = other.seed().expect("seed");
+        let bad = dir.join("stranger.creds");
+        std::fs::write(&bad, creds(&other_jwt, &other_seed)).expect("creds");
+        let refused = eventing::EventManager::builder()
+            .url(format!(
+                "nats://127.0.0.1:14235?credentials={}",
+                bad.display()
+            ))
+            .send_timeout(Duration::from_secs(3))
+            .build()
+            .await
+            .err()
+            .expect("an unknown account's user is refused");
+        let text = refused.to_string();
+        println!("stranger's credentials: {text}");
+        assert!(!text.contains(&other_seed), "the seed leaked: {text}");
+        assert!(
+            matches!(refused, Error::Provider { .. } | Error::Unavailable { .. }),
+            "{refused:?}"
+        );
+
+        let missing = eventing::EventManager::builder()
+            .url(format!(
+                "nats://127.0.0.1:14235?credentials={}",
+                dir.join("no-such.creds").display()
+            ))
+            .send_timeout(Duration::from_secs(3))
+            .build()
+            .await
+            .err()
+            .expect("a missing credentials file is an error");
+        println!("missing credentials file: {missing}");
+        assert!(
+            missing.to_string().contains("credentials"),
+            "the error names the parameter: {missing}"
+        );
         server.stop().await;
         let _ = std::fs::remove_dir_all(&dir);
     });
