@@ -3,6 +3,7 @@
 # use: AMQP on 127.0.0.1:5672, STOMP on 127.0.0.1:61613. Source it, or run it with
 # `start`, `stop`, `restart` or `status`.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/detach.sh"
 
 BROKER_LOG=${BROKER_LOG:-/tmp/eventing-rabbitmq.log}
 BROKER_STARTED_HERE=${BROKER_STARTED_HERE:-0}
@@ -69,7 +70,7 @@ broker_start() {
     fi
     broker_configure
     echo "broker: starting rabbitmq-server (log $BROKER_LOG)"
-    (setsid rabbitmq-server >"$BROKER_LOG" 2>&1 &)
+    (close_inherited_fds; setsid rabbitmq-server >"$BROKER_LOG" 2>&1 &)
     BROKER_STARTED_HERE=1
     export BROKER_STARTED_HERE
     broker_wait 180

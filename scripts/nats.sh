@@ -10,6 +10,7 @@
 # temp dir) is kept in $NATS_STATE so that `stop` and `restart` from another shell
 # (the tests' restart_broker) find it.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/detach.sh"
 
 NATS_PORT=${EVENTING_NATS_PORT:-4222}
 NATS_MONITOR_PORT=${EVENTING_NATS_MONITOR_PORT:-8222}
@@ -64,7 +65,7 @@ nats_wait_up() {
 # Launches nats-server on the store of $NATS_DIR (kept across restarts).
 nats_launch() {
     mkdir -p "$NATS_DIR/js"
-    (setsid "$(nats_bin)" -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$NATS_DIR/js" -n eventing-test \
+    (close_inherited_fds; setsid "$(nats_bin)" -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$NATS_DIR/js" -n eventing-test \
         -m "$NATS_MONITOR_PORT" -P "$NATS_DIR/nats.pid" -l "$NATS_DIR/nats.log" \
         </dev/null >/dev/null 2>&1 &)
     nats_wait_up 30

@@ -17,6 +17,7 @@
 # ~/.cache/eventing, made on first use) for the interop test, or fails if there is
 # no python3.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/detach.sh"
 
 REDIS_PORT=${EVENTING_REDIS_PORT:-6390}
 REDIS_STATE=${REDIS_STATE:-/tmp/eventing-redis-${REDIS_PORT}.state}
@@ -77,7 +78,7 @@ redis_wait_up() {
 redis_launch() {
     mkdir -p "$REDIS_DIR"
     rm -f "$REDIS_DIR/redis.pid"
-    (setsid redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$REDIS_DIR" \
+    (close_inherited_fds; setsid redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$REDIS_DIR" \
         --appendonly yes --appendfsync always --save '' --repl-diskless-sync-delay 0 \
         --daemonize no --pidfile "$REDIS_DIR/redis.pid" --logfile "$REDIS_DIR/redis.log" \
         </dev/null >/dev/null 2>&1 &)
