@@ -13,6 +13,7 @@
 # (pid, dir) is kept in $ACTIVEMQ_STATE so that `stop` and `restart` from another
 # shell (the tests' restart_broker) find it. See ../docs/stomp.md#activemq.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/detach.sh"
 
 ACTIVEMQ_STOMP_PORT=${EVENTING_ACTIVEMQ_STOMP_PORT:-61623}
 ACTIVEMQ_OPENWIRE_PORT=${EVENTING_ACTIVEMQ_OPENWIRE_PORT:-61626}
@@ -68,7 +69,9 @@ activemq_wait_up() {
 }
 
 # Writes the broker's configuration into $ACTIVEMQ_DIR/conf. The children of
-# <broker> must be in alphabetical order (the schema says so).
+# <broker> must be in alphabetical order (the schema says so). schedulerSupport:
+# the broker's persistent job scheduler (KahaDB's scheduler store under data/),
+# which eventing's delayed retries and scheduled sends use (AMQ_SCHEDULED_DELAY).
 activemq_configure() {
     mkdir -p "$ACTIVEMQ_DIR/conf" "$ACTIVEMQ_DIR/data" "$ACTIVEMQ_DIR/tmp"
     cat >"$ACTIVEMQ_DIR/conf/activemq.xml" <<EOF
@@ -77,7 +80,7 @@ activemq_configure() {
        xsi:schemaLocation="http://www.springframework.org/schema/beans http://www.springframework.org/schema/beans/spring-beans.xsd
                            http://activemq.apache.org/schema/core http://activemq.apache.org/schema/core/activemq-core.xsd">
   <broker xmlns="http://activemq.apache.org/schema/core" useJmx="false" brokerName="eventing-test"
-          dataDirectory="$ACTIVEMQ_DIR/data" schedulerSupport="false" persistent="true">
+          dataDirectory="$ACTIVEMQ_DIR/data" schedulerSupport="true" persistent="true">
     <destinationPolicy>
       <policyMap>
         <policyEntries>
@@ -124,7 +127,7 @@ EOF
 # user activemq, detached; waits until STOMP answers.
 activemq_launch() {
     local dir=$ACTIVEMQ_DIR
-    (setsid setpriv --reuid=activemq --regid=activemq --init-groups \
+    (close_inherited_fds; setsid setpriv --reuid=activemq --regid=activemq --init-groups \
         java -Xms128m -Xmx1g -Djava.awt.headless=true \
         -Dactivemq.home="$ACTIVEMQ_HOME" -Dactivemq.base="$dir" -Dactivemq.conf="$dir/conf" \
         -Dactivemq.data="$dir/data" -Djava.io.tmpdir="$dir/tmp" \
@@ -195,14 +198,16 @@ activemq_stop() {
 }
 
 # Restarts the broker started by activemq_start on the SAME data: persistent
-# messages and queues survive, connections drop. Fails if this script did not
-# start the broker running on the port.
+# messages, scheduled ones and queues survive, connections drop. The
+# configuration is written again first, so a changed one takes effect. Fails if
+# this script did not start the broker running on the port.
 activemq_restart() {
     if ! activemq_load_state; then
         echo "activemq: no broker started by scripts/activemq.sh to restart" >&2
         return 1
     fi
     activemq_kill "$ACTIVEMQ_PID"
+    activemq_configure
     activemq_launch
     echo "activemq: restarted (pid $ACTIVEMQ_PID)"
 }

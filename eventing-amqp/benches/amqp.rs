@@ -13,17 +13,25 @@
 //! - `raw`: lapin at its best: bare messages (delivery mode and content type only),
 //!   acks with `multiple` every `BENCH_ACK_BATCH` deliveries;
 //! - `raw-format`: the same lapin code sending eventing's wire format (message id,
-//!   content type, timestamp, and a headers table with `event` and the exact
-//!   timestamp), to tell the cost of the format from the cost of the runtime;
+//!   `type` = the event, content type, timestamp in seconds, no headers table), to
+//!   tell the cost of the format from the cost of the runtime;
 //! - `eventing`: an `EventManager` over eventing-amqp, `send_event` and a listener.
 //!
 //! Throughput is events per second from the first send to the last handled message;
 //! latency is one message at a time, from send to handled. Each figure is the median
-//! of `BENCH_REPS` runs. Settings: `BENCH_N` (50000), `BENCH_REPS` (3),
-//! `BENCH_SAMPLES` (2000), `BENCH_PREFETCH` (256), `BENCH_IN_FLIGHT` (64),
-//! `BENCH_CONCURRENCY` (32, the listener's), `BENCH_ACK_BATCH` (64); for profiling,
+//! of `BENCH_REPS` runs.
+//!
+//! The `batch` phase sends durable events two more ways: one at a time, each
+//! publish's confirm awaited before the next (raw lapin; eventing's `send_event`
+//! awaited in a loop), and in batches of `BENCH_BATCH`: raw lapin pipelined (every
+//! publish of a batch queued, then all confirms awaited together) against
+//! eventing's `send_events`. One at a time runs `BENCH_N / 5` events.
+//!
+//! Settings: `BENCH_N` (50000), `BENCH_REPS` (3), `BENCH_SAMPLES` (2000),
+//! `BENCH_PREFETCH` (256), `BENCH_IN_FLIGHT` (64), `BENCH_CONCURRENCY` (32, the
+//! listener's), `BENCH_ACK_BATCH` (64), `BENCH_BATCH` (1024); for profiling,
 //! `BENCH_SIDES` (`raw,raw-format,eventing`) and `BENCH_PHASES`
-//! (`transient,durable,latency`).
+//! (`transient,durable,batch,latency`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -39,7 +47,7 @@ use lapin::options::{
     ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
     QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, Notify, mpsc};
@@ -152,6 +160,7 @@ struct Settings {
     in_flight: usize,
     concurrency: usize,
     ack_batch: u64,
+    batch: usize,
     sides: String,
     phases: String,
 }
@@ -168,8 +177,12 @@ impl Settings {
             in_flight: setting("BENCH_IN_FLIGHT", 64).max(1),
             concurrency: setting("BENCH_CONCURRENCY", 32).max(1),
             ack_batch: setting("BENCH_ACK_BATCH", 64).max(1),
+            batch: setting("BENCH_BATCH", 1024).max(1),
             sides: setting("BENCH_SIDES", "raw,raw-format,eventing".to_string()),
-            phases: setting("BENCH_PHASES", "transient,durable,latency".to_string()),
+            phases: setting(
+                "BENCH_PHASES",
+                "transient,durable,batch,latency".to_string(),
+            ),
         }
     }
 
@@ -186,6 +199,8 @@ impl Settings {
 #[derive(Default)]
 struct Figures {
     throughput: [Vec<f64>; 2],
+    /// Durable: one at a time, in batches.
+    batch: [Vec<f64>; 2],
     p50: [Vec<f64>; 2],
     p99: [Vec<f64>; 2],
 }
@@ -208,6 +223,38 @@ impl Side {
         };
         once(n / 20 + 1).await; // warm-up
         once(n).await
+    }
+
+    /// Durable events one at a time (each confirm awaited) or in batches.
+    async fn batch_throughput(&self, settings: &Settings, batched: bool) -> f64 {
+        let probe = self.probe(true);
+        let once = |n: u64| async move {
+            probe.expect(n);
+            let done = probe.done.notified();
+            let start = Instant::now();
+            let n = n as usize;
+            if batched {
+                for from in (0..n).step_by(settings.batch) {
+                    self.send_batch(from..n.min(from + settings.batch)).await;
+                }
+            } else {
+                for i in 0..n {
+                    self.send(i, true).await;
+                }
+            }
+            bounded(done).await;
+            n as f64 / start.elapsed().as_secs_f64()
+        };
+        let n = if batched { settings.n } else { settings.n / 5 };
+        once(n / 20 + 1).await; // warm-up
+        once(n.max(1)).await
+    }
+
+    async fn send_batch(&self, range: std::ops::Range<usize>) {
+        match self {
+            Side::Raw(raw) => raw.publish_pipelined(range.len()).await,
+            Side::Eventing(side) => side.send_batch(range).await,
+        }
     }
 
     async fn latency(&self, settings: &Settings, durable: bool) -> Vec<Duration> {
@@ -298,6 +345,16 @@ async fn main() {
                 }
             }
         }
+        if settings.phase("batch") {
+            for batched in [false, true] {
+                for (side, figures) in sides.iter().zip(&mut figures) {
+                    if let Some(side) = side {
+                        let figure = side.batch_throughput(&settings, batched).await;
+                        figures.batch[usize::from(batched)].push(figure);
+                    }
+                }
+            }
+        }
         if settings.phase("latency") {
             for durable in [false, true] {
                 for (side, figures) in sides.iter().zip(&mut figures) {
@@ -326,9 +383,11 @@ fn print_table(figures: &[Figures]) {
         "", "raw", "raw-format", "eventing", "eventing/raw", "ev/raw-format"
     );
     type Pick = fn(&Figures) -> &Vec<f64>;
-    let rows: [(&str, Pick); 6] = [
+    let rows: [(&str, Pick); 8] = [
         ("transient throughput (ev/s)", |f| &f.throughput[0]),
         ("durable+confirm thr. (ev/s)", |f| &f.throughput[1]),
+        ("durable one at a time (ev/s)", |f| &f.batch[0]),
+        ("durable batches (ev/s)", |f| &f.batch[1]),
         ("transient latency p50 (us)", |f| &f.p50[0]),
         ("transient latency p99 (us)", |f| &f.p99[0]),
         ("durable latency p50 (us)", |f| &f.p50[1]),
@@ -349,8 +408,20 @@ fn print_table(figures: &[Figures]) {
             e / f
         );
     }
+    let batched = median(&eventing.batch[1]);
+    if !batched.is_nan() {
+        println!();
+        println!(
+            "durable: send_events / send_event in flight: {:.2}   send_events / raw one at a time: {:.2}   \
+             send_events / raw pipelined: {:.2}",
+            batched / median(&eventing.throughput[1]),
+            batched / median(&raw.batch[0]),
+            batched / median(&raw.batch[1]),
+        );
+    }
     println!();
     println!("targets: throughput eventing/raw >= 0.90, latency p99 eventing/raw <= 1.20");
+    println!("batch targets: send_events >= 1.5x send_event (durable) and above raw one at a time");
 }
 
 // ---------------------------------------------------------------------------------
@@ -465,25 +536,14 @@ impl RawSide {
         if !self.format {
             return properties;
         }
-        let now = std::time::SystemTime::now();
-        let seconds = now
+        let seconds = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let exact = humantime::format_rfc3339_micros(now).to_string();
-        let mut table = FieldTable::default();
         let event = &self.exchanges[usize::from(durable)];
-        table.insert(
-            "event".into(),
-            AMQPValue::LongString(LongString::from(event.as_bytes())),
-        );
-        table.insert(
-            "x-eventing-timestamp".into(),
-            AMQPValue::LongString(LongString::from(exact)),
-        );
         properties
             .with_message_id(uuid::Uuid::new_v4().hyphenated().to_string().into())
+            .with_type(event.as_str().into())
             .with_timestamp(seconds)
-            .with_headers(table)
     }
 
     async fn publish(&self, durable: bool) {
@@ -504,6 +564,28 @@ impl RawSide {
             .expect("publish");
         let confirmation = confirm.await.expect("confirm");
         assert!(!confirmation.is_nack(), "nacked");
+    }
+
+    /// `count` durable publishes queued at once, then all their confirms awaited.
+    async fn publish_pipelined(&self, count: usize) {
+        let exchange = self.exchanges[1].as_str();
+        let publishes = (0..count).map(|_| async {
+            let confirm = self
+                .confirmed
+                .basic_publish(
+                    exchange.into(),
+                    ShortString::default(),
+                    BasicPublishOptions::default(),
+                    &self.payload,
+                    self.properties(true),
+                )
+                .await
+                .expect("publish");
+            confirm.await.expect("confirm")
+        });
+        for confirmation in futures_util::future::join_all(publishes).await {
+            assert!(!confirmation.is_nack(), "nacked");
+        }
     }
 
     async fn close(self) {
@@ -597,6 +679,12 @@ impl EventingSide {
             self.manager.send_event(transient).await
         };
         sent.expect("send_event");
+    }
+
+    async fn send_batch(&self, range: std::ops::Range<usize>) {
+        let len = self.events.len();
+        let events = range.map(|i| &self.events[i % len].1);
+        self.manager.send_events(events).await.expect("send_events");
     }
 
     async fn close(self) {

@@ -8,6 +8,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use eventing::provider::{Acker, Consumer, Delivery};
+use eventing::topology::QueueSpec;
 use eventing::{BoxFuture, Envelope, Result};
 use futures_util::Stream;
 use lapin::Channel;
@@ -226,7 +227,22 @@ struct AmqpAcker {
     /// Where its dead letters go; `None` for a consumer of a dead-letter queue,
     /// whose letters are not dead-lettered again.
     dead_letters: Option<DeadLetterQueue>,
+    /// The queue consumed, for its delay queues (`None` for a dead-letter queue).
+    spec: Option<Arc<QueueSpec>>,
 }
+
+/// Headers RabbitMQ adds when it dead-letters a message (here: when a delay
+/// queue's time to live runs out). A delayed copy leaves them behind, so they do
+/// not pile up round after round.
+const BROKER_DEATH_HEADERS: [&str; 7] = [
+    "x-death",
+    "x-first-death-exchange",
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-last-death-exchange",
+    "x-last-death-queue",
+    "x-last-death-reason",
+];
 
 impl Acker for AmqpAcker {
     fn ack(&self, tag: u64) {
@@ -261,6 +277,42 @@ impl Acker for AmqpAcker {
             Ok(())
         })
     }
+
+    /// Publishes the copy, confirmed, to `<queue>.delay.<ms>` (its time to live
+    /// is `delay`; it then dead-letters back to the queue alone), then acks.
+    fn delay(
+        &self,
+        tag: u64,
+        delay: Duration,
+        mut envelope: Envelope,
+    ) -> BoxFuture<'static, Result<()>> {
+        let Some(spec) = self.spec.clone() else {
+            return Box::pin(std::future::ready(Err(eventing::Error::Unsupported {
+                provider: crate::error::PROVIDER,
+                operation: "delaying a message of a dead-letter queue",
+            })));
+        };
+        let settler = Arc::clone(&self.settler);
+        let publisher = Arc::clone(&self.publisher);
+        for name in BROKER_DEATH_HEADERS {
+            envelope.headers.remove(name);
+        }
+        Box::pin(async move {
+            let queue = eventing_rabbitmq::topology::delay_queue(&spec, delay);
+            let on_demand = eventing_rabbitmq::topology::delay_queue_on_demand(&spec);
+            publisher
+                .to_waiting_queue(&queue, &envelope, spec.durable, on_demand)
+                .await?;
+            tracing::debug!(
+                queue = %settler.queue,
+                delay_queue = %queue.name,
+                message_id = envelope.message_id(),
+                "delayed"
+            );
+            settler.ack(tag);
+            Ok(())
+        })
+    }
 }
 
 /// A subscription: lapin's consumer stream turned into [`Delivery`]s.
@@ -280,11 +332,13 @@ impl AmqpConsumer {
         settler: Arc<Settler>,
         publisher: Arc<Publisher>,
         dead_letters: Option<DeadLetterQueue>,
+        spec: Option<&QueueSpec>,
     ) -> Self {
         let acker = Arc::new(AmqpAcker {
             settler: Arc::clone(&settler),
             publisher,
             dead_letters,
+            spec: spec.map(|spec| Arc::new(spec.clone())),
         });
         Self {
             tag: stream.tag(),

@@ -117,6 +117,7 @@ impl AmqpProvider {
         queue: &str,
         prefetch: u16,
         dead_letters: Option<DeadLetterQueue>,
+        spec: Option<&QueueSpec>,
     ) -> std::result::Result<AmqpConsumer, Consume> {
         let name = short("queue", queue).map_err(Consume::Other)?;
         let connection = self.inner.consuming.get().await.map_err(Consume::Other)?;
@@ -157,6 +158,7 @@ impl AmqpProvider {
             settler,
             Arc::clone(&self.inner.publisher),
             dead_letters,
+            spec,
         ))
     }
 }
@@ -174,7 +176,7 @@ impl Provider for AmqpProvider {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::NONE.with_dead_letters()
+        Capabilities::NONE.with_dead_letters().with_delayed()
     }
 
     async fn declare(&self, queues: &[QueueSpec]) -> Result<()> {
@@ -190,6 +192,12 @@ impl Provider for AmqpProvider {
         self.inner.publisher.publish(route, &envelope).await
     }
 
+    /// Pipelined: every publish is written before any answer is awaited, and for a
+    /// durable event the confirms are awaited together.
+    async fn publish_batch(&self, route: Route<'_>, envelopes: Vec<Envelope>) -> Result<()> {
+        self.inner.publisher.publish_batch(route, &envelopes).await
+    }
+
     async fn subscribe(
         &self,
         spec: &QueueSpec,
@@ -198,7 +206,10 @@ impl Provider for AmqpProvider {
         let dead_letters = DeadLetterQueue::new(spec, self.inner.queue_type)?;
         Provider::declare(self, std::slice::from_ref(spec)).await?;
         let prefetch = options.prefetch.max(1);
-        let consumer = match self.consume(&spec.name, prefetch, Some(dead_letters)).await {
+        let consumer = match self
+            .consume(&spec.name, prefetch, Some(dead_letters), Some(spec))
+            .await
+        {
             Ok(consumer) => consumer,
             Err(Consume::Other(error)) => return Err(error),
             // Deleted between the declaration and the consume: the runtime tries again.
@@ -244,6 +255,16 @@ impl Provider for AmqpProvider {
         topology::dead_letter_depth(&connection, queue).await
     }
 
+    /// Per-process queues are exclusive to the consuming connection and live as
+    /// long as it does, so a run-time subscription's is deleted here.
+    async fn delete_queue(&self, queue: &QueueSpec) -> Result<()> {
+        if !queue.per_process {
+            return Ok(());
+        }
+        let connection = self.inner.consuming.get().await?;
+        topology::delete_queue(&connection, queue).await
+    }
+
     /// `basic.consume` on `<queue>.dlq` with `basic.qos` = `prefetch`; no
     /// dead-letter queue is a consumer that ends at once.
     async fn take_dead_letters(
@@ -252,7 +273,7 @@ impl Provider for AmqpProvider {
         prefetch: u16,
     ) -> Result<Box<dyn Consumer>> {
         match self
-            .consume(&queue.dead_letter_queue(), prefetch, None)
+            .consume(&queue.dead_letter_queue(), prefetch, None, None)
             .await
         {
             Ok(consumer) => Ok(Box::new(consumer)),
@@ -266,5 +287,38 @@ impl Provider for AmqpProvider {
     /// message) is [`Error::QueueNotFound`](eventing::Error::QueueNotFound).
     async fn send_to_queue(&self, queue: &QueueSpec, envelope: Envelope) -> Result<()> {
         self.inner.publisher.to_queue(&queue.name, &envelope).await
+    }
+
+    /// Confirmed, to the queue `<event>.schedule.<ms>` (made on demand), whose
+    /// messages live `delay` rounded up to 100 ms / 1 s / 1 min
+    /// ([`schedule_delay`](eventing_rabbitmq::topology::schedule_delay)) and then
+    /// dead-letter to the event's exchange: never early, late by that rounding plus
+    /// the broker's latency. Persistent for a durable route. Longer than about 49.7
+    /// days (RabbitMQ's largest time to live) is an error.
+    async fn publish_delayed(
+        &self,
+        route: Route<'_>,
+        delay: Duration,
+        envelope: Envelope,
+    ) -> Result<()> {
+        let rounded = eventing_rabbitmq::topology::schedule_delay(delay).ok_or_else(|| {
+            eventing::Error::provider(
+                PROVIDER,
+                format!(
+                    "a scheduled send of {delay:?} is longer than RabbitMQ holds a message                      ({:?})",
+                    eventing_rabbitmq::topology::MAX_DELAY
+                ),
+            )
+        })?;
+        let queue = eventing_rabbitmq::topology::schedule_queue(route.address, rounded);
+        // Where it goes when its time comes must exist by then.
+        self.inner
+            .publisher
+            .exchange(route.address, route.durable)
+            .await?;
+        self.inner
+            .publisher
+            .to_waiting_queue(&queue, &envelope, route.durable, true)
+            .await
     }
 }

@@ -31,6 +31,7 @@ use crate::error::{
 use crate::headers;
 use crate::link::Link;
 use crate::topology::{self, DeadLetterQueue};
+use eventing_rabbitmq::topology as rules;
 
 /// The pause after a failed attempt: 20 ms doubling up to 1 s, less up to half of
 /// it at random, so waiting publishes do not retry in step.
@@ -46,6 +47,9 @@ pub(crate) struct Publisher {
     transient: Lane,
     /// Exchanges declared (or being declared) on the current channels, by address.
     exchanges: RwLock<HashMap<String, Arc<OnceCell<()>>>>,
+    /// Queues made on demand (delayed delivery) and when this process last declared
+    /// each ([`rules::ON_DEMAND_REFRESH`]).
+    on_demand: Mutex<HashMap<String, Instant>>,
     timeout: Duration,
 }
 
@@ -117,42 +121,197 @@ impl Publisher {
             confirmed,
             transient,
             exchanges: RwLock::new(HashMap::new()),
+            on_demand: Mutex::new(HashMap::new()),
             timeout,
         })
+    }
+
+    /// Stores `envelope` in the waiting queue `queue` (a delay queue or a
+    /// scheduled-send queue: it moves on by itself when its time to live runs
+    /// out) through the default exchange, persistent if `persistent`, and waits for
+    /// the broker's confirm. With `on_demand` the queue is declared first unless
+    /// this process declared it within [`rules::ON_DEMAND_REFRESH`]; a missing
+    /// queue is declared and the publish made once more.
+    pub(crate) async fn to_waiting_queue(
+        &self,
+        queue: &rules::Queue,
+        envelope: &Envelope,
+        persistent: bool,
+        on_demand: bool,
+    ) -> Result<()> {
+        let declare = || async {
+            let connection = self.link.get().await?;
+            topology::declare_rule_queue(&connection, queue).await?;
+            self.on_demand
+                .lock()
+                .insert(queue.name.clone(), Instant::now());
+            Ok::<(), Error>(())
+        };
+        if on_demand {
+            let fresh = self
+                .on_demand
+                .lock()
+                .get(&queue.name)
+                .is_some_and(|at| at.elapsed() < rules::ON_DEMAND_REFRESH);
+            if !fresh {
+                declare().await?;
+            }
+        }
+        let message = Message {
+            exchange: "",
+            routing_key: &queue.name,
+            mandatory: true,
+            declare: None,
+            envelope,
+            persistent,
+            operation: "publishing to the waiting queue",
+            target: &queue.name,
+        };
+        for attempt in 0..2 {
+            match self.stored(&message).await? {
+                Stored::Yes => return Ok(()),
+                Stored::NoQueue if attempt == 0 => {
+                    tracing::warn!(queue = %queue.name, "waiting queue missing; declaring it again");
+                    declare().await?;
+                }
+                Stored::NoQueue => break,
+            }
+        }
+        Err(Error::QueueNotFound {
+            queue: queue.name.clone(),
+        })
+    }
+
+    /// Declares the fanout exchange of `address` unless this publisher did on its
+    /// current channel.
+    pub(crate) async fn exchange(&self, address: &str, durable: bool) -> Result<()> {
+        self.ensure_exchange(address, durable).await
     }
 
     /// Publishes to the event's fanout exchange. Durable messages are persistent and
     /// this returns once the broker confirmed them.
     pub(crate) async fn publish(&self, route: Route<'_>, envelope: &Envelope) -> Result<()> {
-        let message = Message {
-            exchange: route.address,
-            routing_key: "",
-            mandatory: false,
-            declare: Some((route.address, route.durable)),
-            envelope,
-            persistent: route.durable,
-            operation: if route.durable {
-                "publishing a durable message to exchange"
-            } else {
-                "publishing a message to exchange"
-            },
-            target: route.address,
-        };
-        let lane = if route.durable {
-            &self.confirmed
-        } else {
-            &self.transient
-        };
-        match self.deliver(lane, &message).await? {
-            Confirmation::Nack(_) => Err(Error::Refused {
-                provider: PROVIDER,
-                address: route.address.to_string(),
-                message_id: envelope.message_id().to_string(),
-                reason: "the broker nacked the message (publisher confirm)".into(),
-            }),
+        let began = Instant::now();
+        self.publish_until(route, envelope, began, began + deadline(self.timeout))
+            .await
+    }
+
+    /// [`publish`](Self::publish), retrying until `deadline`.
+    async fn publish_until(
+        &self,
+        route: Route<'_>,
+        envelope: &Envelope,
+        began: Instant,
+        deadline: Instant,
+    ) -> Result<()> {
+        let message = event_message(route, envelope);
+        let confirmation = self
+            .deliver(self.lane(route), &message, began, deadline)
+            .await?;
+        match confirmation {
+            Confirmation::Nack(_) => Err(refused(route, envelope)),
             Confirmation::Ack(_) => Ok(()),
             Confirmation::NotRequested if !route.durable => Ok(()),
             Confirmation::NotRequested => Err(not_confirmed(route.address)),
+        }
+    }
+
+    /// Publishes `envelopes` to the event's fanout exchange, in order, pipelined:
+    /// every publish is queued on the channel before any answer is awaited, and for
+    /// a durable event all the broker's confirms are then awaited together. A
+    /// message whose publish failed for a reason a new channel may cure, or that the
+    /// broker nacked, is published again on its own, with the retries of
+    /// [`publish`](Self::publish), within the same deadline.
+    pub(crate) async fn publish_batch(
+        &self,
+        route: Route<'_>,
+        envelopes: &[Envelope],
+    ) -> Result<()> {
+        let Some(first) = envelopes.first() else {
+            return Ok(());
+        };
+        let began = Instant::now();
+        let deadline = began + deadline(self.timeout);
+        let lane = self.lane(route);
+        let pipelined = tokio::time::timeout_at(deadline, self.pipelined(lane, route, envelopes));
+        let again: Vec<&Envelope> = match pipelined.await {
+            Ok(Ok(outcomes)) => {
+                let mut again = Vec::new();
+                for (envelope, outcome) in envelopes.iter().zip(outcomes) {
+                    match outcome {
+                        Ok(Confirmation::Ack(_)) => {}
+                        Ok(Confirmation::NotRequested) if !route.durable => {}
+                        Ok(Confirmation::Nack(_) | Confirmation::NotRequested) => {
+                            again.push(envelope)
+                        }
+                        Err(error) if is_retryable(&error) => again.push(envelope),
+                        Err(error) => {
+                            let message = event_message(route, envelope);
+                            return Err(Failed::Broker(error).into_error(&message));
+                        }
+                    }
+                }
+                again
+            }
+            Ok(Err(failed)) if failed.retryable() => envelopes.iter().collect(),
+            Ok(Err(failed)) => return Err(failed.into_error(&event_message(route, first))),
+            Err(_) => {
+                let message = event_message(route, first);
+                return Err(self.gave_up(&message, began, 1, None));
+            }
+        };
+        if !again.is_empty() {
+            tracing::debug!(
+                event = route.address,
+                count = again.len(),
+                of = envelopes.len(),
+                "publishing part of a batch again, one by one"
+            );
+        }
+        for envelope in again {
+            self.publish_until(route, envelope, began, deadline).await?;
+        }
+        Ok(())
+    }
+
+    /// One pipelined attempt of a batch: the outcome of each publish, in order.
+    async fn pipelined(
+        &self,
+        lane: &Lane,
+        route: Route<'_>,
+        envelopes: &[Envelope],
+    ) -> std::result::Result<Vec<lapin::Result<Confirmation>>, Failed> {
+        let exchange = short("exchange", route.address).map_err(Failed::Other)?;
+        let (channel, fresh) = lane.channel(&self.link).await.map_err(Failed::Other)?;
+        if fresh {
+            self.exchanges.write().clear();
+        }
+        self.ensure_exchange(route.address, route.durable)
+            .await
+            .map_err(Failed::Other)?;
+        let mut publishes = Vec::with_capacity(envelopes.len());
+        for envelope in envelopes {
+            let properties =
+                headers::to_properties(envelope, route.durable).map_err(Failed::Other)?;
+            publishes.push(lane.publish(
+                &channel,
+                exchange.clone(),
+                ShortString::default(),
+                BasicPublishOptions::default(),
+                &envelope.body,
+                properties,
+            ));
+        }
+        // Polled in order: each publish's frames are queued at its first poll.
+        Ok(futures_util::future::join_all(publishes).await)
+    }
+
+    /// The lane of an event's messages.
+    fn lane(&self, route: Route<'_>) -> &Lane {
+        if route.durable {
+            &self.confirmed
+        } else {
+            &self.transient
         }
     }
 
@@ -214,7 +373,12 @@ impl Publisher {
 
     /// Publishes a mandatory, persistent `message` on the confirm channel.
     async fn stored(&self, message: &Message<'_>) -> Result<Stored> {
-        match self.deliver(&self.confirmed, message).await? {
+        let began = Instant::now();
+        let deadline = began + deadline(self.timeout);
+        match self
+            .deliver(&self.confirmed, message, began, deadline)
+            .await?
+        {
             Confirmation::Nack(_) => Err(Error::Refused {
                 provider: PROVIDER,
                 address: message.target.to_string(),
@@ -230,14 +394,22 @@ impl Publisher {
     /// Publishes `message` on `lane` and returns the broker's answer, making it
     /// again while it fails for a reason a new channel or connection may cure
     /// ([`is_retryable`]), with capped exponential backoff and jitter, until
-    /// [`deadline`] of the send timeout has passed. Then the error is
-    /// [`Error::Unavailable`] with the last reason, or [`Error::Timeout`] if the
-    /// broker is connected and simply did not confirm in time.
-    async fn deliver(&self, lane: &Lane, message: &Message<'_>) -> Result<Confirmation> {
-        let began = Instant::now();
-        let deadline = began + deadline(self.timeout);
+    /// `deadline` (normally [`deadline`] of the send timeout after `began`). Then
+    /// the error is [`Error::Unavailable`] with the last reason, or
+    /// [`Error::Timeout`] if the broker is connected and simply did not confirm in
+    /// time.
+    async fn deliver(
+        &self,
+        lane: &Lane,
+        message: &Message<'_>,
+        began: Instant,
+        deadline: Instant,
+    ) -> Result<Confirmation> {
         let mut attempts: u32 = 0;
         let mut last: Option<String> = None;
+        // The broker's last answer if it was a nack: what the caller gets if the
+        // time runs out before another attempt is answered.
+        let mut nacked: Option<Confirmation> = None;
         loop {
             attempts += 1;
             let attempt = self.attempt(lane, message);
@@ -256,6 +428,7 @@ impl Publisher {
                         attempts,
                         "the broker nacked the message; publishing it again on a new channel"
                     );
+                    nacked = Some(Confirmation::Nack(nack));
                     lane.renew(&self.link, &channel).await;
                     last = Some("the broker nacked the message (publisher confirm)".into());
                     tokio::time::sleep(BACKOFF.delay(attempts).min(remaining - LAST_ATTEMPT)).await;
@@ -273,8 +446,14 @@ impl Publisher {
                     }
                     return Ok(confirmation);
                 }
-                Ok(Err(failed)) => failed,
-                Err(_) => return Err(self.gave_up(message, began, attempts, last)),
+                Ok(Err(failed)) => {
+                    nacked = None;
+                    failed
+                }
+                Err(_) => match nacked {
+                    Some(nack) => return Ok(nack),
+                    None => return Err(self.gave_up(message, began, attempts, last)),
+                },
             };
             if !failed.retryable() {
                 tracing::debug!(
@@ -451,6 +630,34 @@ enum Stored {
     Yes,
     /// The broker returned the message: no such queue.
     NoQueue,
+}
+
+/// A message to the event's fanout exchange.
+fn event_message<'a>(route: Route<'a>, envelope: &'a Envelope) -> Message<'a> {
+    Message {
+        exchange: route.address,
+        routing_key: "",
+        mandatory: false,
+        declare: Some((route.address, route.durable)),
+        envelope,
+        persistent: route.durable,
+        operation: if route.durable {
+            "publishing a durable message to exchange"
+        } else {
+            "publishing a message to exchange"
+        },
+        target: route.address,
+    }
+}
+
+/// The broker nacked an event's message.
+fn refused(route: Route<'_>, envelope: &Envelope) -> Error {
+    Error::Refused {
+        provider: PROVIDER,
+        address: route.address.to_string(),
+        message_id: envelope.message_id().to_string(),
+        reason: "the broker nacked the message (publisher confirm)".into(),
+    }
 }
 
 fn not_confirmed(target: &str) -> Error {

@@ -12,6 +12,7 @@ use eventing::{Envelope, Error, Result};
 use eventing_rabbitmq::{Arg, QueueType, topology as rules};
 use lapin::options::{
     BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::protocol::AMQPSoftError;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -104,6 +105,10 @@ async fn declare_on(channel: &Channel, queues: &[QueueSpec], queue_type: QueueTy
             .await
             .map_err(|e| broker("binding queue", &spec.name, e))?;
         declare_dead_letter_queue_on(channel, &dead_letters).await?;
+        for &delay in &spec.retry_delays {
+            let waiting = rules::delay_queue(spec, delay);
+            declare_queue_on(channel, &waiting, "declaring delay queue").await?;
+        }
         tracing::debug!(
             event = %spec.event,
             queue = %spec.name,
@@ -148,6 +153,18 @@ async fn declare_exchange_on(
         )
         .await
         .map_err(|e| declaration("declaring exchange", &name, e))
+}
+
+/// Declares `queue` as the rule says, on a channel of its own (a delay queue or
+/// a scheduled-send queue, made on demand).
+pub(crate) async fn declare_rule_queue(
+    connection: &Connection,
+    queue: &rules::Queue,
+) -> Result<()> {
+    let channel = open(connection, "declaring queue").await?;
+    let declared = declare_queue_on(&channel, queue, "declaring queue").await;
+    close(channel).await;
+    declared
 }
 
 /// Declares a dead-letter queue.
@@ -235,6 +252,23 @@ pub(crate) async fn dead_letter_depth(connection: &Connection, spec: &QueueSpec)
         Ok(count) => Ok(usize::try_from(count).unwrap_or(usize::MAX)),
         Err(error) if is_not_found(&error) => Ok(0),
         Err(error) => Err(broker("checking dead-letter queue", &spec.name, error)),
+    }
+}
+
+/// Deletes queue `spec` (a per-process queue whose run-time subscription ended:
+/// exclusive to this connection, it would otherwise live as long as the
+/// connection). Its dead-letter queue expires on its own. A missing queue is `Ok`.
+pub(crate) async fn delete_queue(connection: &Connection, spec: &QueueSpec) -> Result<()> {
+    let queue = short("queue", &spec.name)?;
+    let channel = open(connection, "deleting queue").await?;
+    let deleted = channel
+        .queue_delete(queue, QueueDeleteOptions::default())
+        .await;
+    close(channel).await;
+    match deleted {
+        Ok(_) => Ok(()),
+        Err(error) if is_not_found(&error) => Ok(()),
+        Err(error) => Err(broker("deleting queue", &spec.name, error)),
     }
 }
 

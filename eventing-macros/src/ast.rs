@@ -3,13 +3,14 @@
 use proc_macro2::TokenStream;
 use quote::ToTokens;
 use syn::parse::{Parse, ParseStream};
-use syn::{Data, DeriveInput, Fields, Generics, Ident, Token};
+use syn::{Data, DeriveInput, Fields, FnArg, Generics, Ident, ItemFn, Pat, Token, Type};
 
 /// The item an attribute is on: its tokens as written, which are always emitted
 /// again unchanged, and the type definition in them, if they are one.
 pub(crate) struct Item {
     tokens: TokenStream,
     target: Option<Target>,
+    function: Option<ItemFn>,
 }
 
 /// A struct, enum or union definition.
@@ -37,6 +38,59 @@ impl Item {
     pub(crate) fn target(&self) -> Option<&Target> {
         self.target.as_ref()
     }
+
+    /// The function, when the item is one (`#[event_listener]` on an `async fn`).
+    pub(crate) fn function(&self) -> Option<&ItemFn> {
+        self.function.as_ref()
+    }
+}
+
+/// What a parameter of a listener function after the event is.
+pub(crate) enum Param<'a> {
+    /// `&Context` (`by_ref`) or `Context`.
+    Context { by_ref: bool },
+    /// `State<T>`, with `T`.
+    State(&'a Type),
+    /// Anything else (an error).
+    Other,
+}
+
+/// Classifies the type of a listener function's parameter by the last segment of
+/// its path: `Context` / `&Context`, `State<T>`.
+pub(crate) fn param(ty: &Type) -> Param<'_> {
+    let (ty, by_ref) = match ty {
+        Type::Reference(reference) if reference.mutability.is_none() => (&*reference.elem, true),
+        other => (other, false),
+    };
+    let Type::Path(path) = ty else {
+        return Param::Other;
+    };
+    let Some(last) = path.path.segments.last() else {
+        return Param::Other;
+    };
+    match (last.ident.to_string().as_str(), &last.arguments) {
+        ("Context", syn::PathArguments::None) => Param::Context { by_ref },
+        ("State", syn::PathArguments::AngleBracketed(args)) if !by_ref && args.args.len() == 1 => {
+            match args.args.first() {
+                Some(syn::GenericArgument::Type(inner)) => Param::State(inner),
+                _ => Param::Other,
+            }
+        }
+        _ => Param::Other,
+    }
+}
+
+/// The typed parameters of a function (a receiver is `None`).
+pub(crate) fn typed_inputs(function: &ItemFn) -> Vec<Option<(&Pat, &Type)>> {
+    function
+        .sig
+        .inputs
+        .iter()
+        .map(|input| match input {
+            FnArg::Typed(typed) => Some((&*typed.pat, &*typed.ty)),
+            FnArg::Receiver(_) => None,
+        })
+        .collect()
 }
 
 impl Parse for Item {
@@ -46,7 +100,15 @@ impl Parse for Item {
         let target = syn::parse2::<DeriveInput>(tokens.clone())
             .ok()
             .map(Target::from);
-        Ok(Self { tokens, target })
+        let function = match target {
+            Some(_) => None,
+            None => syn::parse2::<ItemFn>(tokens.clone()).ok(),
+        };
+        Ok(Self {
+            tokens,
+            target,
+            function,
+        })
     }
 }
 

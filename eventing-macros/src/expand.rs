@@ -6,10 +6,10 @@
 
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
-use syn::LitStr;
 use syn::spanned::Spanned;
+use syn::{ItemFn, LitStr};
 
-use crate::ast::{Item, Shape, Target};
+use crate::ast::{self, Item, Param, Shape, Target};
 use crate::attr::{EventArgs, ListenerArgs, Setting};
 use crate::ctxt::Ctxt;
 use crate::{fallback, valid};
@@ -19,8 +19,7 @@ const EVENT_PLACEMENT: &str =
     "#[event] goes on a struct or an enum that derives serde's Serialize and Deserialize";
 
 /// What `#[event_listener]` on something other than a type is told.
-const LISTENER_PLACEMENT: &str =
-    "#[event_listener] goes on a struct that implements EventListener<YourEvent>";
+const LISTENER_PLACEMENT: &str = "#[event_listener] goes on a struct that implements EventListener<YourEvent>, or on an `async fn` taking the event";
 
 /// `#[event(args)]` on `item`: the item, an `impl Event` and its registration; or,
 /// after any error, the item, every error and a stand-in `impl Event`.
@@ -43,6 +42,13 @@ pub(crate) fn event(args: TokenStream, item: &Item) -> TokenStream {
 pub(crate) fn event_listener(args: TokenStream, item: &Item) -> TokenStream {
     let cx = Ctxt::new();
     let args = ListenerArgs::parse(&cx, args);
+    if let Some(function) = item.function() {
+        valid::listener_fn(&cx, function, &args);
+        return match cx.check() {
+            Ok(()) => listener_fn_registration(item, function, &args),
+            Err(error) => fallback::item(item, Err(error)),
+        };
+    }
     let Some(target) = item.target() else {
         cx.error_spanned_by(item, LISTENER_PLACEMENT);
         return fallback::item(item, cx.check());
@@ -142,6 +148,128 @@ fn listener_registration(item: &Item, target: &Target, args: &ListenerArgs) -> T
                     ::core::any::TypeId::of::<#ident>,
                     #construct,
                     #bind,
+                )
+            }
+        };
+    }
+}
+
+/// `#[event_listener(E, ..)]` on `async fn f(event: E, ..)`: the function as written,
+/// a hidden listener type whose `on` calls it, and the registration. The
+/// listener's identity is the function item's type, so
+/// `EventManagerBuilder::listener(f)` selects it.
+fn listener_fn_registration(item: &Item, function: &ItemFn, args: &ListenerArgs) -> TokenStream {
+    let krate = args.krate.tokens().unwrap_or_else(|| quote!(::eventing));
+    let ident = &function.sig.ident;
+    let event = &args.event;
+    let name = match &args.name {
+        Some(setting) => {
+            let lit = &setting.value;
+            quote!(#lit)
+        }
+        None => {
+            let name = ident.to_string();
+            quote!(#name)
+        }
+    };
+    let per_process = args.per_process.as_ref().is_some_and(|s| s.value);
+    let singleton = args.singleton.as_ref().is_some_and(|s| s.value);
+    let version = option_str(args.version.as_ref().map(|setting| setting.value.value()));
+    let mut state_ty = None;
+    let mut call_args = Vec::new();
+    for (n, (_, ty)) in ast::typed_inputs(function)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        // Spanned on the parameter's type, so a mismatch is reported there.
+        call_args.push(match (n, ast::param(ty)) {
+            (0, _) => quote_spanned!(ty.span()=> event),
+            (_, Param::Context { by_ref: true }) => quote_spanned!(ty.span()=> ctx),
+            (_, Param::Context { by_ref: false }) => {
+                quote_spanned!(ty.span()=> ::core::clone::Clone::clone(ctx))
+            }
+            (_, Param::State(inner)) => {
+                state_ty = Some(inner.clone());
+                quote_spanned!(ty.span()=> ::core::clone::Clone::clone(&self.0))
+            }
+            (_, Param::Other) => quote!(::core::unreachable!()),
+        });
+    }
+    let (definition, construct, state) = match &state_ty {
+        None => (
+            quote!(
+                struct __Listener;
+            ),
+            quote! {
+                ::core::option::Option::Some({
+                    fn construct() -> #krate::__private::AnyListener {
+                        #krate::__private::Arc::new(__Listener)
+                    }
+                    construct
+                })
+            },
+            quote!(::core::option::Option::None),
+        ),
+        Some(inner) => (
+            quote!(struct __Listener(#krate::State<#inner>);),
+            quote!(::core::option::Option::None),
+            quote! {
+                ::core::option::Option::Some(#krate::__private::NeedsState {
+                    type_id: ::core::any::TypeId::of::<#krate::State<#inner>>,
+                    type_name: ::core::stringify!(#inner),
+                    make: {
+                        fn make(
+                            state: &#krate::__private::AnyListener,
+                        ) -> ::core::option::Option<#krate::__private::AnyListener> {
+                            let state = state.downcast_ref::<#krate::State<#inner>>()?;
+                            ::core::option::Option::Some(#krate::__private::Arc::new(__Listener(
+                                ::core::clone::Clone::clone(state),
+                            )))
+                        }
+                        make
+                    },
+                })
+            },
+        ),
+    };
+    let event_descriptor = quote_spanned! {event.span()=>
+        #krate::__private::event_descriptor::<#event>
+    };
+    // Spanned on the function's name: a future that is not `Send`, or a result
+    // that is not a `ListenerResult`, is reported there.
+    let call = quote_spanned! {ident.span()=> #ident(#(#call_args),*) };
+    quote! {
+        #item
+        const _: () = {
+            #definition
+            impl #krate::EventListener<#event> for __Listener {
+                fn on(
+                    &self,
+                    event: #event,
+                    ctx: &#krate::Context,
+                ) -> impl ::core::future::Future<Output = #krate::ListenerResult> + ::core::marker::Send {
+                    let _ = ctx;
+                    #call
+                }
+            }
+            #krate::__private::inventory::submit! {
+                #krate::__private::ListenerDescriptor::__new_fn(
+                    #name,
+                    ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident)),
+                    #per_process,
+                    #singleton,
+                    #version,
+                    #event_descriptor,
+                    {
+                        fn type_id() -> ::core::any::TypeId {
+                            #krate::__private::type_id_of_val(&#ident)
+                        }
+                        type_id
+                    },
+                    #construct,
+                    #state,
+                    #krate::__private::bind::<__Listener, #event>,
                 )
             }
         };

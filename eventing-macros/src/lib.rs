@@ -85,6 +85,20 @@ pub fn event(args: TokenStream, item: TokenStream) -> TokenStream {
 /// instance with `EventManagerBuilder::listener`. Stack the attribute to listen to
 /// several events with one type.
 ///
+/// The attribute also goes on an `async fn` taking the event, then optionally
+/// `&Context` (or `Context`) and one `State<T>` in any order, returning
+/// `ListenerResult`; its name defaults to the function's, the options are the
+/// same, the function stays callable as written, and `State<T>` is the value
+/// given to `EventManagerBuilder::state`:
+///
+/// ```ignore
+/// #[event_listener(Greeted, name = "Audit", per_process = true)]
+/// async fn audit(event: Greeted, ctx: &Context, State(log): State<AuditLog>) -> ListenerResult {
+///     log.write(&event.name, ctx.message_id()).await?;
+///     Ok(())
+/// }
+/// ```
+///
 /// ```ignore
 /// use eventing::{event, event_listener, Context, EventListener, ListenerResult};
 /// use serde::{Deserialize, Serialize};

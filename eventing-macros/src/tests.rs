@@ -244,3 +244,49 @@ fn listener_without_event_type_still_checks_its_settings() {
         assert!(!out.contains("inventory"), "{out}");
     }
 }
+
+#[test]
+fn listener_function_is_kept_and_registered_with_its_state() {
+    let out = listener(
+        quote!(E, name = "billing", per_process = true),
+        quote!(
+            async fn bill(e: E, ctx: &Context, State(db): State<Db>) -> ListenerResult {
+                Ok(())
+            }
+        ),
+    );
+    assert!(errors(&out).is_empty(), "{out}");
+    assert!(out.starts_with("async fn bill"), "{out}");
+    assert!(out.contains("__new_fn"), "{out}");
+    assert!(out.contains("\"billing\""), "{out}");
+    assert!(
+        out.contains("struct __Listener (:: eventing :: State < Db >)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("bill (event , ctx , :: core :: clone :: Clone :: clone (& self . 0))"),
+        "{out}"
+    );
+}
+
+#[test]
+fn listener_function_errors_come_together_without_registration() {
+    let out = listener(
+        quote!(E, singleton = true, per_process = true),
+        quote!(
+            fn f<T>(e: E, n: u32) {}
+        ),
+    );
+    assert_eq!(
+        errors(&out),
+        [
+            "a listener is either `per_process` (every server gets every event) or `singleton` (one handler among all listeners), not both",
+            "#[event_listener] on a function needs an `async fn`",
+            "a listener function cannot be generic: its name and registration are fixed at compile time",
+            "a listener function returns `ListenerResult` (`Ok(())` acknowledges the event)",
+            "a listener function takes the event, then optionally `&Context` and `State<T>` (in any order)",
+        ]
+    );
+    assert!(out.starts_with("fn f"), "{out}");
+    assert!(!out.contains("inventory"), "{out}");
+}

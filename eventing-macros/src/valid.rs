@@ -4,7 +4,7 @@
 
 use syn::LitStr;
 
-use crate::ast::{Shape, Target};
+use crate::ast::{Param, Shape, Target};
 use crate::attr::{EventArgs, ListenerArgs};
 use crate::ctxt::Ctxt;
 
@@ -44,8 +44,76 @@ pub(crate) fn event(cx: &Ctxt, target: &Target, args: &EventArgs) {
     reject_generics(cx, target, "an event");
 }
 
+/// What a listener function is told about its parameters.
+const FN_PARAMS: &str =
+    "a listener function takes the event, then optionally `&Context` and `State<T>` (in any order)";
+
+/// Checks `#[event_listener(...)]` on an `async fn`.
+pub(crate) fn listener_fn(cx: &Ctxt, function: &syn::ItemFn, args: &ListenerArgs) {
+    listener_args(cx, args);
+    let sig = &function.sig;
+    if sig.asyncness.is_none() {
+        cx.error_spanned_by(
+            sig.fn_token,
+            "#[event_listener] on a function needs an `async fn`",
+        );
+    }
+    if !sig.generics.params.is_empty() {
+        cx.error_spanned_by(
+            &sig.generics,
+            "a listener function cannot be generic: its name and registration are fixed at compile time",
+        );
+    }
+    if let syn::ReturnType::Default = sig.output {
+        cx.error_spanned_by(
+            &sig.ident,
+            "a listener function returns `ListenerResult` (`Ok(())` acknowledges the event)",
+        );
+    }
+    let inputs = crate::ast::typed_inputs(function);
+    if inputs.is_empty() {
+        cx.error_spanned_by(&sig.ident, format!("{FN_PARAMS}; this one takes nothing"));
+    }
+    let (mut context, mut state) = (false, false);
+    for (n, (input, typed)) in sig.inputs.iter().zip(&inputs).enumerate() {
+        let Some((_, ty)) = typed else {
+            cx.error_spanned_by(input, "a listener function takes no `self`");
+            continue;
+        };
+        if n == 0 {
+            continue;
+        }
+        match crate::ast::param(ty) {
+            Param::Context { .. } if !context => context = true,
+            Param::State(_) if !state => state = true,
+            Param::Context { .. } => cx.error_spanned_by(ty, "`Context` is taken once"),
+            Param::State(_) => cx.error_spanned_by(
+                ty,
+                "one `State<T>` per listener function: put what it needs in one type",
+            ),
+            Param::Other => cx.error_spanned_by(ty, FN_PARAMS),
+        }
+    }
+}
+
 /// Checks `#[event_listener(...)]` on `target`.
 pub(crate) fn listener(cx: &Ctxt, target: &Target, args: &ListenerArgs) {
+    listener_args(cx, args);
+    match &target.shape {
+        Shape::Struct { .. } => {}
+        Shape::Enum(token) => cx.error_spanned_by(
+            token,
+            "#[event_listener] goes on a struct; bind state as struct fields",
+        ),
+        Shape::Union(token) => {
+            cx.error_spanned_by(token, "#[event_listener] goes on a struct, not a union");
+        }
+    }
+    reject_generics(cx, target, "a listener");
+}
+
+/// The checks of the arguments, whatever the item.
+fn listener_args(cx: &Ctxt, args: &ListenerArgs) {
     if let Some(name) = &args.name {
         check_name(cx, &name.value, "listener");
     }
@@ -65,17 +133,6 @@ pub(crate) fn listener(cx: &Ctxt, target: &Target, args: &ListenerArgs) {
             );
         }
     }
-    match &target.shape {
-        Shape::Struct { .. } => {}
-        Shape::Enum(token) => cx.error_spanned_by(
-            token,
-            "#[event_listener] goes on a struct; bind state as struct fields",
-        ),
-        Shape::Union(token) => {
-            cx.error_spanned_by(token, "#[event_listener] goes on a struct, not a union");
-        }
-    }
-    reject_generics(cx, target, "a listener");
 }
 
 /// An event version as semver, where `1.2` means `1.2.0`; `None` if it is not one.

@@ -24,6 +24,7 @@ use async_nats::connection::State;
 use async_nats::{StatusCode, Subject};
 use bytes::Bytes;
 use eventing::provider::{Acker, ChannelConsumer, Consumer, Delivery};
+use eventing::topology::QueueSpec;
 use eventing::{BoxFuture, Envelope, Result};
 use futures_util::{FutureExt, StreamExt};
 use parking_lot::Mutex;
@@ -32,6 +33,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 
 use crate::Inner;
+use crate::delayed::{self, Job};
 
 /// How long one pull request waits at the server.
 const EXPIRES: Duration = Duration::from_secs(3);
@@ -57,6 +59,11 @@ pub(crate) enum Kind {
         /// cancelled or dropped (its server goes away), as RabbitMQ drops an
         /// exclusive queue with its connection.
         per_process: bool,
+        /// The queue: where [`Acker::delay`] puts retry copies.
+        queue: QueueSpec,
+        /// Its delay queues, whose movers run while the subscription does
+        /// ([`crate::delayed`]).
+        waiting: Vec<Job>,
     },
     /// The dead letters of a queue: an ack deletes the letter from the dead-letter
     /// stream (it keeps messages until deleted); the consumer is deleted at the end.
@@ -142,6 +149,46 @@ impl Acker for Settle {
             inner.confirm_ack(reply).await
         })
     }
+
+    /// Stores a copy on the subject of the queue's delay queue for `delay` (see
+    /// [`crate::delayed`]), then acknowledges the original.
+    fn delay(
+        &self,
+        tag: u64,
+        delay: Duration,
+        envelope: Envelope,
+    ) -> BoxFuture<'static, Result<()>> {
+        let Kind::Queue { queue, .. } = &self.kind else {
+            return Box::pin(std::future::ready(Err(eventing::Error::Unsupported {
+                provider: crate::NAME,
+                operation: "delaying a dead letter",
+            })));
+        };
+        let subject = crate::names::delay_subject(&queue.delay_queue(delay));
+        let reply = self.pending.lock().get(&tag).map(|p| p.reply.clone());
+        let inner = Arc::clone(&self.inner);
+        let pending = Arc::clone(&self.pending);
+        let settled = Arc::clone(&self.settled);
+        Box::pin(async move {
+            let Some(reply) = reply else {
+                return Ok(()); // settled already
+            };
+            let due = delayed::due_after(delay);
+            // Stored before the original is acknowledged; if that fails the
+            // original stays unsettled and the runtime decides.
+            inner
+                .store_waiting(subject, &envelope.headers, envelope.body, due, None)
+                .await?;
+            pending.lock().remove(&tag);
+            settled.notify_one();
+            // Not a confirmed ack: the copy is stored, and an ack lost on the way
+            // only brings the original back after ack_wait (a duplicate, never a
+            // loss), while waiting for a confirmation would halve how many
+            // messages a consumer can move into the delay stage per second.
+            inner.acks.send(reply, b"");
+            Ok(())
+        })
+    }
 }
 
 /// Starts consuming `spec`.
@@ -167,6 +214,9 @@ pub(crate) async fn subscribe(
     });
     let (consumer, feed) = ChannelConsumer::new();
     let (tx, cancelled) = (feed.deliveries, feed.cancelled);
+    if let Kind::Queue { waiting, .. } = &spec.kind {
+        delayed::spawn_movers(&inner, waiting, &cancelled);
+    }
     let mut disconnects = inner.disconnects.subscribe();
     disconnects.mark_unchanged();
     let pull = Pull {
@@ -279,12 +329,16 @@ impl Pull {
             }
         }
         let _ = subscriber.unsubscribe().await;
-        let owned = match spec.kind {
+        let owned = match &spec.kind {
             Kind::Letters => true,
-            Kind::Queue { per_process, .. } => per_process && why == "cancelled",
+            Kind::Queue { per_process, .. } => *per_process && why == "cancelled",
         };
         if owned {
             inner.delete_consumer(&spec.stream, &spec.consumer).await;
+            if let Kind::Queue { waiting, .. } = &spec.kind {
+                // A per-process queue's waiting retries go with it.
+                inner.drop_jobs(waiting).await;
+            }
         }
     }
 

@@ -24,6 +24,14 @@ pub const ESCAPED: &str = "Eventing-Nats-Escaped";
 /// queues of the event acknowledge and skip it.
 pub const TARGET_QUEUE: &str = "Eventing-Nats-Queue";
 
+/// On a message waiting in the delay stream (a retry copy or a scheduled send):
+/// when it is due, in milliseconds since the Unix epoch.
+pub const DUE: &str = "Eventing-Nats-Due";
+
+/// On a scheduled send: `true` if its event is durable (the event's stream is
+/// created with file storage if the send is the first to it).
+pub const DURABLE: &str = "Eventing-Nats-Durable";
+
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
 fn push_escaped(out: &mut String, byte: u8) {

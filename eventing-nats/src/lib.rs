@@ -25,6 +25,8 @@
 //! | crashed consumer | redelivered after `ack_wait` (30 s, `?ack_wait=`) | |
 //! | dead-letter queue `E::L.dlq` | subject `dlq.<E::L.dlq>` of the file stream `eventing-dlq` (limits retention) | listing leaves letters in place; taking one deletes it by sequence |
 //! | replaying onto one queue | a publish to `ev.<E>` with header `Eventing-Nats-Queue: <queue>`; other queues ack and skip it | 2.9 has one filter subject per consumer, so a per-queue subject could not reach the queue alone |
+//! | delay queue `E::L.delay.<ms>` (delayed retry stage) | a copy on subject `delay.<E::L.delay.<ms>>` of the work-queue file stream `eventing-delay`, due time in a header; the queue's subscriptions drain it (durable consumer of the same name) with delayed NAKs until due, then publish it to `ev.<E>` for `E::L` alone and ack | a `-NAK {"delay"}` of the original would stay pending on the queue's consumer, counting against its `max_ack_pending` (measured on 2.9.10), and could not carry the runtime's attempt headers |
+//! | scheduled send | subject `sched.<E>` of `eventing-delay`, drained the same way (consumer `eventing-schedule`) into `ev.<E>` | 2.9 has no per-message schedule |
 //! | headers | NATS headers; awkward ones escaped; `event` and a JSON `content-type` left out, the subject implies them (see [`headers`]) | fewer bytes for the server to parse and store |
 //! | message id | `message-id`; with `?dedupe=true` sent as `Nats-Msg-Id` (a retried publish is stored once within 2 min) | the duplicate tracking is costly on 2.9, so opt-in |
 //!
@@ -44,6 +46,7 @@ pub mod names;
 pub mod url;
 
 mod consumer;
+mod delayed;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -119,6 +122,12 @@ pub(crate) struct Inner {
     /// Events whose stream is known to exist.
     streams: Mutex<FxHashSet<String>>,
     dead_letter_stream: AtomicBool,
+    /// The delay stream ([`names::DELAY_STREAM`]) is known to exist.
+    delay_stream: AtomicBool,
+    /// The mover of scheduled sends was started ([`delayed`]).
+    scheduler: AtomicBool,
+    /// Turns true when the provider is closed: its movers stop.
+    stop: watch::Sender<bool>,
     pub(crate) acks: Acks,
     /// Counts lost connections (async-nats' `Disconnected` events).
     pub(crate) disconnects: Arc<watch::Sender<u64>>,
@@ -243,6 +252,9 @@ impl NatsProvider {
                 send_timeout: config.send_timeout,
                 streams: Mutex::new(FxHashSet::default()),
                 dead_letter_stream: AtomicBool::new(false),
+                delay_stream: AtomicBool::new(false),
+                scheduler: AtomicBool::new(false),
+                stop: watch::Sender::new(false),
                 acks,
                 disconnects,
             }),
@@ -368,6 +380,9 @@ impl Inner {
 
     async fn ensure_queue(&self, spec: &QueueSpec, prefetch: u16) -> Result<()> {
         self.ensure_stream(&spec.event, spec.durable).await?;
+        for job in delayed::Job::of_queue(spec)? {
+            self.job_consumer(&job).await?;
+        }
         let stream = names::stream(&spec.event)?;
         let config = self.queue_config(spec, prefetch)?;
         match self
@@ -668,20 +683,33 @@ impl Provider for NatsProvider {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::NONE.with_dead_letters()
+        Capabilities::NONE.with_dead_letters().with_delayed()
     }
 
-    /// The consumer, its stream and subject, and the dead-letter subject, as the
-    /// server names them (escaped: see [`names`]).
+    /// The consumer, its stream and subject, the dead-letter subject and the
+    /// delay queues' subjects, as the server names them (escaped: see [`names`]).
     fn broker_names(&self, queue: &QueueSpec) -> Option<String> {
         let consumer = names::consumer(&queue.name).ok()?;
         let stream = names::stream(&queue.event).ok()?;
-        Some(format!(
+        let mut names = format!(
             "consumer {consumer} on stream {stream} (subject {}), dead letters {} in {}",
             names::subject(&queue.event),
             names::dead_letter_subject(&queue.dead_letter_queue()),
             names::DEAD_LETTER_STREAM,
-        ))
+        );
+        let delays: Vec<String> = queue
+            .delay_queues()
+            .iter()
+            .map(|name| names::delay_subject(name))
+            .collect();
+        if !delays.is_empty() {
+            names.push_str(&format!(
+                ", delayed retries wait on {} in {} (consumers of the same names)",
+                delays.join(", "),
+                names::DELAY_STREAM
+            ));
+        }
+        Some(names)
     }
 
     async fn declare(&self, queues: &[QueueSpec]) -> Result<()> {
@@ -725,13 +753,18 @@ impl Provider for NatsProvider {
                 event: queue.event.clone(),
                 target: names::escape(&queue.name),
                 per_process: queue.per_process,
+                queue: queue.clone(),
+                waiting: delayed::Job::of_queue(queue)?,
             },
         };
         let dead_letters = names::dead_letter_subject(&queue.dead_letter_queue());
-        consumer::subscribe(Arc::clone(&self.inner), spec, dead_letters).await
+        let consumer = consumer::subscribe(Arc::clone(&self.inner), spec, dead_letters).await?;
+        delayed::ensure_scheduler(&self.inner);
+        Ok(consumer)
     }
 
     async fn close(&self) -> Result<()> {
+        self.inner.stop.send_replace(true);
         // Acks given so far reach the server before the connection goes: the flush
         // is a PING/PONG round trip after them.
         self.inner.acks.tasks.wait_idle(API_TIMEOUT).await;
@@ -792,6 +825,36 @@ impl Provider for NatsProvider {
         };
         let dead_letters = names::dead_letter_subject(&queue.dead_letter_queue());
         consumer::subscribe(Arc::clone(&self.inner), spec, dead_letters).await
+    }
+
+    /// Stored on the subject `sched.<event>` of the delay stream (file storage,
+    /// whatever the event's durability) with its due time; a provider that
+    /// consumes moves it to the event when due (see docs/nats.md, "Delayed retries
+    /// and scheduled sends").
+    async fn publish_delayed(
+        &self,
+        route: Route<'_>,
+        delay: Duration,
+        envelope: Envelope,
+    ) -> Result<()> {
+        let span = tracing::debug_span!(
+            "nats.send_delayed",
+            event = route.address,
+            message_id = envelope.message_id(),
+            ?delay
+        );
+        let due = delayed::due_after(delay);
+        tracing::Instrument::instrument(
+            self.inner.store_waiting(
+                names::schedule_subject(route.address),
+                &envelope.headers,
+                envelope.body.clone(),
+                due,
+                Some(route.durable),
+            ),
+            span,
+        )
+        .await
     }
 
     async fn send_to_queue(&self, queue: &QueueSpec, envelope: Envelope) -> Result<()> {

@@ -19,6 +19,8 @@
 //! | event `orders.created` | stream `ev-orders=2Ecreated`, subject `ev.orders=2Ecreated` |
 //! | queue `orders.created::billing` | durable consumer `orders=2Ecreated::billing` on that stream |
 //! | dead-letter queue `orders.created::billing.dlq` | subject `dlq.orders=2Ecreated::billing=2Edlq` of stream `eventing-dlq` |
+//! | delay queue `orders.created::billing.delay.5000` | subject `delay.orders=2Ecreated::billing=2Edelay=2E5000` of stream `eventing-delay`, drained by the durable consumer `orders=2Ecreated::billing=2Edelay=2E5000` |
+//! | scheduled sends of `orders.created` | subject `sched.orders=2Ecreated` of stream `eventing-delay`, drained by the durable consumer `eventing-schedule` |
 
 use eventing::{Error, Result};
 
@@ -30,6 +32,20 @@ pub const DEAD_LETTER_STREAM: &str = "eventing-dlq";
 
 /// The subjects of [`DEAD_LETTER_STREAM`].
 pub const DEAD_LETTER_SUBJECTS: &str = "dlq.>";
+
+/// The work-queue stream that holds what waits: retry copies in the delayed
+/// stage (subjects [`DELAY_SUBJECTS`]) and scheduled sends ([`SCHEDULE_SUBJECTS`]).
+pub const DELAY_STREAM: &str = "eventing-delay";
+
+/// The subjects of the delay queues in [`DELAY_STREAM`].
+pub const DELAY_SUBJECTS: &str = "delay.>";
+
+/// The subjects of scheduled sends in [`DELAY_STREAM`].
+pub const SCHEDULE_SUBJECTS: &str = "sched.>";
+
+/// The durable consumer of [`DELAY_STREAM`] that moves due scheduled sends to
+/// their events (every provider that consumes competes on it).
+pub const SCHEDULE_CONSUMER: &str = "eventing-schedule";
 
 fn kept(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b':' | b'@')
@@ -145,6 +161,24 @@ pub fn dead_letter_subject(dead_letter_queue: &str) -> String {
     format!("dlq.{}", escape(dead_letter_queue))
 }
 
+/// The subject of the delay queue `delay_queue` (`<queue>.delay.<ms>`) in
+/// [`DELAY_STREAM`]: `delay.<escaped name>`. Its consumer is [`consumer`] of the
+/// same name.
+pub fn delay_subject(delay_queue: &str) -> String {
+    format!("delay.{}", escape(delay_queue))
+}
+
+/// The subject scheduled sends of `event` wait on in [`DELAY_STREAM`]:
+/// `sched.<escaped event>`.
+pub fn schedule_subject(event: &str) -> String {
+    format!("sched.{}", escape(event))
+}
+
+/// The event a scheduled send's subject names (the inverse of [`schedule_subject`]).
+pub fn event_of_schedule_subject(subject: &str) -> Option<String> {
+    unescape(subject.strip_prefix("sched.")?)
+}
+
 /// The queue a consumer name stands for (the inverse of [`consumer`]).
 pub fn queue_of_consumer(consumer: &str) -> Option<String> {
     unescape(consumer)
@@ -178,6 +212,16 @@ mod tests {
         assert!(stream("").is_err());
         assert!(consumer(&"x".repeat(300)).is_err());
         assert_eq!(event_of_stream("ev-a=2Eb").as_deref(), Some("a.b"));
+        assert_eq!(
+            delay_subject("E::L.delay.5000"),
+            "delay.E::L=2Edelay=2E5000"
+        );
+        assert_eq!(schedule_subject("a.b"), "sched.a=2Eb");
+        assert_eq!(
+            event_of_schedule_subject("sched.a=2Eb").as_deref(),
+            Some("a.b")
+        );
+        assert_eq!(event_of_schedule_subject("ev.a"), None);
     }
 
     proptest! {

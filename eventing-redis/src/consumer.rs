@@ -25,6 +25,7 @@ use redis::Value;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::error::from_redis;
 use crate::fields::{self, Entry};
@@ -121,6 +122,8 @@ pub(crate) struct Settle {
     settled: Arc<Notify>,
     /// Set by a requeue: the read loop claims soon.
     claim_soon: AtomicBool,
+    /// The queue (its delay queues take retry copies).
+    queue: QueueSpec,
 }
 
 impl Settle {
@@ -212,6 +215,124 @@ impl Acker for Settle {
             Ok(())
         })
     }
+
+    /// Adds a copy to the queue's delay queue for `delay` (a sorted set, due at
+    /// the server's now + `delay`) and acknowledges the original, in one script.
+    fn delay(
+        &self,
+        tag: u64,
+        delay: Duration,
+        envelope: Envelope,
+    ) -> BoxFuture<'static, Result<()>> {
+        let id = self.pending.lock().get(&tag).cloned();
+        let Some(id) = id else {
+            return Box::pin(std::future::ready(Ok(()))); // settled already
+        };
+        let member = fields::pack_waiting(
+            &uuid::Uuid::new_v4().simple().to_string(),
+            &fields::to_fields(&envelope, Some(&self.queue.name)),
+        );
+        let key = self.inner.key(&self.queue.delay_queue(delay));
+        let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        let (stream, group) = (self.stream.clone(), self.group.clone());
+        let durable = self.queue.durable;
+        let inner = Arc::clone(&self.inner);
+        let pending = Arc::clone(&self.pending);
+        let settled = Arc::clone(&self.settled);
+        Box::pin(async move {
+            let mut connection = inner.link.shared().await?;
+            // Stored and the original acknowledged at once; if it fails, neither
+            // happened and the original stays unsettled.
+            scripts::DELAY
+                .key(&key)
+                .key(&stream)
+                .arg(delay_ms)
+                .arg(&group)
+                .arg(&id)
+                .arg(member)
+                .invoke_async::<i64>(&mut connection)
+                .await
+                .map_err(|e| {
+                    inner.link.failed(&e);
+                    from_redis("delaying a message", &e)
+                })?;
+            pending.lock().remove(&tag);
+            settled.notify_one();
+            if durable && inner.link.url().replicas > 0 {
+                let deadline = Instant::now() + inner.claim_idle();
+                if let Err(error) = inner.wait_for_replicas(&mut connection, deadline).await {
+                    // The copy is on the master (the original acknowledged there).
+                    tracing::warn!(%error, "a delayed copy is not confirmed by the replicas");
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// delayed delivery
+
+/// While the subscription lasts: moves the due messages of the queue's delay
+/// queues and of the event's schedule into the event's stream, every
+/// [`POLL`](crate::POLL) (at once again while there were more due than one
+/// script moves).
+async fn move_due(
+    inner: Weak<Inner>,
+    stream: String,
+    keys: Vec<String>,
+    mut cancelled: watch::Receiver<bool>,
+) {
+    const LIMIT: usize = 500;
+    loop {
+        if *cancelled.borrow() {
+            return;
+        }
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let mut wait = crate::POLL;
+        match strong.link.shared().await {
+            Ok(mut connection) => {
+                let mut invocation = scripts::MOVE.key(&stream);
+                for key in &keys {
+                    invocation.key(key);
+                }
+                invocation.arg(strong.link.url().maxlen).arg(LIMIT);
+                match invocation
+                    .invoke_async::<(u64, u64, i64)>(&mut connection)
+                    .await
+                {
+                    Ok((moved, full, next_due)) => {
+                        if moved > 0 {
+                            tracing::debug!(moved, stream, "due messages moved into the stream");
+                        }
+                        if full == 1 {
+                            tracing::debug!(stream, "the stream is full: due messages wait");
+                        } else if moved >= LIMIT as u64 {
+                            wait = Duration::ZERO;
+                        } else if let Ok(next) = u64::try_from(next_due) {
+                            wait = wait.min(Duration::from_millis(next));
+                        }
+                    }
+                    Err(error) => {
+                        strong.link.failed(&error);
+                        tracing::debug!(%error, "moving due messages failed");
+                    }
+                }
+            }
+            Err(error) => tracing::debug!(%error, "moving due messages: no connection"),
+        }
+        drop(strong);
+        if wait.is_zero() {
+            tokio::task::yield_now().await;
+            continue;
+        }
+        tokio::select! {
+            _ = cancelled.changed() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -246,10 +367,28 @@ pub(crate) async fn subscribe(
         next_tag: AtomicU64::new(1),
         settled: Arc::new(Notify::new()),
         claim_soon: AtomicBool::new(false),
+        queue: queue.clone(),
     });
     tokio::spawn(keep_fresh(Arc::downgrade(&settle)));
     let (consumer, feed) = ChannelConsumer::new();
     let (tx, cancelled) = (feed.deliveries, feed.cancelled);
+    let mut waiting: Vec<String> = queue
+        .delay_queues()
+        .iter()
+        .map(|name| inner.key(name))
+        .collect();
+    waiting.push(inner.schedule_key(&queue.event));
+    tokio::spawn(
+        move_due(
+            Arc::downgrade(&inner),
+            settle.stream.clone(),
+            waiting,
+            cancelled.clone(),
+        )
+        .instrument(
+            tracing::debug_span!("redis.move_due", event = %queue.event, queue = %queue.name),
+        ),
+    );
     let read = Read {
         span: tracing::debug_span!("redis.consume", queue = %queue.name, consumer = %settle.consumer),
         inner,

@@ -91,6 +91,71 @@ pub fn from_fields(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Entry {
     }
 }
 
+/// A message waiting in a schedule (a sorted set, see the crate docs) as one
+/// member: a MessagePack array of byte strings, a unique id first (two waiting
+/// copies of one message stay two members), then the entry's fields as
+/// [`to_fields`] gives them, name and value alternating. The server's move
+/// script decodes it with `cmsgpack.unpack` and passes the fields to `XADD` as
+/// they are. Every element is a `str 32` (binary-safe in Lua).
+pub fn pack_waiting(id: &str, fields: &[(Bytes, Bytes)]) -> Vec<u8> {
+    let count = 1 + 2 * fields.len();
+    let size: usize = id.len() + fields.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>();
+    let mut out = Vec::with_capacity(5 + 5 * count + size);
+    out.push(0xdd); // array 32
+    out.extend_from_slice(&u32::try_from(count).unwrap_or(u32::MAX).to_be_bytes());
+    let mut push = |bytes: &[u8]| {
+        out.push(0xdb); // str 32
+        out.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes());
+        out.extend_from_slice(bytes);
+    };
+    push(id.as_bytes());
+    for (name, value) in fields {
+        push(name);
+        push(value);
+    }
+    out
+}
+
+/// Field name/value pairs as read back.
+pub type RawFields = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The inverse of [`pack_waiting`]: the id and the fields; `None` if `member` is
+/// not one.
+pub fn unpack_waiting(member: &[u8]) -> Option<(String, RawFields)> {
+    fn take<'a>(rest: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, tail) = (rest.get(..n)?, rest.get(n..)?);
+        *rest = tail;
+        Some(head)
+    }
+    fn len32(rest: &mut &[u8]) -> Option<usize> {
+        let bytes: [u8; 4] = take(rest, 4)?.try_into().ok()?;
+        usize::try_from(u32::from_be_bytes(bytes)).ok()
+    }
+    fn string<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
+        if take(rest, 1)? != [0xdb] {
+            return None;
+        }
+        let n = len32(rest)?;
+        take(rest, n)
+    }
+    let mut rest = member;
+    if take(&mut rest, 1)? != [0xdd] {
+        return None;
+    }
+    let count = len32(&mut rest)?;
+    if count % 2 == 0 {
+        return None;
+    }
+    let id = String::from_utf8_lossy(string(&mut rest)?).into_owned();
+    let mut fields = Vec::with_capacity(count / 2);
+    for _ in 0..count / 2 {
+        let name = string(&mut rest)?.to_vec();
+        let value = string(&mut rest)?.to_vec();
+        fields.push((name, value));
+    }
+    rest.is_empty().then_some((id, fields))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +218,27 @@ mod tests {
         );
         let odd = from_fields(vec![(b"foo".to_vec(), b"bar".to_vec())]);
         assert!(!odd.has_body && odd.envelope.body.is_empty());
+    }
+
+    #[test]
+    fn waiting_members_round_trip() {
+        let mut headers = Headers::with_capacity(1);
+        headers.insert("x-retry-stage", "1");
+        let envelope = Envelope {
+            headers,
+            body: Bytes::from_static(&[0, 1, 255]),
+        };
+        let fields = to_fields(&envelope, Some("E::L"));
+        let member = pack_waiting("id-1", &fields);
+        assert_eq!(member[0], 0xdd);
+        let (id, back) = unpack_waiting(&member).expect("a member");
+        assert_eq!(id, "id-1");
+        let entry = from_fields(back);
+        assert_eq!(entry.target.as_deref(), Some("E::L"));
+        assert_eq!(entry.envelope.headers.get("x-retry-stage"), Some("1"));
+        assert_eq!(&entry.envelope.body[..], &[0, 1, 255]);
+        assert!(unpack_waiting(b"junk").is_none());
+        assert!(unpack_waiting(&member[..member.len() - 1]).is_none());
     }
 
     proptest! {

@@ -37,6 +37,8 @@
 //! | crashed consumer | its pending entries are claimed by a live member (`XAUTOCLAIM`) once idle for `?claim_idle=` (15 s); live consumers keep their in-flight entries fresh (`XCLAIM JUSTID`), so a slow handler is not robbed | |
 //! | dead-letter queue `E::L.dlq` | stream `E::L.dlq`; a letter is added and the original acknowledged in one `MULTI` | listing is `XRANGE`; taking one deletes it (`XDEL`) |
 //! | replaying onto one queue | `XADD E` with the field `eventing.queue = <queue>`; the other groups ack and skip it | a group cannot be written to alone |
+//! | delay queue `E::L.delay.<ms>` (delayed retry stage) | sorted set `E::L.delay.<ms>`, score = when due (the server's clock); the copy is added and the original acknowledged in one script; due copies are moved back into `E` with `eventing.queue = E::L` by the queue's subscriptions (one atomic script: `ZRANGEBYSCORE`, `XADD`, `ZREM`) | Redis has no scheduled delivery; see [Delayed delivery](#delayed-delivery) |
+//! | scheduled send of `E` | sorted set `eventing:schedule:E`, moved into `E` (every group) by the subscriptions of any queue of `E` | |
 //! | durable event | `XADD` with the server's AOF (`appendfsync always`: on disk before the reply); with `?replicas=N`, `WAIT N` too | see below |
 //! | transient event | the same (Redis has no cheaper per-message path); no `WAIT` | |
 //!
@@ -54,6 +56,26 @@
 //! Redis replicates asynchronously: without `replicas`, a failover can lose sends
 //! the old master acknowledged and had not passed on yet. Redis 7.0 has no `WAITAOF`, so a
 //! replica's confirmation means it has the entry in memory, not on its disk.
+//!
+//! # Delayed delivery
+//!
+//! What waits is in Redis, never in the process: a retry copy in its delay
+//! queue's sorted set, a scheduled send in its event's schedule, each a member
+//! packed by [`fields::pack_waiting`] and scored by the time it is due (taken
+//! from the server's clock, so the clocks of senders and consumers do not
+//! matter). Every subscription polls the sets of its queue and of its event every
+//! [`POLL`] with one script that moves what is due into the stream atomically (a
+//! crash never loses or doubles one). A retry copy goes back to the event's
+//! stream with the field `eventing.queue` naming its queue, as a replay does: the
+//! stream is shared by the event's groups and Redis cannot add an entry for one
+//! group alone, and this reuses the read path that already exists (other groups
+//! acknowledge and skip it) rather than a second stream per queue that every
+//! member would have to read, claim from and trim as well. The cost is one
+//! skipped read per other group and retry. Tolerance: a message arrives at most
+//! about [`POLL`] after it is due, plus the read. Scheduled sends of an event
+//! wait until some process consumes a queue of that event; a delay queue's copies
+//! until some process consumes that queue (a per-process queue's die with it).
+//! A send that is durable with `?replicas=N` also waits for the replicas.
 //!
 //! # Faults
 //!
@@ -110,6 +132,10 @@ const GIVE_UP_MARGIN: Duration = Duration::from_millis(100);
 
 /// How often streams this provider sent to are trimmed.
 const TRIM_EVERY: Duration = Duration::from_secs(1);
+
+/// How often a subscription moves due retry copies and scheduled sends into its
+/// event's stream (the tolerance of delayed delivery).
+pub const POLL: Duration = Duration::from_millis(100);
 
 /// How long a per-process group survives its consumer's last sign of life.
 pub(crate) const ALIVE_TTL: Duration = Duration::from_secs(60);
@@ -205,6 +231,61 @@ impl Inner {
 
     fn per_process_key(&self, stream: &str) -> String {
         format!("{}eventing:per-process:{stream}", self.link.url().prefix)
+    }
+
+    /// The sorted set of scheduled sends of `event`.
+    pub(crate) fn schedule_key(&self, event: &str) -> String {
+        format!("{}eventing:schedule:{event}", self.link.url().prefix)
+    }
+
+    /// Adds a scheduled send of `event` (packed fields) due in `delay`, retrying
+    /// while the server is unreachable until the send timeout; waits for the
+    /// replicas if `durable`.
+    async fn schedule(
+        &self,
+        event: &str,
+        member: Vec<u8>,
+        delay: Duration,
+        durable: bool,
+    ) -> Result<()> {
+        let began = Instant::now();
+        let deadline = began
+            .checked_add(self.send_timeout)
+            .unwrap_or_else(|| began + Duration::from_secs(365 * 86_400));
+        let key = self.schedule_key(event);
+        let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        let mut attempt = 0;
+        loop {
+            let tried = async {
+                let mut connection = self.link.shared().await?;
+                scripts::SCHEDULE
+                    .key(&key)
+                    .arg(delay_ms)
+                    .arg(&member)
+                    .invoke_async::<i64>(&mut connection)
+                    .await
+                    .map_err(|e| {
+                        self.link.failed(&e);
+                        error::from_redis("scheduling a send", &e)
+                    })?;
+                if durable && self.link.url().replicas > 0 {
+                    self.wait_for_replicas(&mut connection, deadline).await?;
+                }
+                Ok(())
+            };
+            let error = match tried.await {
+                Ok(()) => return Ok(()),
+                Err(error @ Error::Unavailable { .. }) => error,
+                Err(error) => return Err(error),
+            };
+            attempt += 1;
+            let wait = BACKOFF.delay(attempt);
+            if Instant::now() + wait >= deadline {
+                return Err(error);
+            }
+            tracing::debug!(event, attempt, %error, "scheduling a send failed; retrying");
+            tokio::time::sleep(wait).await;
+        }
     }
 
     pub(crate) fn alive_prefix(&self) -> String {
@@ -464,17 +545,30 @@ impl Provider for RedisProvider {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::NONE.with_dead_letters()
+        Capabilities::NONE.with_dead_letters().with_delayed()
     }
 
-    /// The stream, the group and the dead-letter stream, as keys on the server.
+    /// The stream, the group, the dead-letter stream and the delay queues'
+    /// sorted sets, as keys on the server.
     fn broker_names(&self, queue: &QueueSpec) -> Option<String> {
-        Some(format!(
+        let mut names = format!(
             "group {} on stream {}, dead letters in stream {}",
             queue.name,
             self.inner.stream_key(&queue.event),
             self.dead_letter_key(queue),
-        ))
+        );
+        let delays: Vec<String> = queue
+            .delay_queues()
+            .iter()
+            .map(|name| self.inner.key(name))
+            .collect();
+        if !delays.is_empty() {
+            names.push_str(&format!(
+                ", delayed retries in sorted sets {}",
+                delays.join(", ")
+            ));
+        }
+        Some(names)
     }
 
     async fn declare(&self, queues: &[QueueSpec]) -> Result<()> {
@@ -574,6 +668,30 @@ impl Provider for RedisProvider {
             usize::from(prefetch.max(1)),
         )
         .await
+    }
+
+    /// Added to the sorted set `eventing:schedule:<event>`, due at the server's
+    /// now + `delay`; a subscription of the event moves it into the stream when due.
+    async fn publish_delayed(
+        &self,
+        route: Route<'_>,
+        delay: Duration,
+        envelope: Envelope,
+    ) -> Result<()> {
+        let span = tracing::debug_span!(
+            "redis.send_delayed",
+            event = route.address,
+            message_id = envelope.message_id(),
+            ?delay
+        );
+        let member = fields::pack_waiting(
+            &uuid::Uuid::new_v4().simple().to_string(),
+            &fields::to_fields(&envelope, None),
+        );
+        self.inner
+            .schedule(route.address, member, delay, route.durable)
+            .instrument(span)
+            .await
     }
 
     async fn send_to_queue(&self, queue: &QueueSpec, envelope: Envelope) -> Result<()> {

@@ -77,3 +77,80 @@ return 1
 ",
     )
 });
+
+/// The server's clock in milliseconds, as Lua (scripts replicate their effects,
+/// so reading `TIME` is allowed).
+const NOW: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+";
+
+/// `KEYS[1]` a delay queue's sorted set, `KEYS[2]` the event's stream;
+/// `ARGV[1]` the delay in ms, `ARGV[2]` the group, `ARGV[3]` the entry id,
+/// `ARGV[4]` the waiting copy ([`pack_waiting`](crate::fields::pack_waiting)).
+/// Adds the copy, due at the server's now + delay, and acknowledges the
+/// original, atomically. Returns the due time.
+pub(crate) static DELAY: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(&format!(
+        r"{NOW}
+local due = now + tonumber(ARGV[1])
+redis.call('ZADD', KEYS[1], due, ARGV[4])
+redis.call('XACK', KEYS[2], ARGV[2], ARGV[3])
+return due
+"
+    ))
+});
+
+/// `KEYS[1]` an event's schedule; `ARGV[1]` the delay in ms, `ARGV[2]` the
+/// waiting send. Adds it, due at the server's now + delay. Returns the due time.
+pub(crate) static SCHEDULE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(&format!(
+        r"{NOW}
+local due = now + tonumber(ARGV[1])
+redis.call('ZADD', KEYS[1], due, ARGV[2])
+return due
+"
+    ))
+});
+
+/// `KEYS[1]` an event's stream, `KEYS[2..]` sorted sets of waiting messages for
+/// it (a queue's delay queues, the event's schedule); `ARGV[1]` the stream bound,
+/// `ARGV[2]` at most how many to move per set. Moves what is due by the
+/// server's clock, oldest first, into the stream (`XADD` of the packed fields,
+/// then `ZREM`), all in one atomic step: a crash moves each one once or not at
+/// all. Stops at the bound (the rest stays for later). Returns `{moved, full,
+/// ms until the next one is due or -1}`.
+pub(crate) static MOVE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(&format!(
+        r"{NOW}
+local maxlen = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local moved, full, next_due = 0, 0, -1
+for i = 2, #KEYS do
+  local due = redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', now, 'LIMIT', 0, limit)
+  for _, member in ipairs(due) do
+    if redis.call('XLEN', KEYS[1]) >= maxlen then
+      full = 1
+      break
+    end
+    local ok, fields = pcall(cmsgpack.unpack, member)
+    if ok and type(fields) == 'table' and #fields >= 3 and #fields % 2 == 1 then
+      redis.call('XADD', KEYS[1], '*', unpack(fields, 2))
+      redis.call('ZREM', KEYS[i], member)
+      moved = moved + 1
+    else
+      -- Not a packed message (written by someone else): set aside, not lost.
+      redis.call('ZREM', KEYS[i], member)
+      redis.call('RPUSH', KEYS[i] .. '.unreadable', member)
+    end
+  end
+  local head = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
+  if head[2] then
+    local wait = math.max(0, tonumber(head[2]) - now)
+    if next_due < 0 or wait < next_due then next_due = wait end
+  end
+end
+return {{moved, full, next_due}}
+"
+    ))
+});

@@ -9,6 +9,8 @@
 //! | competing queue `E::L` | queue `/queue/Consumer.L.VirtualTopic.E` | the consumer queue of the virtual topic: instances of `L` share it and compete |
 //! | per-process queue `E::L-server` | a subscription to the topic `/topic/VirtualTopic.E` | every live process gets a copy and nothing is left on the broker when it is gone (a queue would keep filling after its server died: ActiveMQ only collects *empty* inactive queues) |
 //! | dead letters `<queue>.dlq` | queue `/queue/<queue>.dlq` | the contract's name: ActiveMQ accepts `::` |
+//! | delay queue `<queue>.delay.<ms>` (delayed retry stage) | no queue: the copy is sent persistently to the consumer queue itself with `AMQ_SCHEDULED_DELAY: <ms>`, and the broker's job scheduler (KahaDB's scheduler store) holds it until then | ActiveMQ's own mechanism; it needs `schedulerSupport="true"` on the `<broker>` (without it the header is ignored and the copy comes back at once) |
+//! | scheduled send of `E` | a `SEND` to `/topic/VirtualTopic.E` with `AMQ_SCHEDULED_DELAY`: when due the scheduler sends it on, and the virtual topic copies it into every consumer queue that exists then | |
 //!
 //! Declaring a competing queue is a `SUBSCRIBE` with `activemq.prefetchSize:0`
 //! (nothing is dispatched) answered by a receipt, then `UNSUBSCRIBE`: the queue
@@ -24,16 +26,35 @@
 //! others are encoded the same way. The encoding is reversible ([`decode`]) and
 //! [`broker_names`] shows it.
 
+use std::time::Duration;
+
 use eventing::topology::QueueSpec;
+
+use crate::frame::Frame;
 
 /// The prefix of ActiveMQ's default virtual topics (`VirtualTopic.>`).
 pub const VIRTUAL_TOPIC: &str = "VirtualTopic.";
 /// The prefix of their consumer queues (`Consumer.*.`).
 pub const CONSUMER: &str = "Consumer.";
 
+/// The message property that makes the broker's scheduler hold a message this
+/// many milliseconds before it sends it on.
+pub const SCHEDULED_DELAY: &str = "AMQ_SCHEDULED_DELAY";
+
+/// The property the scheduler puts on what it sends on. A `SEND` that carries
+/// it is *not* scheduled (the broker takes it for a job being delivered), so it
+/// is dropped from received envelopes ([`ADDED`]) and a user header of that
+/// name travels escaped ([`PROPERTIES`]).
+pub const SCHEDULED_JOB_ID: &str = "scheduledJobId";
+
 /// Names ActiveMQ turns into JMS message fields or acts upon, as frame headers
 /// of a `SEND`: an envelope header with one of these names travels escaped.
 pub const PROPERTIES: &[&str] = &[
+    "AMQ_SCHEDULED_CRON",
+    "AMQ_SCHEDULED_DELAY",
+    "AMQ_SCHEDULED_ID",
+    "AMQ_SCHEDULED_PERIOD",
+    "AMQ_SCHEDULED_REPEAT",
     "JMSXGroupID",
     "JMSXGroupSeq",
     "JMSXUserID",
@@ -44,6 +65,7 @@ pub const PROPERTIES: &[&str] = &[
     "priority",
     "redelivered",
     "reply-to",
+    "scheduledJobId",
     "timestamp",
     "transformation",
     "type",
@@ -56,6 +78,7 @@ pub const ADDED: &[&str] = &[
     "expires",
     "original-destination",
     "priority",
+    "scheduledJobId",
     "timestamp",
 ];
 
@@ -97,6 +120,28 @@ pub fn dead_letter_queue(queue: &QueueSpec) -> String {
     format!("/queue/{}", encode(&queue.dead_letter_queue(), false))
 }
 
+/// `frame` (a `SEND`) held by the broker's scheduler for `delay` first:
+/// [`SCHEDULED_DELAY`] in whole milliseconds, rounded up so it is never early.
+fn scheduled(mut frame: Frame, delay: Duration) -> Frame {
+    let millis = delay.as_nanos().div_ceil(1_000_000).max(1);
+    frame.push_header(SCHEDULED_DELAY, millis.to_string());
+    frame
+}
+
+/// The delayed retry stage: `replay` (the persistent `SEND` of a copy to
+/// `queue`'s consumer queue alone, as a replay sends it) held for `delay` by the
+/// scheduler; `None` for a per-process queue, which is a topic subscription with
+/// no queue to come back to.
+pub fn delay_frame(queue: &QueueSpec, delay: Duration, replay: Frame) -> Option<Frame> {
+    (!queue.per_process).then(|| scheduled(replay, delay))
+}
+
+/// A scheduled send: `send` (the `SEND` of an event to its virtual topic) held
+/// for `delay` by the scheduler, then copied into the consumer queues that exist.
+pub fn scheduled_frame(delay: Duration, send: Frame) -> Frame {
+    scheduled(send, delay)
+}
+
 /// What `topology()` shows for `queue` on ActiveMQ.
 pub fn broker_names(queue: &QueueSpec) -> String {
     let dlq = dead_letter_queue(queue);
@@ -105,9 +150,16 @@ pub fn broker_names(queue: &QueueSpec) -> String {
             "subscription to {} (no queue; gone with its session), dead letters {dlq}",
             event_destination(&queue.event)
         )
-    } else {
+    } else if queue.retry_delays.is_empty() {
         format!(
             "{} fed by {}, dead letters {dlq}",
+            consumer_queue(queue),
+            event_destination(&queue.event)
+        )
+    } else {
+        format!(
+            "{} fed by {}, dead letters {dlq}, delayed retries held by the broker's \
+             scheduler for that queue ({SCHEDULED_DELAY})",
             consumer_queue(queue),
             event_destination(&queue.event)
         )
@@ -239,6 +291,21 @@ mod tests {
             assert_eq!(decode(&encode(name, true)), name);
             assert_eq!(decode(&encode(name, false)), name);
         }
+    }
+
+    #[test]
+    fn delayed_sends_carry_the_scheduler_property() {
+        let queue = QueueSpec::new("E", "L", true, false, "s");
+        let replay = Frame::new(crate::frame::Command::Send).header("destination", "/queue/x");
+        let frame = delay_frame(&queue, Duration::from_micros(1500), replay.clone())
+            .expect("a competing queue");
+        assert_eq!(frame.get(SCHEDULED_DELAY), Some("2"), "rounded up");
+        let per_process = QueueSpec::new("E", "L", true, true, "s");
+        assert!(delay_frame(&per_process, Duration::from_secs(1), replay.clone()).is_none());
+        let send = scheduled_frame(Duration::from_secs(3), replay);
+        assert_eq!(send.get(SCHEDULED_DELAY), Some("3000"));
+        assert!(ADDED.contains(&SCHEDULED_JOB_ID));
+        assert!(PROPERTIES.contains(&SCHEDULED_JOB_ID) && PROPERTIES.contains(&SCHEDULED_DELAY));
     }
 
     #[test]

@@ -775,6 +775,44 @@ impl Acker for StompAcker {
             Ok(())
         })
     }
+
+    /// Sends the copy with a receipt so that it reaches this queue alone after
+    /// `delay` (RabbitMQ: through `<queue>.delay.<ms>`), then `ACK`s.
+    fn delay(
+        &self,
+        tag: u64,
+        delay: std::time::Duration,
+        envelope: Envelope,
+    ) -> BoxFuture<'static, eventing::Result<()>> {
+        let settle = Arc::clone(&self.0);
+        let dialect = settle.shared.dialect();
+        let frame = match (
+            &settle.kind,
+            dialect.delay_frame(&settle.queue, delay, &envelope),
+        ) {
+            (Kind::Queue, Some(frame)) => frame,
+            _ => {
+                return Box::pin(std::future::ready(Err(eventing::Error::Unsupported {
+                    provider: crate::error::PROVIDER,
+                    operation: "delayed redelivery on this broker or queue",
+                })));
+            }
+        };
+        Box::pin(async move {
+            // A per-process queue's delay queues expire when unused: declared
+            // again before use (see eventing_rabbitmq::topology).
+            let on_demand = (dialect == crate::dialect::Dialect::RabbitMq
+                && eventing_rabbitmq::topology::delay_queue_on_demand(&settle.queue))
+            .then(|| eventing_rabbitmq::topology::delay_queue(&settle.queue, delay));
+            settle
+                .shared
+                .publisher
+                .to_waiting(frame, on_demand.as_ref(), &settle.queue.name, &envelope)
+                .await?;
+            settle.ack(tag);
+            Ok(())
+        })
+    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,8 @@
 //! the AMQP `timestamp` property: every header costs RabbitMQ's STOMP plugin
 //! noticeably, and the exact value is what both providers read). A `timestamp`
 //! property set by an AMQP client is read back, in whole seconds, when there is
-//! no exact value.
+//! no exact value, and its `type` property (where the AMQP provider puts the event
+//! name) as `event` when there is no `event` header.
 
 use std::time::UNIX_EPOCH;
 
@@ -192,6 +193,56 @@ impl Dialect {
     pub fn send_frame(self, event: &str, envelope: &Envelope, durable: bool) -> Frame {
         let destination = self.send_destination(event);
         self.send_to(destination, "MULTICAST", envelope, durable)
+    }
+
+    /// A `SEND` of `envelope` that reaches `queue` alone after `delay` (the
+    /// delayed retry stage), persistent if the queue is durable; `None` if this
+    /// dialect has no way. RabbitMQ: to the delay queue `<queue>.delay.<ms>`
+    /// (declared with the queue), whose time to live sends it on to the queue.
+    pub fn delay_frame(
+        self,
+        queue: &QueueSpec,
+        delay: std::time::Duration,
+        envelope: &Envelope,
+    ) -> Option<Frame> {
+        match self {
+            Dialect::RabbitMq => {
+                let waiting = queue.delay_queue(delay);
+                let destination = format!("/amq/queue/{}", rabbit_segment(&waiting));
+                Some(self.send_to(destination, "ANYCAST", envelope, queue.durable))
+            }
+            // ActiveMQ: its scheduler (issue 15, part 2).
+            Dialect::ActiveMq => {
+                activemq::delay_frame(queue, delay, self.replay_frame(queue, envelope))
+            }
+            Dialect::Artemis => None,
+        }
+    }
+
+    /// A `SEND` of `envelope` for the event `event` that the broker holds for
+    /// `delay` first (a scheduled send); `None` if this dialect has no way.
+    /// RabbitMQ: to the queue `waiting` (`<event>.schedule.<ms>`, made on
+    /// demand), whose time to live sends it on to the event's exchange.
+    pub fn scheduled_frame(
+        self,
+        event: &str,
+        waiting: &str,
+        delay: std::time::Duration,
+        envelope: &Envelope,
+        durable: bool,
+    ) -> Option<Frame> {
+        match self {
+            Dialect::RabbitMq => {
+                let destination = format!("/amq/queue/{}", rabbit_segment(waiting));
+                Some(self.send_to(destination, "ANYCAST", envelope, durable))
+            }
+            // ActiveMQ: its scheduler (issue 15, part 2).
+            Dialect::ActiveMq => Some(activemq::scheduled_frame(
+                delay,
+                self.send_frame(event, envelope, durable),
+            )),
+            Dialect::Artemis => None,
+        }
     }
 
     /// A `SEND` of a dead letter of `queue`.
@@ -421,6 +472,7 @@ impl Dialect {
         let mut broker_message_id = false;
         let mut fallback_message_id = None;
         let mut fallback_timestamp = None;
+        let mut fallback_event = None;
         for (mut name, value) in frame.headers {
             if MESSAGE_ONLY.contains(&name.as_str()) {
                 continue;
@@ -443,6 +495,11 @@ impl Dialect {
                     // The AMQP `timestamp` property, in seconds.
                     fallback_timestamp.get_or_insert(value);
                 }
+                (Dialect::RabbitMq, "type") => {
+                    // The AMQP `type` property: the event name (a `type` header
+                    // of a STOMP sender is escaped, so this is the property).
+                    fallback_event.get_or_insert(value);
+                }
                 (Dialect::Artemis, "expires" | "priority" | "timestamp") => {}
                 (Dialect::ActiveMq, added) if activemq::ADDED.contains(&added) => {}
                 _ => {
@@ -455,6 +512,9 @@ impl Dialect {
         }
         if let Some(id) = fallback_message_id {
             add(&mut fields, header::MESSAGE_ID.into(), id);
+        }
+        if let Some(event) = fallback_event {
+            add(&mut fields, header::EVENT.into(), event);
         }
         if let Some(seconds) = fallback_timestamp.and_then(|s| s.parse::<u64>().ok()) {
             let time = UNIX_EPOCH + std::time::Duration::from_secs(seconds);
@@ -764,6 +824,42 @@ mod tests {
         .into_iter()
         .collect();
         assert_eq!(envelope.headers, expected);
+    }
+
+    #[test]
+    fn lean_messages_from_the_amqp_provider() {
+        // The AMQP provider's lean format: the event in `type`, the timestamp in
+        // whole seconds, no headers table; as RabbitMQ 3.10 delivers it.
+        let message = Frame::new(Command::Message)
+            .header("subscription", "0")
+            .header("destination", "/exchange/shop.Order")
+            .header("message-id", "T_0@@session-1@@1")
+            .header("redelivered", "false")
+            .header("session-id", "s-1")
+            .header("type", "shop.Order")
+            .header("timestamp", "1714557600")
+            .header("amqp-message-id", "m-1")
+            .header("correlation-id", "corr-7")
+            .header("content-type", "application/json")
+            .header("content-length", "7");
+        let envelope = Dialect::RabbitMq.envelope_of(message);
+        let headers: Vec<(&str, &str)> = envelope.headers.iter().collect();
+        assert_eq!(
+            headers,
+            [
+                ("message-id", "m-1"),
+                ("event", "shop.Order"),
+                ("timestamp", "2024-05-01T10:00:00Z"),
+                ("content-type", "application/json"),
+                ("session-id", "s-1"),
+                ("correlation-id", "corr-7"),
+            ]
+        );
+        // An `event` header (the previous format, a STOMP sender) wins.
+        let both = Frame::new(Command::Message)
+            .header("event", "E")
+            .header("type", "other");
+        assert_eq!(Dialect::RabbitMq.envelope_of(both).event(), "E");
     }
 
     #[test]

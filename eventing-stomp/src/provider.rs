@@ -127,7 +127,13 @@ impl Provider for StompProvider {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::NONE.with_dead_letters()
+        let capabilities = Capabilities::NONE.with_dead_letters();
+        match self.config().dialect {
+            Dialect::RabbitMq => capabilities.with_delayed(),
+            // ActiveMQ: its scheduler (issue 15, part 2); Artemis: not tested here.
+            Dialect::ActiveMq => capabilities.with_delayed(),
+            Dialect::Artemis => capabilities,
+        }
     }
 
     /// On ActiveMQ, the consumer queue (or topic) and dead-letter queue that
@@ -226,6 +232,76 @@ impl Provider for StompProvider {
     async fn send_to_queue(&self, queue: &QueueSpec, envelope: Envelope) -> eventing::Result<()> {
         self.replayable(queue)?;
         self.inner.shared.publisher.to_queue(queue, &envelope).await
+    }
+
+    /// RabbitMQ: to the queue `<event>.schedule.<ms>` (made on demand), whose
+    /// messages live `delay` rounded up to 100 ms / 1 s / 1 min
+    /// ([`schedule_delay`](eventing_rabbitmq::topology::schedule_delay)) and then
+    /// go to the event's exchange, with a receipt: never early, late by that
+    /// rounding plus the broker's latency.
+    async fn publish_delayed(
+        &self,
+        route: Route<'_>,
+        delay: std::time::Duration,
+        envelope: Envelope,
+    ) -> eventing::Result<()> {
+        let dialect = self.config().dialect;
+        if dialect == Dialect::ActiveMq {
+            // ActiveMQ: its scheduler (issue 15, part 2). A `SEND` to the event's
+            // virtual topic with `AMQ_SCHEDULED_DELAY`, receipted: the scheduler
+            // stores it (persistently if durable) before the receipt.
+            let frame = dialect
+                .scheduled_frame(route.address, "", delay, &envelope, route.durable)
+                .ok_or(Error::Unsupported {
+                    provider: PROVIDER,
+                    operation: "scheduled sends on this broker",
+                })?;
+            return self
+                .inner
+                .shared
+                .publisher
+                .to_waiting(frame, None, route.address, &envelope)
+                .await;
+        }
+        if dialect != Dialect::RabbitMq {
+            return Err(Error::Unsupported {
+                provider: PROVIDER,
+                operation: "scheduled sends on this broker",
+            });
+        }
+        let rounded = eventing_rabbitmq::topology::schedule_delay(delay).ok_or_else(|| {
+            Error::provider(
+                PROVIDER,
+                format!(
+                    "a scheduled send of {delay:?} is longer than RabbitMQ holds a message \
+                     ({:?})",
+                    eventing_rabbitmq::topology::MAX_DELAY
+                ),
+            )
+        })?;
+        let waiting = eventing_rabbitmq::topology::schedule_queue(route.address, rounded);
+        let frame = dialect
+            .scheduled_frame(
+                route.address,
+                &waiting.name,
+                delay,
+                &envelope,
+                route.durable,
+            )
+            .ok_or(Error::Unsupported {
+                provider: PROVIDER,
+                operation: "scheduled sends on this broker",
+            })?;
+        // Where it goes when its time comes must exist by then.
+        self.inner
+            .topology
+            .ensure_exchange(route.address, route.durable)
+            .await?;
+        self.inner
+            .shared
+            .publisher
+            .to_waiting(frame, Some(&waiting), route.address, &envelope)
+            .await
     }
 }
 

@@ -14,6 +14,11 @@ use eventing::{Envelope, Error};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
+use std::collections::HashMap;
+
+use eventing_rabbitmq::topology as rules;
+
+use crate::admin::RabbitAdmin;
 use crate::codec::FrameError;
 use crate::config::StompConfig;
 use crate::connection::{Connection, Options};
@@ -42,6 +47,9 @@ pub(crate) struct Publisher {
     /// The slot of the next durable send.
     next: AtomicUsize,
     closed: AtomicBool,
+    /// RabbitMQ queues made on demand (delayed delivery) and when this provider
+    /// last declared each ([`rules::ON_DEMAND_REFRESH`]).
+    on_demand: Mutex<HashMap<String, Instant>>,
 }
 
 /// One publishing session, reopened when it was lost.
@@ -83,7 +91,52 @@ impl Publisher {
             slots,
             next: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
+            on_demand: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Sends `frame`, a message that waits on the broker (a delayed copy for
+    /// `target`, or a scheduled send), persistently as built, and waits for its
+    /// receipt. `declare`: the RabbitMQ queue it waits in, declared first (over
+    /// AMQP) unless this provider did within [`rules::ON_DEMAND_REFRESH`] — a
+    /// queue made on demand that expires when unused, and RabbitMQ drops a message
+    /// sent to a queue that does not exist.
+    pub(crate) async fn to_waiting(
+        &self,
+        frame: Frame,
+        declare: Option<&rules::Queue>,
+        target: &str,
+        envelope: &Envelope,
+    ) -> eventing::Result<()> {
+        self.check_open()?;
+        if let Some(queue) = declare {
+            let fresh = self
+                .on_demand
+                .lock()
+                .get(&queue.name)
+                .is_some_and(|at| at.elapsed() < rules::ON_DEMAND_REFRESH);
+            if !fresh {
+                let mut admin = RabbitAdmin::open(&self.config, &self.transport).await?;
+                let declared = admin.declare(queue).await;
+                admin.close().await;
+                declared?;
+                self.on_demand
+                    .lock()
+                    .insert(queue.name.clone(), Instant::now());
+            }
+        }
+        // Spread over the publishing sessions like durable sends (ActiveMQ
+        // stores one persistent message per session at a time): the delayed
+        // stage of a busy queue sends as many as the queue handles.
+        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        self.receipted_at(
+            slot,
+            frame,
+            target,
+            envelope,
+            "waiting for the RECEIPT of a delayed message",
+        )
+        .await
     }
 
     fn dialect(&self) -> Dialect {
@@ -179,22 +232,29 @@ impl Publisher {
         envelope: &Envelope,
         operation: &'static str,
     ) -> eventing::Result<()> {
+        self.receipted_at(0, frame, target, envelope, operation)
+            .await
+    }
+
+    /// [`receipted`](Self::receipted) on publishing session `slot`.
+    async fn receipted_at(
+        &self,
+        slot: usize,
+        frame: Frame,
+        target: &str,
+        envelope: &Envelope,
+        operation: &'static str,
+    ) -> eventing::Result<()> {
         let deadline = Instant::now() + self.send_timeout;
         if let Some(reason) = self.dialect().unsendable(&frame) {
             return Err(StompError::Unsendable { reason }.into());
         }
-        let session = self.session(deadline).await?;
+        let session = self.session_at(slot, deadline).await?;
         let wait = deadline.saturating_duration_since(Instant::now());
         session
             .request(frame, wait, operation)
             .await
             .map_err(|error| refused(error, target, envelope))
-    }
-
-    /// The first publishing session, reopened with backoff (until `deadline`)
-    /// if it was lost.
-    async fn session(&self, deadline: Instant) -> Result<Connection, StompError> {
-        self.session_at(0, deadline).await
     }
 
     /// Publishing session `index`, (re)opened with backoff (until `deadline`).

@@ -167,6 +167,9 @@ impl Topology {
             if !admin.queue_exists(&dlq.name).await? {
                 admin.declare(&dlq).await?;
             }
+            for &delay in &queue.retry_delays {
+                admin.declare(&rules::delay_queue(queue, delay)).await?;
+            }
             tracing::debug!(event = %queue.event, queue = %queue.name, "declared");
             self.queues.lock().insert(queue.name.clone());
         }

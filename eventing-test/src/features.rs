@@ -84,6 +84,7 @@ fn single_attempt() -> ListenerOptions {
             max_attempts: 1,
             initial_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(50),
+            delays: Vec::new(),
         },
     }
 }

@@ -50,6 +50,26 @@ pub trait Harness: Send + Sync + 'static {
     fn backlog(&self) -> Option<u64> {
         None
     }
+
+    /// Optional capabilities this provider does not have yet, on purpose: their
+    /// kit cases print `pending` and pass instead of failing. A case of a
+    /// capability the provider lacks and the harness does not list here fails,
+    /// and so does one the harness lists although the provider has it, so the
+    /// list cannot go stale. None by default.
+    ///
+    /// ```
+    /// use eventing::provider::Capabilities;
+    /// struct Mine;
+    /// impl eventing_test::Harness for Mine {
+    ///     fn name(&self) -> &'static str { "mine" }
+    ///     fn url(&self, env: &str) -> String { format!("memory://{env}") }
+    ///     // Delayed delivery is not written yet.
+    ///     fn pending(&self) -> Capabilities { Capabilities::NONE.with_delayed() }
+    /// }
+    /// ```
+    fn pending(&self) -> eventing::provider::Capabilities {
+        eventing::provider::Capabilities::NONE
+    }
 }
 
 /// The in-process provider: one broker per test, named after the test's env.
@@ -150,6 +170,7 @@ impl<'h> TestEnv<'h> {
                     max_attempts: 3,
                     initial_backoff: Duration::from_millis(10),
                     max_backoff: Duration::from_millis(50),
+                    delays: Vec::new(),
                 },
             })
     }
@@ -179,11 +200,16 @@ impl<'h> TestEnv<'h> {
     }
 }
 
-/// The names of `queues` and of their dead-letter queues.
+/// The names of `queues`, of their dead-letter queues and of their delay queues
+/// ([`QueueSpec::delay_queues`]).
 pub fn with_dead_letter_queues(queues: &[QueueSpec]) -> Vec<String> {
     queues
         .iter()
-        .flat_map(|q| [q.name.clone(), q.dead_letter_queue()])
+        .flat_map(|q| {
+            let mut names = vec![q.name.clone(), q.dead_letter_queue()];
+            names.extend(q.delay_queues());
+            names
+        })
         .collect()
 }
 

@@ -6,11 +6,15 @@
 pub mod bench;
 pub mod bus;
 #[cfg(feature = "suites")]
+pub mod delayed;
+#[cfg(feature = "suites")]
 pub mod faults;
 #[cfg(feature = "suites")]
 pub mod features;
 pub mod harness;
 mod runner;
+#[cfg(feature = "suites")]
+pub mod subscriptions;
 #[cfg(feature = "suites")]
 pub mod suite;
 
@@ -29,7 +33,7 @@ pub mod __private {
     #[cfg(feature = "suites")]
     pub use crate::runner::{fault_case, fault_child, features_case, suite_case};
     #[cfg(feature = "suites")]
-    pub use crate::{features, suite};
+    pub use crate::{delayed, features, subscriptions, suite};
 }
 
 /// Generates one `#[test]` per behaviour of [`suite`] for the harness expression
@@ -55,6 +59,7 @@ macro_rules! conformance_tests {
             unknown_event_is_dead_lettered,
             shutdown_drains,
         );
+        $crate::subscription_tests!($harness);
     };
     (@cases $harness:expr; $($case:ident),+ $(,)?) => {
         $(
@@ -163,9 +168,56 @@ macro_rules! faults_tests {
     };
 }
 
-/// The whole kit for one provider: [`conformance_tests!`], [`features_tests!`] and
-/// [`faults_tests!`] for the harness expression given, in the modules
-/// `conformance`, `features` and `faults` of the invoking module. Invoke it once
+/// Generates the delayed-delivery cases of [`delayed`] for the harness expression
+/// given: one `#[test]` per case, each on its own runtime and holding the kit's
+/// lock exclusively (like the fault tests: they measure time and load the
+/// broker), plus the `delayed_child` test that `delayed_retry_killed_consumer`
+/// runs in a child process (a no-op when run normally). Invoke it once per module.
+/// A provider without delayed delivery fails these cases unless its harness lists
+/// the capability as pending ([`Harness::pending`]).
+///
+/// ```ignore
+/// eventing_test::delayed_tests!(my_provider_tests::MyHarness::from_env());
+/// ```
+#[cfg(feature = "suites")]
+#[macro_export]
+macro_rules! delayed_tests {
+    ($harness:expr) => {
+        $crate::delayed_tests!(@cases $harness;
+            delayed_retry_outage,
+            delayed_retry_exhausted,
+            delayed_retry_killed_consumer,
+            scheduled_send_on_time,
+            scheduled_durable_send_survives_restart,
+            delayed_stage_memory_flat,
+        );
+
+        /// The consumer process `delayed_retry_killed_consumer` kills; a no-op
+        /// unless it set the variables.
+        #[test]
+        fn delayed_child() {
+            $crate::__private::delayed::child_main();
+        }
+    };
+    (@cases $harness:expr; $($case:ident),+ $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                $crate::__private::delayed::run_case(
+                    ::core::stringify!($case),
+                    ::core::module_path!(),
+                    || $harness,
+                    $crate::__private::delayed::$case,
+                );
+            }
+        )+
+    };
+}
+
+/// The whole kit for one provider: [`conformance_tests!`], [`features_tests!`],
+/// [`faults_tests!`] and [`delayed_tests!`] for the harness expression given, in
+/// the modules `conformance`, `features`, `faults` and `delayed` of the invoking
+/// module. Invoke it once
 /// per module; use the three macros instead to run only some of the suites, or to
 /// give the features suite a test binary of its own.
 ///
@@ -194,6 +246,12 @@ macro_rules! provider_kit {
             #[allow(unused_imports)]
             use super::*;
             $crate::faults_tests!($harness);
+        }
+        /// Delayed delivery: the delayed retry stage and scheduled sends.
+        mod delayed {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::delayed_tests!($harness);
         }
     };
 }

@@ -88,6 +88,7 @@ fn fast_retries() -> ListenerOptions {
             max_attempts: 3,
             initial_backoff: Duration::from_millis(1),
             max_backoff: Duration::from_millis(5),
+            delays: Vec::new(),
         },
     }
 }

@@ -5,7 +5,13 @@ pub use serde_json;
 pub use std::sync::Arc;
 
 pub use crate::event::{EventDescriptor, EventRegistration, SerdeEvent};
-pub use crate::listener::{AnyListener, ListenerDescriptor};
+pub use crate::listener::{AnyListener, ListenerDescriptor, NeedsState};
+
+/// The `TypeId` of a value's type: a listener function's identity is its function
+/// item's type, so `EventManagerBuilder::listener(my_fn)` selects it.
+pub fn type_id_of_val<T: 'static>(_: &T) -> std::any::TypeId {
+    std::any::TypeId::of::<T>()
+}
 
 use crate::event::Event;
 use crate::listener::{ErasedListener, EventListener};

@@ -38,6 +38,15 @@ pub mod header {
         DEAD_LETTER_QUEUE,
         DEAD_LETTER_LISTENER,
     ];
+    /// On a message coming back from the delayed retry stage: how many times the
+    /// listener was called in earlier rounds (so `Context::attempt` counts across
+    /// both stages).
+    pub const RETRY_ATTEMPTS: &str = "x-retry-attempts";
+    /// On a message coming back from the delayed retry stage: how many delays of
+    /// the listener's `RetryPolicy::delays` it has waited (1 after the first).
+    pub const RETRY_STAGE: &str = "x-retry-stage";
+    /// The headers the delayed retry stage adds, which dead-lettering removes.
+    pub const RETRY_HEADERS: [&str; 2] = [RETRY_ATTEMPTS, RETRY_STAGE];
 }
 
 /// One header's place in the shared text buffer.
@@ -220,7 +229,12 @@ pub struct Envelope {
 
 impl Envelope {
     /// An envelope with the standard headers set: a fresh `message-id`, `event`,
-    /// `timestamp` (now) and `content-type`.
+    /// `timestamp` (now, in whole seconds: `YYYY-MM-DDTHH:MM:SSZ`) and `content-type`.
+    ///
+    /// Whole seconds, because the timestamp says when an event was sent, for people
+    /// and logs (ordering and latency come from the queue and from tracing), and
+    /// because that is what AMQP's `timestamp` property holds: the AMQP provider
+    /// then carries it in that property, with nothing in the headers table.
     pub fn new(event: &str, content_type: &'static str, body: Bytes) -> Self {
         let mut table = Table {
             text: String::with_capacity(160 + event.len()),
@@ -232,7 +246,9 @@ impl Envelope {
             uuid::Uuid::new_v4().hyphenated().encode_lower(&mut id),
         );
         table.push(header::EVENT, event);
-        table.push_with(header::TIMESTAMP, write_rfc3339_now);
+        table.push_with(header::TIMESTAMP, |out| {
+            write_rfc3339_now(out, false);
+        });
         table.push(header::CONTENT_TYPE, content_type);
         Self {
             headers: Headers {
@@ -261,13 +277,14 @@ pub fn new_message_id() -> String {
 /// The current time as RFC 3339 in UTC, with microseconds.
 pub fn now_rfc3339() -> String {
     let mut out = String::with_capacity(27);
-    write_rfc3339_now(&mut out);
+    write_rfc3339_now(&mut out, true);
     out
 }
 
-/// Appends the current time as `YYYY-MM-DDTHH:MM:SS.uuuuuuZ`. The part up to the
-/// seconds is formatted once per second per thread.
-fn write_rfc3339_now(out: &mut String) {
+/// Appends the current time as `YYYY-MM-DDTHH:MM:SS.uuuuuuZ`, or without the
+/// fraction if not `micros`. The part up to the seconds is formatted once per
+/// second per thread.
+fn write_rfc3339_now(out: &mut String, micros: bool) {
     thread_local! {
         static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
     }
@@ -287,6 +304,10 @@ fn write_rfc3339_now(out: &mut String) {
         }
         out.push_str(prefix);
     });
+    if !micros {
+        out.push('Z');
+        return;
+    }
     let mut digits = [b'0'; 6];
     let mut value = now.subsec_micros();
     for slot in digits.iter_mut().rev() {
@@ -325,7 +346,8 @@ mod tests {
         let parsed = humantime::parse_rfc3339(stamp).expect("valid RFC 3339");
         let age = SystemTime::now().duration_since(parsed).unwrap_or_default();
         assert!(age.as_secs() < 5, "{stamp} is now");
-        assert_eq!(stamp.len(), "2026-01-01T00:00:00.000000Z".len());
+        assert_eq!(stamp.len(), "2026-01-01T00:00:00Z".len(), "whole seconds");
+        assert_eq!(now_rfc3339().len(), "2026-01-01T00:00:00.000000Z".len());
     }
 
     #[test]

@@ -205,6 +205,46 @@ pub enum Error {
         /// What was asked.
         operation: &'static str,
     },
+    /// A run-time subscription's name is taken by another listener of the event
+    /// (compiled, or another subscription of this manager).
+    #[error(
+        "listener `{name}` of event `{event}` exists already ({existing}); choose another name, or SubscribeOptions::compete_with_existing() to share its queue"
+    )]
+    ListenerNameTaken {
+        /// Event address.
+        event: String,
+        /// The listener name asked for.
+        name: String,
+        /// Who has it (a type name or a subscription id), and why sharing is not possible if it is not.
+        existing: String,
+    },
+    /// A run-time subscription's name is unusable in a queue name.
+    #[error("listener name `{name}` {reason}")]
+    InvalidListenerName {
+        /// The name given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// No active subscription of this manager has this id (it was unsubscribed
+    /// already, or never made here).
+    #[error("subscription {id} is not active: unsubscribed already, or not made by this manager")]
+    UnknownSubscription {
+        /// The id asked for.
+        id: u64,
+    },
+    /// A listener function takes `State<T>` and the manager has no `T`.
+    #[error(
+        "listener `{listener}` (`{type_name}`) takes `State<{state}>` and the manager has none: call EventManagerBuilder::state with a value, or deselect it"
+    )]
+    StateNotProvided {
+        /// Listener name.
+        listener: &'static str,
+        /// The listener function's path.
+        type_name: &'static str,
+        /// The state's type.
+        state: &'static str,
+    },
 }
 
 impl Error {

@@ -39,5 +39,9 @@ pub use futures_util::future::BoxFuture;
 pub use envelope::{Envelope, Headers, header};
 pub use error::{BoxError, Error, Result, redact_url};
 pub use event::{Event, EventDescriptor};
-pub use listener::{Context, EventListener, ListenerDescriptor, ListenerResult};
-pub use manager::{EventManager, EventManagerBuilder, ListenerOptions, RetryPolicy};
+pub use listener::{
+    Context, EventListener, ListenerDescriptor, ListenerFn, ListenerOrigin, ListenerResult, State,
+};
+pub use manager::{
+    EventManager, EventManagerBuilder, ListenerOptions, RetryPolicy, SubscribeOptions, Subscription,
+};

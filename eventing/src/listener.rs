@@ -50,6 +50,119 @@ pub trait EventListener<E: Event>: Send + Sync + 'static {
     fn on(&self, event: E, ctx: &Context) -> impl Future<Output = ListenerResult> + Send;
 }
 
+/// A closure usable as a listener of `E` in
+/// [`EventManager::subscribe`](crate::EventManager::subscribe): `|event, ctx| async
+/// move { .. }`, taking the event and its [`Context`] by value and returning a
+/// `Send` future of a [`ListenerResult`]. Implemented for every such closure or
+/// function; the compiler infers the closure's argument types from it.
+///
+/// ```
+/// # use eventing::{Context, ListenerFn, ListenerResult};
+/// # #[eventing::event] #[derive(serde::Serialize, serde::Deserialize)] struct Heartbeat;
+/// fn takes<F: ListenerFn<Heartbeat>>(_: F) {}
+/// takes(|_tick, ctx| async move {
+///     println!("tick {}", ctx.message_id());
+///     Ok(())
+/// });
+/// ```
+pub trait ListenerFn<E>:
+    Fn(E, Context) -> <Self as ListenerFn<E>>::Future + Send + Sync + 'static
+{
+    /// What a call returns.
+    type Future: Future<Output = ListenerResult> + Send + 'static;
+}
+
+impl<E, F, Fut> ListenerFn<E> for F
+where
+    F: Fn(E, Context) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ListenerResult> + Send + 'static,
+{
+    type Future = Fut;
+}
+
+/// A [`ListenerFn`] as an [`EventListener`].
+pub(crate) struct FnListener<F>(pub(crate) F);
+
+impl<E: Event, F: ListenerFn<E>> EventListener<E> for FnListener<F> {
+    fn on(&self, event: E, ctx: &Context) -> impl Future<Output = ListenerResult> + Send {
+        (self.0)(event, ctx.clone())
+    }
+}
+
+/// Shared state for listener functions, as axum's `State` extractor: a parameter
+/// `State(db): State<Db>` of an `#[event_listener]` function gets a clone of the
+/// value given to [`EventManagerBuilder::state`](crate::EventManagerBuilder::state)
+/// for each call. Put what is expensive to clone (a pool) behind an `Arc`, or use
+/// a type that is a handle already.
+///
+/// (A crate of its own: its listener needs a `Ledger`, which other examples'
+/// managers do not have.)
+///
+/// ```standalone_crate
+/// use eventing::{event, event_listener, ListenerResult, State};
+/// use std::sync::{Arc, atomic::{AtomicU64, Ordering}};
+///
+/// #[event]
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Paid { cents: u64 }
+///
+/// #[derive(Clone, Default)]
+/// struct Ledger(Arc<AtomicU64>);
+///
+/// #[event_listener(Paid)]
+/// async fn book(paid: Paid, State(ledger): State<Ledger>) -> ListenerResult {
+///     ledger.0.fetch_add(paid.cents, Ordering::Relaxed);
+///     Ok(())
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> eventing::Result<()> {
+/// let ledger = Ledger::default();
+/// let manager = eventing::EventManager::builder()
+///     .url("memory://state-doc")
+///     .state(ledger.clone())
+///     .build()
+///     .await?;
+/// manager.start().await?;
+/// manager.send_event(&Paid { cents: 250 }).await?;
+/// # for _ in 0..200 { if ledger.0.load(Ordering::Relaxed) == 250 { break; } tokio::time::sleep(std::time::Duration::from_millis(5)).await; }
+/// manager.shutdown().await?;
+/// assert_eq!(ledger.0.load(Ordering::Relaxed), 250);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct State<T>(pub T);
+
+impl<T> std::ops::Deref for State<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+/// Where a listener comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ListenerOrigin {
+    /// `#[event_listener]` on a type with `impl EventListener<E>`.
+    Type,
+    /// `#[event_listener]` on an `async fn`.
+    Function,
+    /// [`EventManager::subscribe`](crate::EventManager::subscribe) at run time.
+    Subscription,
+}
+
+/// What a listener function needs from the manager: its `State<T>`.
+#[doc(hidden)]
+pub struct NeedsState {
+    /// `TypeId::of::<State<T>>`.
+    pub type_id: fn() -> TypeId,
+    /// `T`'s name, for errors.
+    pub type_name: &'static str,
+    /// Builds the listener from the manager's `State<T>` (stored as `AnyListener`).
+    pub make: fn(&AnyListener) -> Option<AnyListener>,
+}
+
 /// What a listener knows of the message it handles.
 #[derive(Clone, Debug)]
 pub struct Context {
@@ -113,6 +226,8 @@ pub struct ListenerDescriptor {
     pub(crate) type_id: fn() -> TypeId,
     pub(crate) construct: Option<fn() -> AnyListener>,
     pub(crate) bind: fn(AnyListener) -> Option<Arc<dyn ErasedListener>>,
+    origin: ListenerOrigin,
+    state: Option<NeedsState>,
 }
 
 impl ListenerDescriptor {
@@ -139,7 +254,101 @@ impl ListenerDescriptor {
             type_id,
             construct,
             bind,
+            origin: ListenerOrigin::Type,
+            state: None,
         }
+    }
+
+    /// A listener function's descriptor: `construct` for one without state, `state`
+    /// for one taking `State<T>`.
+    #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
+    pub const fn __new_fn(
+        name: &'static str,
+        type_name: &'static str,
+        per_process: bool,
+        singleton: bool,
+        version: Option<&'static str>,
+        event: fn() -> &'static EventDescriptor,
+        type_id: fn() -> TypeId,
+        construct: Option<fn() -> AnyListener>,
+        state: Option<NeedsState>,
+        bind: fn(AnyListener) -> Option<Arc<dyn ErasedListener>>,
+    ) -> Self {
+        Self {
+            name,
+            type_name,
+            per_process,
+            singleton,
+            version,
+            event,
+            type_id,
+            construct,
+            bind,
+            origin: ListenerOrigin::Function,
+            state,
+        }
+    }
+
+    /// A run-time subscription's descriptor (the runtime binds its handler itself).
+    pub(crate) fn subscription(
+        name: &'static str,
+        type_name: &'static str,
+        per_process: bool,
+        event: fn() -> &'static EventDescriptor,
+        type_id: fn() -> TypeId,
+    ) -> Self {
+        Self {
+            name,
+            type_name,
+            per_process,
+            singleton: false,
+            version: None,
+            event,
+            type_id,
+            construct: None,
+            bind: |_| None,
+            origin: ListenerOrigin::Subscription,
+            state: None,
+        }
+    }
+
+    /// The instance to bind: a listener function's own (built from its state if it
+    /// takes one), else the instance bound on the manager, else one the runtime
+    /// constructs. `instances` are the manager's bound values, states among them.
+    pub(crate) fn instantiate(
+        &self,
+        bound: Option<AnyListener>,
+        instances: &[(TypeId, AnyListener)],
+    ) -> crate::Result<AnyListener> {
+        if let Some(needs) = &self.state {
+            let id = (needs.type_id)();
+            return instances
+                .iter()
+                .find(|(t, _)| *t == id)
+                .and_then(|(_, state)| (needs.make)(state))
+                .ok_or(crate::Error::StateNotProvided {
+                    listener: self.name,
+                    type_name: self.type_name,
+                    state: needs.type_name,
+                });
+        }
+        if self.origin == ListenerOrigin::Function {
+            if let Some(construct) = self.construct {
+                return Ok(construct());
+            }
+        }
+        bound
+            .or_else(|| self.construct.map(|construct| construct()))
+            .ok_or(crate::Error::ListenerNotBound {
+                listener: self.name,
+                type_name: self.type_name,
+            })
+    }
+
+    /// Where the listener comes from: a type, a function, or a run-time subscription.
+    pub fn origin(&self) -> ListenerOrigin {
+        self.origin
     }
 
     /// The listener's name (default: the type's name).
@@ -174,9 +383,10 @@ impl ListenerDescriptor {
         (self.event)()
     }
 
-    /// True when the runtime can construct the listener itself (a unit struct).
+    /// True when the runtime can construct the listener itself (a unit struct, or a
+    /// listener function; one taking `State<T>` needs the manager's `T` too).
     pub fn constructible(&self) -> bool {
-        self.construct.is_some()
+        self.construct.is_some() || self.state.is_some()
     }
 
     pub(crate) fn is_type(&self, id: TypeId) -> bool {
@@ -191,6 +401,7 @@ impl std::fmt::Debug for ListenerDescriptor {
             .field("type_name", &self.type_name)
             .field("event", &self.event().name())
             .field("per_process", &self.per_process)
+            .field("origin", &self.origin)
             .finish()
     }
 }
@@ -249,4 +460,12 @@ pub(crate) fn bind<L: EventListener<E>, E: Event>(
         listener,
         _event: PhantomData::<fn() -> E>,
     }))
+}
+
+/// Binds a listener value of `L` as a listener of `E` (run-time subscriptions).
+pub(crate) fn erase<L: EventListener<E>, E: Event>(listener: L) -> Arc<dyn ErasedListener> {
+    Arc::new(Bound {
+        listener: Arc::new(listener),
+        _event: PhantomData::<fn() -> E>,
+    })
 }

@@ -3,6 +3,11 @@
 //! acknowledgements, redelivery of unacknowledged messages when a consumer goes away,
 //! dead-letter queues), so tests that pass here mean something on a broker.
 //!
+//! Delayed delivery (the delayed retry stage and scheduled sends) waits on timers
+//! of the broker: one thread per broker, running only while something waits, so a
+//! consumer dropped in between loses nothing. Like everything here, waiting
+//! messages live in this process.
+//!
 //! Several [`EventManager`](crate::EventManager)s sharing one provider (clone it, or
 //! use the same `memory://name` URL) stand in for several servers.
 
@@ -57,6 +62,8 @@ struct Broker {
     /// False during a simulated outage.
     available: AtomicBool,
     back: Notify,
+    /// Messages waiting for their time (delayed retries, scheduled sends).
+    timers: Timers,
 }
 
 impl Default for Broker {
@@ -68,6 +75,136 @@ impl Default for Broker {
             publish_timeout: Duration::from_secs(30),
             available: AtomicBool::new(true),
             back: Notify::new(),
+            timers: Timers::default(),
+        }
+    }
+}
+
+/// Where a waiting message goes when its time comes.
+enum Due {
+    /// Back onto one queue (a delayed retry).
+    Queue(Arc<Queue>),
+    /// To every queue bound to an address (a scheduled send).
+    Address(String),
+}
+
+struct Timer {
+    at: std::time::Instant,
+    seq: u64,
+    to: Due,
+    envelope: Envelope,
+}
+
+impl PartialEq for Timer {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl Eq for Timer {}
+
+impl PartialOrd for Timer {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Timer {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+/// The broker's timers: a heap of waiting messages and a thread that delivers
+/// them when due, started when the first message waits and ending when none does.
+#[derive(Default)]
+struct Timers {
+    state: Mutex<TimerState>,
+    wake: parking_lot::Condvar,
+}
+
+#[derive(Default)]
+struct TimerState {
+    heap: std::collections::BinaryHeap<std::cmp::Reverse<Timer>>,
+    seq: u64,
+    running: bool,
+}
+
+impl Broker {
+    /// Holds `envelope` for `delay`, then delivers it to `to`.
+    fn after(self: &Arc<Self>, delay: Duration, to: Due, envelope: Envelope) {
+        let at = std::time::Instant::now() + delay;
+        let mut state = self.timers.state.lock();
+        state.seq += 1;
+        let seq = state.seq;
+        state.heap.push(std::cmp::Reverse(Timer {
+            at,
+            seq,
+            to,
+            envelope,
+        }));
+        if state.running {
+            drop(state);
+            self.timers.wake.notify_one();
+            return;
+        }
+        state.running = true;
+        drop(state);
+        let broker = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("eventing-memory-timers".into())
+            .spawn(move || broker.run_timers());
+        if let Err(error) = spawned {
+            // Without a thread nothing would ever be delivered: deliver now rather
+            // than lose the messages.
+            tracing::error!(%error, "cannot start the timer thread; delivering at once");
+            self.timers.state.lock().running = false;
+            self.fire_all();
+        }
+    }
+
+    fn fire_all(&self) {
+        let due: Vec<Timer> = std::mem::take(&mut self.timers.state.lock().heap)
+            .into_iter()
+            .map(|t| t.0)
+            .collect();
+        for timer in due {
+            self.deliver(timer);
+        }
+    }
+
+    /// The timer thread: delivers what is due, sleeps until the next, ends when
+    /// nothing waits.
+    fn run_timers(&self) {
+        let mut state = self.timers.state.lock();
+        loop {
+            let Some(std::cmp::Reverse(next)) = state.heap.peek() else {
+                state.running = false;
+                return;
+            };
+            let at = next.at;
+            if at > std::time::Instant::now() {
+                self.timers.wake.wait_until(&mut state, at);
+                continue;
+            }
+            let Some(std::cmp::Reverse(timer)) = state.heap.pop() else {
+                continue;
+            };
+            drop(state);
+            self.deliver(timer);
+            state = self.timers.state.lock();
+        }
+    }
+
+    fn deliver(&self, timer: Timer) {
+        match timer.to {
+            Due::Queue(queue) => queue.push(timer.envelope, false),
+            Due::Address(address) => {
+                let exchanges = self.exchanges.read();
+                for queue in exchanges.get(&address).map(Vec::as_slice).unwrap_or(&[]) {
+                    queue.push(timer.envelope.clone(), false);
+                }
+            }
         }
     }
 }
@@ -431,6 +568,8 @@ const ACK_BATCH: usize = 64;
 /// wait, so credit comes back before the consumer waits (and at cancel and drop).
 struct MemoryAcker {
     queue: Arc<Queue>,
+    /// For its timers (weak: the broker holds the queue that holds this acker).
+    broker: std::sync::Weak<Broker>,
     pending: Mutex<SmallVec<[u64; ACK_BATCH]>>,
 }
 
@@ -469,6 +608,24 @@ impl Acker for MemoryAcker {
         if let Some(dlq) = &self.queue.dead_letters {
             dlq.push(envelope, false);
         }
+        self.queue.settle(tag, false);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn delay(
+        &self,
+        tag: u64,
+        delay: Duration,
+        envelope: Envelope,
+    ) -> BoxFuture<'static, Result<()>> {
+        let Some(broker) = self.broker.upgrade() else {
+            return Box::pin(std::future::ready(Err(crate::Error::Unavailable {
+                provider: "memory",
+                reason: "the in-process broker is gone".into(),
+            })));
+        };
+        self.flush();
+        broker.after(delay, Due::Queue(Arc::clone(&self.queue)), envelope);
         self.queue.settle(tag, false);
         Box::pin(std::future::ready(Ok(())))
     }
@@ -526,7 +683,7 @@ impl DynProvider for MemoryProvider {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::NONE.with_dead_letters()
+        Capabilities::NONE.with_dead_letters().with_delayed()
     }
 
     fn broker_names(&self, _: &QueueSpec) -> Option<String> {
@@ -706,6 +863,21 @@ impl DynProvider for MemoryProvider {
         };
         Box::pin(std::future::ready(sent))
     }
+
+    /// A timer of the broker; when it fires, the message goes to the queues bound
+    /// to the address then (ignoring their length limit, as redeliveries do).
+    fn publish_delayed<'a>(
+        &'a self,
+        route: Route<'a>,
+        delay: Duration,
+        envelope: Envelope,
+    ) -> BoxFuture<'a, Result<()>> {
+        let result = self.check_available().map(|()| {
+            self.broker
+                .after(delay, Due::Address(route.address.to_string()), envelope);
+        });
+        Box::pin(std::future::ready(result))
+    }
 }
 
 impl MemoryProvider {
@@ -714,6 +886,7 @@ impl MemoryProvider {
         let (tx, rx) = mpsc::unbounded_channel();
         let acker = Arc::new(MemoryAcker {
             queue: Arc::clone(&queue),
+            broker: Arc::downgrade(&self.broker),
             pending: Mutex::new(SmallVec::new()),
         });
         let id = {

@@ -11,8 +11,8 @@
 //! them so the manager can hold any provider as `Arc<dyn DynProvider>`
 //! ([`Provider::into_dyn`]). A consumer is a [`Stream`] of [`Delivery`]s, each with
 //! an [`Acker`] that settles it. Optional capabilities (listing and replaying dead
-//! letters) are announced by [`Provider::capabilities`]; the runtime answers
-//! [`Error::Unsupported`] for the rest without calling the provider.
+//! letters; delayed delivery) are announced by [`Provider::capabilities`]; the
+//! runtime answers [`Error::Unsupported`] for the rest without calling the provider.
 //!
 //! The data a provider receives or builds ([`Route`], [`ConsumeOptions`],
 //! [`Delivery`], [`ProviderConfig`], [`QueueSpec`]) is `#[non_exhaustive]`: build it
@@ -106,17 +106,30 @@ pub struct Capabilities {
     /// runtime's replay, through [`Provider::dead_letter_depth`],
     /// [`Provider::take_dead_letters`] and [`Provider::send_to_queue`]).
     pub dead_letters: bool,
+    /// Messages can wait on the broker before delivery: the delayed retry stage
+    /// ([`Acker::delay`], for listeners whose [`RetryPolicy`](crate::RetryPolicy)
+    /// has `delays`) and scheduled sends ([`Provider::publish_delayed`], behind
+    /// `EventManager::send_event_after` / `send_event_at`). Waiting messages are
+    /// held by the broker, never by the consuming process.
+    pub delayed: bool,
 }
 
 impl Capabilities {
     /// Only the required operations.
     pub const NONE: Self = Self {
         dead_letters: false,
+        delayed: false,
     };
 
     /// Adds listing and replaying dead letters.
     pub const fn with_dead_letters(mut self) -> Self {
         self.dead_letters = true;
+        self
+    }
+
+    /// Adds delayed delivery: the delayed retry stage and scheduled sends.
+    pub const fn with_delayed(mut self) -> Self {
+        self.delayed = true;
         self
     }
 }
@@ -157,6 +170,25 @@ pub trait Provider: Send + Sync + 'static {
         route: Route<'_>,
         envelope: Envelope,
     ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Publishes several messages to `route`, in order, as
+    /// [`publish`](Provider::publish) does for each; for a durable route it returns
+    /// once the broker has taken every one. On an error some of them may have been
+    /// published. The default publishes them one by one; a broker that can pipeline
+    /// publishes (and, for durable routes, wait once for all their confirmations)
+    /// overrides it.
+    fn publish_batch(
+        &self,
+        route: Route<'_>,
+        envelopes: Vec<Envelope>,
+    ) -> impl Future<Output = Result<()>> + Send {
+        async move {
+            for envelope in envelopes {
+                self.publish(route, envelope).await?;
+            }
+            Ok(())
+        }
+    }
 
     /// Starts consuming from a declared queue.
     fn subscribe(
@@ -213,6 +245,37 @@ pub trait Provider: Send + Sync + 'static {
         std::future::ready(Err(unsupported(self.name(), "replaying dead letters")))
     }
 
+    /// Capability `delayed`: publishes `envelope` to every queue bound to
+    /// `route.address`, as [`publish`](Provider::publish) does, but the broker holds
+    /// it for `delay` first (a scheduled send). Returns once the broker has taken
+    /// it, durably for a durable route (it then survives a broker restart while it
+    /// waits). It must not be delivered before `delay` has passed since the call;
+    /// the provider documents how late it may be (its tolerance). A delay longer
+    /// than the broker can hold is an error, never silently shortened. The runtime
+    /// calls it only with a delay above zero.
+    fn publish_delayed(
+        &self,
+        route: Route<'_>,
+        delay: Duration,
+        envelope: Envelope,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let _ = (route, delay, envelope);
+        std::future::ready(Err(unsupported(self.name(), "delayed delivery")))
+    }
+
+    /// Removes the per-process queue `queue` (and what the provider keeps for it)
+    /// after the runtime cancelled and dropped its only consumer: a run-time
+    /// subscription ended (`Subscription::unsubscribe`) while its server goes on.
+    /// Messages still in it are dropped, as when its server goes away. The default
+    /// does nothing, which is right for a provider whose per-process queues go away
+    /// with their consumer (the in-process broker, STOMP, NATS and Redis here); a
+    /// provider whose per-process queues live as long as its connection (AMQP's
+    /// exclusive queues) deletes it here. Idempotent: a missing queue is `Ok`.
+    fn delete_queue(&self, queue: &QueueSpec) -> impl Future<Output = Result<()>> + Send {
+        let _ = queue;
+        std::future::ready(Ok(()))
+    }
+
     /// This provider as the object-safe form the manager holds.
     fn into_dyn(self) -> Arc<dyn DynProvider>
     where
@@ -241,6 +304,19 @@ pub trait DynProvider: Send + Sync + 'static {
     fn broker_names(&self, queue: &QueueSpec) -> Option<String>;
     fn declare<'a>(&'a self, queues: &'a [QueueSpec]) -> BoxFuture<'a, Result<()>>;
     fn publish<'a>(&'a self, route: Route<'a>, envelope: Envelope) -> BoxFuture<'a, Result<()>>;
+    /// The default publishes one by one through [`DynProvider::publish`].
+    fn publish_batch<'a>(
+        &'a self,
+        route: Route<'a>,
+        envelopes: Vec<Envelope>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            for envelope in envelopes {
+                self.publish(route, envelope).await?;
+            }
+            Ok(())
+        })
+    }
     fn subscribe<'a>(
         &'a self,
         queue: &'a QueueSpec,
@@ -263,6 +339,16 @@ pub trait DynProvider: Send + Sync + 'static {
         queue: &'a QueueSpec,
         envelope: Envelope,
     ) -> BoxFuture<'a, Result<()>>;
+    fn publish_delayed<'a>(
+        &'a self,
+        route: Route<'a>,
+        delay: Duration,
+        envelope: Envelope,
+    ) -> BoxFuture<'a, Result<()>>;
+    fn delete_queue<'a>(&'a self, queue: &'a QueueSpec) -> BoxFuture<'a, Result<()>> {
+        let _ = queue;
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 impl<P: Provider> DynProvider for P {
@@ -284,6 +370,14 @@ impl<P: Provider> DynProvider for P {
 
     fn publish<'a>(&'a self, route: Route<'a>, envelope: Envelope) -> BoxFuture<'a, Result<()>> {
         Box::pin(Provider::publish(self, route, envelope))
+    }
+
+    fn publish_batch<'a>(
+        &'a self,
+        route: Route<'a>,
+        envelopes: Vec<Envelope>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(Provider::publish_batch(self, route, envelopes))
     }
 
     fn subscribe<'a>(
@@ -325,6 +419,19 @@ impl<P: Provider> DynProvider for P {
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(Provider::send_to_queue(self, queue, envelope))
     }
+
+    fn publish_delayed<'a>(
+        &'a self,
+        route: Route<'a>,
+        delay: Duration,
+        envelope: Envelope,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(Provider::publish_delayed(self, route, delay, envelope))
+    }
+
+    fn delete_queue<'a>(&'a self, queue: &'a QueueSpec) -> BoxFuture<'a, Result<()>> {
+        Box::pin(Provider::delete_queue(self, queue))
+    }
 }
 
 /// Settles deliveries of one consumer.
@@ -339,6 +446,35 @@ pub trait Acker: Send + Sync + 'static {
     /// plus the reason headers), then remove the original. The letter must be stored
     /// durably before the original is acknowledged.
     fn dead_letter(&self, tag: u64, envelope: Envelope) -> BoxFuture<'static, Result<()>>;
+
+    /// Capability `delayed` (the delayed retry stage): stores `envelope` (the
+    /// message as received plus the runtime's [`RETRY_ATTEMPTS`] and
+    /// [`RETRY_STAGE`] headers) on the broker so that it is delivered again to this
+    /// consumer's queue only (not the event's other queues) once `delay` has
+    /// passed, then acknowledges the original. The copy must be stored (durably, if
+    /// the queue is durable) before the original is acknowledged; it survives the
+    /// consuming process, and a broker restart if the queue is durable. `delay` is
+    /// always one of the queue's [`QueueSpec::retry_delays`], so a provider may
+    /// prepare a place per delay at [`Provider::declare`]. An error leaves the
+    /// original unsettled (the runtime then dead-letters it, or requeues it if that
+    /// fails too). A provider whose broker redelivers the original itself (a delayed
+    /// negative acknowledgement) must give the redelivered envelope those two
+    /// headers as they are in `envelope`.
+    ///
+    /// [`RETRY_ATTEMPTS`]: crate::header::RETRY_ATTEMPTS
+    /// [`RETRY_STAGE`]: crate::header::RETRY_STAGE
+    fn delay(
+        &self,
+        tag: u64,
+        delay: Duration,
+        envelope: Envelope,
+    ) -> BoxFuture<'static, Result<()>> {
+        let _ = (tag, delay, envelope);
+        Box::pin(std::future::ready(Err(unsupported(
+            "this provider",
+            "delayed redelivery",
+        ))))
+    }
 }
 
 /// One message handed to a consumer.

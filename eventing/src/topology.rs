@@ -2,6 +2,7 @@
 //! `<event>::<listener>` and `<event>::<listener>-<server>` for per-process listeners.
 
 use std::fmt;
+use std::time::Duration;
 
 /// One queue: which event feeds it and who consumes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,6 +18,11 @@ pub struct QueueSpec {
     pub durable: bool,
     /// One queue per server, removed when the server goes away.
     pub per_process: bool,
+    /// The listener's delayed retry stage (its `RetryPolicy::delays`, each once,
+    /// in the policy's order): a provider with the `delayed` capability prepares
+    /// a place per delay at `declare` (RabbitMQ: the queue
+    /// [`delay_queue`](Self::delay_queue)). Empty: no delayed stage.
+    pub retry_delays: Vec<Duration>,
 }
 
 impl QueueSpec {
@@ -34,6 +40,7 @@ impl QueueSpec {
             listener,
             durable,
             per_process,
+            retry_delays: Vec::new(),
         }
     }
 
@@ -46,7 +53,42 @@ impl QueueSpec {
             listener,
             durable,
             per_process: false,
+            retry_delays: Vec::new(),
         }
+    }
+
+    /// The same queue with a delayed retry stage after these delays (duplicates
+    /// and zero delays are left out).
+    #[must_use]
+    pub fn with_retry_delays(mut self, delays: &[Duration]) -> Self {
+        self.retry_delays.clear();
+        for &delay in delays {
+            if !delay.is_zero() && !self.retry_delays.contains(&delay) {
+                self.retry_delays.push(delay);
+            }
+        }
+        self
+    }
+
+    /// The name of the queue where messages of this queue wait `delay` in the
+    /// delayed retry stage, for providers that keep them in queues:
+    /// `<queue>.delay.<milliseconds>`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let q = eventing::topology::QueueSpec::new("E", "L", true, false, "srv");
+    /// assert_eq!(q.delay_queue(Duration::from_secs(5)), "E::L.delay.5000");
+    /// ```
+    pub fn delay_queue(&self, delay: Duration) -> String {
+        format!("{}.delay.{}", self.name, delay.as_millis())
+    }
+
+    /// The names of every [`delay_queue`](Self::delay_queue) of this queue.
+    pub fn delay_queues(&self) -> Vec<String> {
+        self.retry_delays
+            .iter()
+            .map(|&delay| self.delay_queue(delay))
+            .collect()
     }
 
     /// The dead-letter queue's name: `<queue>.dlq`.
@@ -122,6 +164,14 @@ impl fmt::Display for Topology {
                     Some(on_broker) => writeln!(f, "; on the broker: {on_broker}")?,
                     None => writeln!(f)?,
                 }
+                if !queue.retry_delays.is_empty() {
+                    let stages: Vec<String> = queue
+                        .retry_delays
+                        .iter()
+                        .map(|&delay| format!("{delay:?} in {}", queue.delay_queue(delay)))
+                        .collect();
+                    writeln!(f, "    delayed retries: {}", stages.join(", "))?;
+                }
             }
         }
         Ok(())
@@ -139,5 +189,33 @@ mod tests {
         assert_eq!(q.dead_letter_queue(), "E::L.dlq");
         let p = QueueSpec::new("E", "L", false, true, "srv");
         assert_eq!(p.name, "E::L-srv");
+    }
+
+    #[test]
+    fn delay_queues_follow_the_rule_and_show_in_the_topology() {
+        let d = |ms| Duration::from_millis(ms);
+        let q = QueueSpec::new("E", "L", true, false, "srv").with_retry_delays(&[
+            d(2000),
+            d(0),
+            d(500),
+            d(2000),
+        ]);
+        assert_eq!(q.retry_delays, [d(2000), d(500)], "no zeros, no duplicates");
+        assert_eq!(q.delay_queues(), ["E::L.delay.2000", "E::L.delay.500"]);
+        let topology = Topology {
+            server: "srv".into(),
+            events: vec![EventInfo {
+                name: "E".into(),
+                type_name: "E",
+                durable: true,
+            }],
+            queues: vec![q],
+            broker_names: Default::default(),
+        };
+        let text = topology.to_string();
+        assert!(
+            text.contains("delayed retries: 2s in E::L.delay.2000, 500ms in E::L.delay.500"),
+            "{text}"
+        );
     }
 }

@@ -497,6 +497,7 @@ async fn dead_letters_can_be_listed_and_replayed() {
                 max_attempts: 2,
                 initial_backoff: Duration::from_millis(1),
                 max_backoff: Duration::from_millis(1),
+                delays: Vec::new(),
             },
             ..ListenerOptions::default()
         })

@@ -255,7 +255,7 @@ impl Provider for ReferenceProvider {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::NONE.with_dead_letters()
+        Capabilities::NONE.with_dead_letters().with_delayed()
     }
 
     async fn declare(&self, specs: &[QueueSpec]) -> Result<()> {
@@ -377,6 +377,40 @@ impl Provider for ReferenceProvider {
         queue.dispatch(next_tag, &self.acker(&spec.name));
         Ok(())
     }
+
+    /// A timer task per waiting message, then an ordinary publish (a broker
+    /// would keep them in its store; here they live as long as the runtime).
+    async fn publish_delayed(
+        &self,
+        route: Route<'_>,
+        delay: Duration,
+        envelope: Envelope,
+    ) -> Result<()> {
+        drop(self.up()?);
+        let (provider, address, durable) = (self.clone(), route.address.to_owned(), route.durable);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let route = Route::new(&address, durable);
+            if let Err(error) = Provider::publish(&provider, route, envelope).await {
+                tracing::error!(%error, address, "scheduled send failed");
+            }
+        });
+        Ok(())
+    }
+}
+
+impl ReferenceProvider {
+    /// Puts `envelope` onto the queue named `queue` (if it still exists).
+    fn push(&self, queue: &str, envelope: Envelope) {
+        let mut broker = self.broker.state.lock();
+        let Broker {
+            queues, next_tag, ..
+        } = &mut *broker;
+        if let Some(q) = queues.get_mut(queue) {
+            q.ready.push_back((envelope, false));
+            q.dispatch(next_tag, &self.acker(queue));
+        }
+    }
 }
 
 /// Settles the deliveries of one queue.
@@ -432,6 +466,18 @@ impl Acker for Settle {
                 .ready
                 .push_back((letter, false));
         });
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// A timer task puts the copy back onto this queue alone when `delay` has
+    /// passed; the original is settled at once.
+    fn delay(&self, tag: u64, delay: Duration, copy: Envelope) -> BoxFuture<'static, Result<()>> {
+        let (provider, queue) = (self.provider.clone(), self.queue.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            provider.push(&queue, copy);
+        });
+        self.settle(tag, |_, _| {});
         Box::pin(std::future::ready(Ok(())))
     }
 }

@@ -59,8 +59,9 @@ impl NatsHarness {
         jetstream::new(self.raw_client().await)
     }
 
-    /// Deletes the streams of `events` (and so their consumers) and purges the
-    /// dead letters of `queues`.
+    /// Deletes the streams of `events` (and so their consumers), purges the
+    /// dead letters of `queues` and removes their delay queues (consumer and
+    /// waiting copies in the delay stream).
     pub async fn delete(&self, queues: &[QueueSpec], events: &[String]) {
         let client = self.raw_client().await;
         for event in events {
@@ -83,6 +84,24 @@ impl NatsHarness {
                 Bytes::from(body),
             )
             .await;
+            // The delay queues: their consumers and what waits on them.
+            for delay_queue in queue.delay_queues() {
+                if let Ok(consumer) = names::consumer(&delay_queue) {
+                    let _ = request(
+                        &client,
+                        format!("$JS.API.CONSUMER.DELETE.{}.{consumer}", names::DELAY_STREAM),
+                        Bytes::new(),
+                    )
+                    .await;
+                }
+                let body = format!("{{\"filter\":\"{}\"}}", names::delay_subject(&delay_queue));
+                let _ = request(
+                    &client,
+                    format!("$JS.API.STREAM.PURGE.{}", names::DELAY_STREAM),
+                    Bytes::from(body),
+                )
+                .await;
+            }
         }
         let _ = client.flush().await;
     }

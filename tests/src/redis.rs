@@ -62,18 +62,21 @@ impl RedisHarness {
         .expect("raw Redis connection")
     }
 
-    /// Deletes the streams of `events`, the dead-letter streams of `queues` and the
-    /// bookkeeping keys of per-process queues.
+    /// Deletes the streams of `events` and their schedules, the dead-letter
+    /// streams and delay queues of `queues` and the bookkeeping keys of
+    /// per-process queues.
     pub async fn delete(&self, queues: &[QueueSpec], events: &[String]) {
         let mut connection = self.raw().await;
         let mut keys: Vec<String> = Vec::new();
         for event in events {
             keys.push(event.clone());
             keys.push(format!("eventing:per-process:{event}"));
+            keys.push(format!("eventing:schedule:{event}"));
         }
         for queue in queues {
             keys.push(queue.dead_letter_queue());
             keys.push(format!("eventing:alive:{}", queue.name));
+            keys.extend(queue.delay_queues());
         }
         for chunk in keys.chunks(100) {
             let _: Result<i64, _> = ::redis::cmd("DEL")

@@ -72,6 +72,25 @@ async fn raw_channel_with_exchange(
     (connection, channel)
 }
 
+/// Seconds since the epoch of a `YYYY-MM-DDTHH:MM:SSZ` timestamp.
+fn whole_seconds(stamp: &str) -> Option<u64> {
+    let b = stamp.as_bytes();
+    if b.len() != 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[19] != b'Z' {
+        return None;
+    }
+    let num = |range: std::ops::Range<usize>| stamp.get(range)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    // Days from the civil date (H. Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
+}
+
 async fn raw_publish(channel: &Channel, exchange: &str, body: &[u8], properties: BasicProperties) {
     channel
         .basic_publish(
@@ -345,59 +364,94 @@ async fn headers_round_trip_with_raw_amqp_clients() {
             timestamp >= before && timestamp <= before + 60,
             "seconds since the epoch"
         );
+        assert_eq!(
+            properties.kind().as_ref().map(ShortString::as_str),
+            Some(exchange.as_str()),
+            "the event name is the AMQP type"
+        );
+        // The lean format: only the pipeline's header is in the table.
         let table = properties.headers().as_ref().expect("headers table");
+        let keys: Vec<&str> = table.inner().keys().map(ShortString::as_str).collect();
+        assert_eq!(keys, [header::SESSION_ID], "nothing else in the table");
         let text = |name: &str| match table.inner().get(name) {
             Some(AMQPValue::LongString(s)) => {
                 Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
             }
             _ => None,
         };
-        assert_eq!(text(header::EVENT), Some(exchange.clone()));
         assert_eq!(text(header::SESSION_ID).as_deref(), Some("s-1"));
-        let exact = text("x-eventing-timestamp").expect("exact timestamp in the table");
         let body: Ping = serde_json::from_slice(&message.delivery.data).expect("JSON body");
         assert_eq!(body.n, 1);
         let seen = pings.wait_for(1, WAIT).await;
         assert_eq!(seen.len(), 1);
+        let stamp = seen[0].headers.get(header::TIMESTAMP).expect("timestamp");
         assert_eq!(
-            seen[0].headers.get(header::TIMESTAMP),
-            Some(&exact),
-            "the exact RFC 3339 string"
+            whole_seconds(stamp),
+            Some(timestamp),
+            "the timestamp the sender made, whole seconds: {stamp}"
         );
         assert_eq!(
             seen[0].headers.get(header::MESSAGE_ID).map(String::as_str),
             Some(message_id.as_str())
         );
+        assert_eq!(seen[0].headers.get(header::EVENT), Some(&exchange));
 
-        // raw client -> eventing: what it sets arrives, nothing else is invented.
+        // raw client -> eventing: what it sets arrives, nothing else is invented;
+        // values that are not strings arrive as readable text.
+        let mut nested = FieldTable::default();
+        nested.insert("a".into(), AMQPValue::LongInt(1));
+        nested.insert("b".into(), AMQPValue::LongString(LongString::from("x")));
+        let mut array = lapin::types::FieldArray::default();
+        array.push(AMQPValue::LongInt(1));
+        array.push(AMQPValue::LongString(LongString::from("two")));
+        array.push(AMQPValue::Boolean(false));
         let mut table = FieldTable::default();
         table.insert(
             "x-custom".into(),
             AMQPValue::LongString(LongString::from("a\nb: c")),
         );
         table.insert("x-count".into(), AMQPValue::LongInt(5));
+        table.insert("x-big".into(), AMQPValue::LongLongInt(-1 << 40));
+        table.insert("x-flag".into(), AMQPValue::Boolean(true));
+        table.insert("x-ratio".into(), AMQPValue::Double(0.25));
+        table.insert("x-table".into(), AMQPValue::FieldTable(nested));
+        table.insert("x-array".into(), AMQPValue::FieldArray(array));
         let properties = BasicProperties::default()
             .with_message_id("raw-1".into())
             .with_content_type("application/json".into())
             .with_headers(table);
         raw_publish(&channel, &exchange, br#"{"n":2,"text":"raw"}"#, properties).await;
-        let seen = pings.wait_for(2, WAIT).await;
+        // A raw client naming the event in `type`, with nothing else.
+        let typed = BasicProperties::default().with_type(exchange.as_str().into());
+        raw_publish(&channel, &exchange, br#"{"n":3,"text":"typed"}"#, typed).await;
+        let seen = pings.wait_for(3, WAIT).await;
         let raw = seen
             .iter()
             .find(|s| s.event.n == 2)
             .expect("the raw message is handled");
-        assert_eq!(
-            raw.headers.get(header::MESSAGE_ID).map(String::as_str),
-            Some("raw-1")
-        );
-        assert_eq!(
-            raw.headers.get("x-custom").map(String::as_str),
-            Some("a\nb: c")
-        );
-        assert_eq!(raw.headers.get("x-count").map(String::as_str), Some("5"));
-        assert_eq!(raw.headers.get(header::EVENT), None);
-        assert_eq!(raw.headers.get(header::TIMESTAMP), None);
+        let get = |name: &str| raw.headers.get(name).map(String::as_str);
+        assert_eq!(get(header::MESSAGE_ID), Some("raw-1"));
+        assert_eq!(get("x-custom"), Some("a\nb: c"));
+        assert_eq!(get("x-count"), Some("5"));
+        assert_eq!(get("x-big"), Some("-1099511627776"));
+        assert_eq!(get("x-flag"), Some("true"));
+        assert_eq!(get("x-ratio"), Some("0.25"));
+        assert_eq!(get("x-table"), Some(r#"{"a":1,"b":"x"}"#));
+        assert_eq!(get("x-array"), Some(r#"[1,"two",false]"#));
+        assert_eq!(get(header::EVENT), None);
+        assert_eq!(get(header::TIMESTAMP), None);
         assert_eq!(raw.session, None);
+        let typed = seen
+            .iter()
+            .find(|s| s.event.n == 3)
+            .expect("the typed message is handled");
+        assert_eq!(typed.headers.get(header::EVENT), Some(&exchange));
+        assert_eq!(
+            typed.headers.len(),
+            1,
+            "only the event: {:?}",
+            typed.headers
+        );
         let _ = connection.close(200, "done".into()).await;
         env.finish().await;
     })
@@ -707,6 +761,70 @@ async fn out_of_order_acks_and_dead_letters_never_break_the_channel() {
         let info = info.iter().find(|q| q.name == queue).expect("queue");
         assert_eq!((info.ready, info.unacked), (0, 0), "all settled: {info:?}");
         assert_eq!(manager.stats().dead_lettered, unlucky as u64);
+        env.finish().await;
+    })
+    .await;
+}
+
+#[test]
+fn whole_seconds_reads_rfc3339() {
+    assert_eq!(whole_seconds("2024-05-01T10:00:00Z"), Some(1_714_557_600));
+    assert_eq!(whole_seconds("1970-01-01T00:00:00Z"), Some(0));
+    assert_eq!(whole_seconds("2024-05-01T10:00:00.5Z"), None);
+}
+
+/// `send_events`: a durable batch (pipelined, confirms awaited together) and a
+/// transient one arrive whole, each event with its own message id, the durable
+/// ones persistent; the manager counts every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_events_publishes_every_event_with_its_own_id() {
+    let harness = AmqpHarness::from_env();
+    bounded(async {
+        const N: u32 = 2500;
+        let mut env = TestEnv::new(&harness);
+        let work_seen = Recorder::new();
+        let pongs = Recorder::new();
+        let manager = env
+            .start(
+                env.builder("a")
+                    .listener(Worker {
+                        seen: Arc::clone(&work_seen),
+                        server: "a".into(),
+                    })
+                    .listener(PongListener {
+                        seen: Arc::clone(&pongs),
+                    }),
+            )
+            .await;
+        let work: Vec<Work> = (0..N).map(|n| Work { n }).collect();
+        manager
+            .send_events(&work)
+            .await
+            .expect("send_events (durable)");
+        let scores: Vec<Pong> = (0..100).map(Pong::Score).collect();
+        manager
+            .send_events(scores.iter().chain([&Pong::Miss]))
+            .await
+            .expect("send_events (transient)");
+        let got = work_seen.wait_for(N as usize, WAIT).await;
+        let got_pongs = pongs.wait_for(101, WAIT).await;
+        assert_eq!(got.len(), N as usize, "every durable event arrives");
+        assert_eq!(got_pongs.len(), 101, "every transient event arrives");
+        let mut numbers: Vec<u32> = got.iter().map(|s| s.event.n).collect();
+        numbers.sort_unstable();
+        numbers.dedup();
+        assert_eq!(numbers.len(), N as usize, "no event twice, none missing");
+        let ids: std::collections::HashSet<&String> = got
+            .iter()
+            .filter_map(|s| s.headers.get(header::MESSAGE_ID))
+            .chain(
+                got_pongs
+                    .iter()
+                    .filter_map(|s| s.headers.get(header::MESSAGE_ID)),
+            )
+            .collect();
+        assert_eq!(ids.len(), N as usize + 101, "one message id each");
+        assert_eq!(manager.stats().sent, u64::from(N) + 101);
         env.finish().await;
     })
     .await;

@@ -1,6 +1,7 @@
 //! The fault tests of `eventing_test::faults` on every provider built in: broker
 //! restart mid-stream, a killed consumer, poison messages, backlog drain with bounded
-//! memory, shutdown mid-stream. Each prints one `fault <test> <provider>: ...` line
+//! memory, shutdown mid-stream; and the delayed-delivery cases of
+//! `eventing_test::delayed` (delayed retry stage, scheduled sends). Each prints one `fault <test> <provider>: ...` line
 //! (`cargo test -p eventing-tests --features stomp,amqp --test faults -- --nocapture`).
 //!
 //! These tests restart the broker and load it, which would disturb anything else
@@ -10,14 +11,17 @@
 
 mod memory {
     eventing_test::faults_tests!(eventing_test::MemoryHarness);
+    eventing_test::delayed_tests!(eventing_test::MemoryHarness);
 }
 
 #[cfg(feature = "stomp")]
 mod stomp {
     eventing_test::faults_tests!(eventing_tests::stomp::StompHarness::from_env());
+    eventing_test::delayed_tests!(eventing_tests::stomp::StompHarness::from_env());
 }
 
 #[cfg(feature = "amqp")]
 mod amqp {
     eventing_test::faults_tests!(eventing_tests::amqp::AmqpHarness::from_env());
+    eventing_test::delayed_tests!(eventing_tests::amqp::AmqpHarness::from_env());
 }

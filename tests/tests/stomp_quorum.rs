@@ -84,6 +84,7 @@ fn builder(harness: &StompHarness, env: &str, server: &str) -> eventing::EventMa
                 max_attempts: 2,
                 initial_backoff: Duration::from_millis(10),
                 max_backoff: Duration::from_millis(20),
+                delays: Vec::new(),
             },
         })
 }

@@ -605,6 +605,7 @@ pub fn options(prefetch: u16, concurrency: usize) -> ListenerOptions {
             max_attempts: 3,
             initial_backoff: Duration::from_millis(1),
             max_backoff: Duration::from_millis(4),
+            delays: Vec::new(),
         },
     }
 }

@@ -14,14 +14,41 @@ use crate::provider::{self, DynProvider, ProviderConfig};
 use crate::registry;
 
 /// How a failing listener call is retried before the message is dead-lettered.
+///
+/// Two stages. Immediate retries happen in the consumer, holding the message:
+/// `max_attempts` calls with backoff. Then, if `delays` is not empty, the delayed
+/// stage: the message leaves the consumer and waits on the broker for the first
+/// delay, comes back to its own queue (not the event's other listeners) and gets
+/// `max_attempts` calls again, then waits for the next delay, and so on; only
+/// after the round that follows the last delay is it dead-lettered, with the
+/// attempts of every round counted. [`Context::attempt`](crate::Context::attempt)
+/// counts across rounds, and a consumer restart in between loses nothing. The
+/// provider needs the `delayed` capability (the manager's `start()` fails
+/// otherwise).
+///
+/// ```
+/// use std::time::Duration;
+/// use eventing::RetryPolicy;
+///
+/// // 3 calls, then after 5 s, 30 s and 5 min 3 calls each: 12 in all.
+/// let policy = RetryPolicy::default().with_delays([
+///     Duration::from_secs(5),
+///     Duration::from_secs(30),
+///     Duration::from_secs(300),
+/// ]);
+/// assert_eq!(policy.total_attempts(), 12);
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// Calls in all, the first included (at least 1).
+    /// Calls per round, the first included (at least 1).
     pub max_attempts: u32,
     /// Wait before the first retry.
     pub initial_backoff: Duration,
     /// The wait doubles per retry up to this.
     pub max_backoff: Duration,
+    /// The delayed stage: how long the message waits on the broker before each
+    /// further round (empty, the default: none, dead-letter after the first round).
+    pub delays: Vec<Duration>,
 }
 
 impl Default for RetryPolicy {
@@ -30,6 +57,7 @@ impl Default for RetryPolicy {
             max_attempts: 3,
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
+            delays: Vec::new(),
         }
     }
 }
@@ -39,6 +67,21 @@ impl RetryPolicy {
     /// jitter so retries of many messages do not fall in step.
     pub fn backoff(&self, attempt: u32) -> Duration {
         crate::backoff::Backoff::new(self.initial_backoff, self.max_backoff).delay(attempt)
+    }
+
+    /// The same policy with this delayed stage (see [`delays`](Self::delays)).
+    #[must_use]
+    pub fn with_delays(mut self, delays: impl IntoIterator<Item = Duration>) -> Self {
+        self.delays = delays.into_iter().collect();
+        self
+    }
+
+    /// Listener calls before a message is dead-lettered, over both stages.
+    pub fn total_attempts(&self) -> u32 {
+        let rounds = u32::try_from(self.delays.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
+        self.max_attempts.max(1).saturating_mul(rounds)
     }
 }
 
@@ -104,6 +147,7 @@ impl Default for EventManagerBuilder {
                 max_attempts: u32::MAX,
                 initial_backoff: Duration::from_millis(200),
                 max_backoff: Duration::from_secs(10),
+                delays: Vec::new(),
             },
         }
     }
@@ -157,6 +201,16 @@ impl EventManagerBuilder {
         if let Some(selected) = &mut self.selected {
             selected.push(TypeId::of::<L>());
         }
+        self
+    }
+
+    /// Gives listener functions that take `State<T>` this value (a clone per
+    /// call); see [`State`](crate::State). One value per type `T`; a later call
+    /// for the same type wins.
+    pub fn state<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
+        let id = TypeId::of::<crate::State<T>>();
+        self.instances.retain(|(bound, _)| *bound != id);
+        self.instances.push((id, Arc::new(crate::State(value))));
         self
     }
 
@@ -228,6 +282,7 @@ impl EventManagerBuilder {
             max_attempts: u32::MAX,
             initial_backoff: initial,
             max_backoff: max,
+            delays: Vec::new(),
         };
         self
     }
@@ -284,6 +339,7 @@ impl EventManagerBuilder {
                 state: Mutex::new(State::Built),
                 stopped: Default::default(),
                 stats: Arc::new(Counters::default()),
+                subscriptions: Default::default(),
             }),
         };
         for pipeline in manager.inner.pipelines.iter() {

@@ -1,5 +1,6 @@
 //! The loop that feeds one listener from its queue: bounded concurrency, pipelines,
-//! retries with backoff, dead letters, and a draining shutdown.
+//! retries with backoff, the delayed retry stage, dead letters, and a draining
+//! shutdown.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -240,10 +241,13 @@ fn start(delivery: Delivery, active: &Arc<Active>, cx: &mut TaskContext<'_>) -> 
             redelivered,
             acker,
         } = delivery;
+        let (prior, stage) = retry_state(&original);
         let mut handling = Handling {
             active: Arc::clone(active),
             envelope: original.clone(),
             original,
+            prior,
+            stage,
             tag,
             redelivered,
             acker,
@@ -276,7 +280,26 @@ fn start(delivery: Delivery, active: &Arc<Active>, cx: &mut TaskContext<'_>) -> 
 enum Next {
     Done,
     Retry(Duration),
+    /// To the delayed stage: wait this long on the broker (the last error given).
+    Delay(Duration, String),
     DeadLetter(String),
+}
+
+/// Listener calls in earlier rounds and delays waited, from the headers of a
+/// message back from the delayed stage (absent or malformed: a first round).
+fn retry_state(envelope: &Envelope) -> (u32, u32) {
+    let read = |name: &str| {
+        let value = envelope.headers.get(name)?;
+        let parsed = value.parse::<u32>().ok();
+        if parsed.is_none() {
+            tracing::warn!(header = name, value, "malformed retry header; taken as 0");
+        }
+        parsed
+    };
+    (
+        read(header::RETRY_ATTEMPTS).unwrap_or(0),
+        read(header::RETRY_STAGE).unwrap_or(0),
+    )
 }
 
 /// One delivery being handled.
@@ -286,6 +309,10 @@ struct Handling {
     original: Envelope,
     /// As the receiving pipelines left it.
     envelope: Envelope,
+    /// Listener calls in earlier rounds (the delayed stage's `x-retry-attempts`).
+    prior: u32,
+    /// Delays of the delayed stage already waited (`x-retry-stage`).
+    stage: u32,
     tag: u64,
     redelivered: bool,
     acker: Arc<dyn Acker>,
@@ -358,7 +385,7 @@ impl Handling {
             headers: self.envelope.headers.clone(),
             listener: active.descriptor,
             queue: Arc::clone(&active.queue_name),
-            attempt,
+            attempt: self.prior.saturating_add(attempt),
             redelivered: self.redelivered,
         };
         let mut call = active.handler.call(&self.envelope, ctx);
@@ -386,8 +413,18 @@ impl Handling {
                 active.metrics.failed();
                 let retry = &active.options.retry;
                 if attempt >= retry.max_attempts.max(1) {
+                    let stage = usize::try_from(self.stage).unwrap_or(usize::MAX);
+                    if let Some(&delay) = retry.delays.get(stage) {
+                        return Next::Delay(delay, error.to_string());
+                    }
+                    let total = self.prior.saturating_add(attempt);
+                    let delayed = if self.stage == 0 {
+                        String::new()
+                    } else {
+                        format!(" (in {} rounds, after delays)", self.stage + 1)
+                    };
                     return Next::DeadLetter(format!(
-                        "listener failed {attempt} times; last error: {error}"
+                        "listener failed {total} times{delayed}; last error: {error}"
                     ));
                 }
                 let wait = retry.backoff(attempt);
@@ -403,6 +440,7 @@ impl Handling {
             match next {
                 Next::Done => return,
                 Next::DeadLetter(reason) => return self.dead_letter(reason, attempt).await,
+                Next::Delay(delay, error) => return self.delay(delay, attempt, error).await,
                 Next::Retry(wait) => {
                     tokio::time::sleep(wait).await;
                     attempt += 1;
@@ -415,13 +453,46 @@ impl Handling {
         }
     }
 
+    /// Hands the message, as received plus the retry headers, to the delayed
+    /// stage after call number `attempt` of this round failed with `error`: the
+    /// provider stores it to come back to this queue after `delay`, then settles
+    /// the original. If that fails it is dead-lettered (or, failing that too,
+    /// requeued).
+    async fn delay(self, delay: Duration, attempt: u32, error: String) {
+        let active = &self.active;
+        let total = self.prior.saturating_add(attempt);
+        let stage = self.stage.saturating_add(1);
+        tracing::warn!(%error, attempts = total, stage, ?delay, "listener failed; delayed redelivery");
+        let mut copy = self.original.clone();
+        copy.headers
+            .insert(header::RETRY_ATTEMPTS, total.to_string());
+        copy.headers.insert(header::RETRY_STAGE, stage.to_string());
+        match self.acker.delay(self.tag, delay, copy).await {
+            Ok(()) => {
+                active.stats.delayed.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(failure) => {
+                let reason = format!(
+                    "listener failed {total} times and the delayed redelivery after {delay:?} \
+                     failed ({failure}); last error: {error}"
+                );
+                self.dead_letter(reason, attempt).await;
+            }
+        }
+    }
+
     /// Moves the message, as received plus the reason headers, to the dead-letter
-    /// queue; if that fails it goes back to the queue.
+    /// queue; if that fails it goes back to the queue. `attempts`: calls in this
+    /// round (the letter counts those of earlier rounds too).
     async fn dead_letter(self, reason: String, attempts: u32) {
+        let attempts = self.prior.saturating_add(attempts);
         tracing::error!(%reason, attempts, "dead-lettering message");
         let active = &self.active;
         let mut letter = self.original;
         let headers = &mut letter.headers;
+        for name in header::RETRY_HEADERS {
+            headers.remove(name);
+        }
         headers.insert(header::DEAD_LETTER_REASON, reason);
         headers.insert(header::DEAD_LETTER_ATTEMPTS, attempts.to_string());
         headers.insert(header::DEAD_LETTER_QUEUE, &active.queue.name);

@@ -1,12 +1,15 @@
 //! The event manager: sends events through the pipelines and runs listeners.
 
+mod batch;
 mod builder;
 mod consume;
 mod replay;
+mod schedule;
+mod subscribe;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -16,6 +19,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 pub use builder::{EventManagerBuilder, ListenerOptions, RetryPolicy, URL_VARIABLE};
+pub use subscribe::{ListenerInfo, ListenerKind, SubscribeOptions, Subscription, SubscriptionId};
 
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
@@ -104,6 +108,8 @@ struct Inner {
     state: Mutex<State>,
     stopped: AtomicBool,
     stats: Arc<Counters>,
+    /// Run-time subscriptions (`subscribe.rs`).
+    subscriptions: subscribe::Subscriptions,
 }
 
 enum State {
@@ -126,6 +132,7 @@ pub(crate) struct Counters {
     pub(crate) retried: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
     pub(crate) reconnects: AtomicU64,
+    pub(crate) delayed: AtomicU64,
 }
 
 /// A snapshot of a manager's counters.
@@ -143,6 +150,8 @@ pub struct Stats {
     pub dead_lettered: u64,
     /// Times a listener lost its subscription and subscribed again.
     pub reconnects: u64,
+    /// Deliveries handed to the delayed retry stage (each round counts).
+    pub delayed: u64,
 }
 
 /// What a listener is doing.
@@ -219,12 +228,13 @@ impl EventManager {
             retried: c.retried.load(Ordering::Relaxed),
             dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
             reconnects: c.reconnects.load(Ordering::Relaxed),
+            delayed: c.delayed.load(Ordering::Relaxed),
         }
     }
 
     /// Whether each listener is connected and consuming, and the counters.
     pub fn health(&self) -> Health {
-        let listeners: Vec<ListenerHealth> = match &*self.inner.state.lock() {
+        let mut listeners: Vec<ListenerHealth> = match &*self.inner.state.lock() {
             State::Running { actives, .. } => actives
                 .iter()
                 .map(|active| ListenerHealth {
@@ -239,6 +249,13 @@ impl EventManager {
                 .collect(),
             _ => Vec::new(),
         };
+        for active in self.inner.subscriptions.actives() {
+            listeners.push(ListenerHealth {
+                listener: active.descriptor.name(),
+                queue: active.queue.name.clone(),
+                state: subscribe::state_of(&active),
+            });
+        }
         Health {
             healthy: !listeners.is_empty()
                 && listeners
@@ -265,7 +282,8 @@ impl EventManager {
                 durable: event.durable(),
             });
         }
-        let queues: Vec<QueueSpec> = self.inner.plan()?.into_iter().map(|p| p.queue).collect();
+        let mut queues: Vec<QueueSpec> = self.inner.plan()?.into_iter().map(|p| p.queue).collect();
+        queues.extend(self.inner.subscriptions.queues());
         let broker_names = queues
             .iter()
             .filter_map(|q| Some((q.name.clone(), self.inner.provider.broker_names(q)?)))
@@ -293,13 +311,21 @@ impl EventManager {
         let plan = self.inner.plan()?;
         let mut bound = Vec::with_capacity(plan.len());
         for planned in plan {
+            if !planned.queue.retry_delays.is_empty() && !self.inner.provider.capabilities().delayed
+            {
+                tracing::error!(
+                    listener = planned.descriptor.name(),
+                    provider = self.inner.provider.name(),
+                    "the retry policy has delays but the provider has no delayed delivery"
+                );
+                return Err(Error::Unsupported {
+                    provider: self.inner.provider.name(),
+                    operation: "delayed redelivery (RetryPolicy::delays)",
+                });
+            }
             let instance = planned
-                .instance
-                .or_else(|| planned.descriptor.construct.map(|construct| construct()))
-                .ok_or(Error::ListenerNotBound {
-                    listener: planned.descriptor.name(),
-                    type_name: planned.descriptor.type_name(),
-                })?;
+                .descriptor
+                .instantiate(planned.instance, &self.inner.instances)?;
             let handler =
                 (planned.descriptor.bind)(instance).ok_or(Error::WrongListenerInstance {
                     listener: planned.descriptor.name(),
@@ -327,24 +353,7 @@ impl EventManager {
                 provider = self.inner.provider.name(),
                 "listening"
             );
-            let metrics = crate::metrics::ListenerMetrics::new(&queue.event, descriptor.name());
-            let active = Arc::new(consume::Active {
-                descriptor,
-                queue_name: Arc::from(queue.name.as_str()),
-                queue,
-                handler,
-                pipelines: Arc::clone(&self.inner.pipelines),
-                options,
-                stats: Arc::clone(&self.inner.stats),
-                provider: Arc::clone(&self.inner.provider),
-                reconnect: self.inner.reconnect.clone(),
-                max_body: self.inner.max_body,
-                state: AtomicU8::new(consume::CONSUMING),
-                metrics,
-                accepts: descriptor
-                    .version()
-                    .and_then(|range| semver::VersionReq::parse(range).ok()),
-            });
+            let active = self.inner.active(descriptor, queue, handler, options);
             actives.push(Arc::clone(&active));
             let shutdown_timeout = self.inner.shutdown_timeout;
             tasks.push(tokio::spawn(consume::run(
@@ -354,25 +363,27 @@ impl EventManager {
                 shutdown_timeout,
             )));
         }
-        let mut state = self.inner.state.lock();
-        if !matches!(*state, State::Built) {
-            for task in &tasks {
-                task.abort();
+        {
+            let mut state = self.inner.state.lock();
+            if !matches!(*state, State::Built) {
+                for task in &tasks {
+                    task.abort();
+                }
+                return Err(match *state {
+                    State::Stopped => Error::ShutDown {
+                        operation: "start()",
+                    },
+                    _ => Error::AlreadyStarted,
+                });
             }
-            return Err(match *state {
-                State::Stopped => Error::ShutDown {
-                    operation: "start()",
-                },
-                _ => Error::AlreadyStarted,
-            });
+            *state = State::Running {
+                stop,
+                tasks,
+                queues,
+                actives,
+            };
         }
-        *state = State::Running {
-            stop,
-            tasks,
-            queues,
-            actives,
-        };
-        Ok(())
+        self.start_subscriptions().await
     }
 
     /// Serializes `event`, runs the send pipelines and publishes it. For a durable
@@ -556,6 +567,7 @@ impl EventManager {
             .plan()?
             .into_iter()
             .map(|p| p.queue)
+            .chain(self.inner.subscriptions.queues())
             .find(|q| q.name == queue)
             .ok_or_else(|| Error::UnknownQueue {
                 queue: queue.to_owned(),
@@ -568,6 +580,7 @@ impl EventManager {
     pub async fn shutdown(&self) -> Result<()> {
         let previous = std::mem::replace(&mut *self.inner.state.lock(), State::Stopped);
         self.inner.stopped.store(true, Ordering::Relaxed);
+        let subscriptions = self.inner.subscriptions.close();
         if let State::Running { stop, tasks, .. } = previous {
             let _ = stop.send(true);
             for task in tasks {
@@ -576,15 +589,19 @@ impl EventManager {
                 }
             }
         }
+        subscriptions.wait().await;
         self.inner.provider.close().await
     }
 
-    /// The queues declared by `start()`.
+    /// The queues declared by `start()`, and those of the run-time subscriptions
+    /// running now.
     pub fn queues(&self) -> Vec<QueueSpec> {
-        match &*self.inner.state.lock() {
+        let mut declared = match &*self.inner.state.lock() {
             State::Running { queues, .. } => queues.clone(),
             _ => Vec::new(),
-        }
+        };
+        declared.extend(self.inner.subscriptions.started_queues());
+        declared
     }
 }
 
@@ -634,6 +651,7 @@ impl Inner {
                     &self.server,
                 )
             };
+            let queue = queue.with_retry_delays(&self.options_for(descriptor).retry.delays);
             plan.push(Planned {
                 descriptor,
                 queue,
