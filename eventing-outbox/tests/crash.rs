@@ -175,19 +175,13 @@ where
     for<'c> &'c Pool<DB>: sqlx::Executor<'c, Database = DB>,
     (i64,): for<'r> sqlx::FromRow<'r, DB::Row>,
 {
-    let run = common::uuid_short();
-    let tables = tables(&run);
-    let (biz, handled) = (format!("crash_biz_{run}"), format!("crash_handled_{run}"));
-    for table in [&biz, &handled] {
-        sqlx::query(&format!("CREATE TABLE {table} (n BIGINT NOT NULL)"))
-            .execute(&pool)
-            .await
-            .expect("create");
-    }
-    let inbox = Inbox::with_tables(pool.clone(), tables.clone());
-    inbox.migrate().await.expect("migrate");
-    let deliveries = Arc::new(AtomicU64::new(0));
-    let handler = recording_handler(&inbox, &handled, &deliveries);
+    let books = RunTables::create(&pool).await;
+    let (run, tables) = (books.run.clone(), books.tables.clone());
+    let (biz, deliveries, handler) = (
+        books.biz.clone(),
+        books.deliveries.clone(),
+        books.handler.clone(),
+    );
     let manager = EventManager::builder()
         .url(amqp)
         .var("run", &run)
@@ -205,13 +199,7 @@ where
     let started = Instant::now();
     let exe = std::env::current_exe().expect("current_exe");
     let mut kills = 0;
-    let count = async || -> i64 {
-        let (c,): (i64,) = sqlx::query_as(&format!("SELECT count(*) FROM {biz}"))
-            .fetch_one(&pool)
-            .await
-            .expect("count");
-        c
-    };
+    let count = async || books.count("count(*)", &biz).await;
     for _round in 0..80 {
         if count().await >= ROWS || started.elapsed() > Duration::from_secs(150) {
             break;
@@ -255,13 +243,7 @@ where
     let mut options = RelayOptions::default();
     options.poll_interval = Duration::from_millis(50);
     let relay = outbox.relay(options);
-    let distinct_handled = async || -> i64 {
-        let (c,): (i64,) = sqlx::query_as(&format!("SELECT count(DISTINCT n) FROM {handled}"))
-            .fetch_one(&pool)
-            .await
-            .expect("count");
-        c
-    };
+    let distinct_handled = async || books.count("count(DISTINCT n)", &books.handled).await;
     let finished = eventually(Duration::from_secs(60), async || {
         outbox.pending().await.unwrap_or(1) == 0 && distinct_handled().await >= committed_rows
     })
@@ -276,7 +258,7 @@ where
         rows.into_iter().map(|(n,)| n).collect()
     };
     let committed: BTreeSet<i64> = ns(&biz).await.into_iter().collect();
-    let effects = ns(&handled).await;
+    let effects = ns(&books.handled).await;
     let seen: HashSet<i64> = effects.iter().copied().collect();
     let lost = committed.iter().filter(|n| !seen.contains(n)).count();
     let phantom = seen.iter().filter(|n| !committed.contains(n)).count();
@@ -305,15 +287,74 @@ where
         "a rolled-back transaction's event was published"
     );
     assert_eq!(duplicated_effects, 0);
-    for table in [
-        &biz,
-        &handled,
-        &tables.outbox().to_string(),
-        &tables.inbox().to_string(),
-    ] {
-        let _ = sqlx::query(&format!("DROP TABLE {table}"))
-            .execute(&pool)
-            .await;
+    books.drop_tables().await;
+}
+
+/// One test run's tables (business rows `biz`, side effects `handled`, the outbox and
+/// inbox under run-specific names) and the listener's handler recording into them.
+struct RunTables<DB: Backend> {
+    pool: Pool<DB>,
+    run: String,
+    tables: Tables,
+    biz: String,
+    handled: String,
+    deliveries: Arc<AtomicU64>,
+    handler: Handler,
+}
+
+impl<DB: Backend> RunTables<DB>
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    i64: sqlx::Type<DB> + for<'q> sqlx::Encode<'q, DB> + for<'r> sqlx::Decode<'r, DB>,
+    for<'c> &'c Pool<DB>: sqlx::Executor<'c, Database = DB>,
+    (i64,): for<'r> sqlx::FromRow<'r, DB::Row>,
+{
+    async fn create(pool: &Pool<DB>) -> Self {
+        let run = common::uuid_short();
+        let tables = tables(&run);
+        let (biz, handled) = (format!("crash_biz_{run}"), format!("crash_handled_{run}"));
+        for table in [&biz, &handled] {
+            sqlx::query(&format!("CREATE TABLE {table} (n BIGINT NOT NULL)"))
+                .execute(pool)
+                .await
+                .expect("create");
+        }
+        let inbox = Inbox::with_tables(pool.clone(), tables.clone());
+        inbox.migrate().await.expect("migrate");
+        let deliveries = Arc::new(AtomicU64::new(0));
+        let handler = recording_handler(&inbox, &handled, &deliveries);
+        Self {
+            pool: pool.clone(),
+            run,
+            tables,
+            biz,
+            handled,
+            deliveries,
+            handler,
+        }
+    }
+
+    /// `SELECT <what> FROM <table>` as a number.
+    async fn count(&self, what: &str, table: &str) -> i64 {
+        let (c,): (i64,) = sqlx::query_as(&format!("SELECT {what} FROM {table}"))
+            .fetch_one(&self.pool)
+            .await
+            .expect("count");
+        c
+    }
+
+    async fn drop_tables(&self) {
+        for table in [
+            self.biz.as_str(),
+            self.handled.as_str(),
+            self.tables.outbox(),
+            self.tables.inbox(),
+        ] {
+            let _ = sqlx::query(&format!("DROP TABLE {table}"))
+                .execute(&self.pool)
+                .await;
+        }
     }
 }
 
@@ -401,19 +442,13 @@ where
         .ok()
         .and_then(|u| u.host_str().map(str::to_owned))
         .unwrap_or_default();
-    let run = common::uuid_short();
-    let tables = tables(&run);
-    let (biz, handled) = (format!("crash_biz_{run}"), format!("crash_handled_{run}"));
-    for table in [&biz, &handled] {
-        sqlx::query(&format!("CREATE TABLE {table} (n BIGINT NOT NULL)"))
-            .execute(&pool)
-            .await
-            .expect("create");
-    }
-    let inbox = Inbox::with_tables(pool.clone(), tables.clone());
-    inbox.migrate().await.expect("migrate");
-    let deliveries = Arc::new(AtomicU64::new(0));
-    let handler = recording_handler(&inbox, &handled, &deliveries);
+    let books = RunTables::create(&pool).await;
+    let (run, tables) = (books.run.clone(), books.tables.clone());
+    let (biz, deliveries, handler) = (
+        books.biz.clone(),
+        books.deliveries.clone(),
+        books.handler.clone(),
+    );
     let manager = EventManager::builder()
         .url(amqp)
         .var("run", &run)
@@ -481,22 +516,13 @@ where
         }
         Err(error) => panic!("restarting RabbitMQ failed: {error}"),
     };
-    let distinct_handled = async || -> i64 {
-        let (c,): (i64,) = sqlx::query_as(&format!("SELECT count(DISTINCT n) FROM {handled}"))
-            .fetch_one(&pool)
-            .await
-            .expect("count");
-        c
-    };
+    let distinct_handled = async || books.count("count(DISTINCT n)", &books.handled).await;
     let finished = eventually(Duration::from_secs(90), async || {
         outbox.pending().await.unwrap_or(1) == 0 && distinct_handled().await >= ROWS
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await; // late duplicates show up
-    let (effects,): (i64,) = sqlx::query_as(&format!("SELECT count(*) FROM {handled}"))
-        .fetch_one(&pool)
-        .await
-        .expect("count");
+    let effects = books.count("count(*)", &books.handled).await;
     let seen = distinct_handled().await;
     let lost = ROWS - seen;
     let duplicated_effects = effects - seen;
@@ -519,16 +545,7 @@ where
     assert_eq!(lost, 0);
     assert_eq!(duplicated_effects, 0);
     assert_eq!(outbox.failed(1).await.expect("failed").len(), 0);
-    for table in [
-        &biz,
-        &handled,
-        &tables.outbox().to_string(),
-        &tables.inbox().to_string(),
-    ] {
-        let _ = sqlx::query(&format!("DROP TABLE {table}"))
-            .execute(&pool)
-            .await;
-    }
+    books.drop_tables().await;
 }
 
 /// The restart cases restart the one RabbitMQ, and the crash cases' per-process

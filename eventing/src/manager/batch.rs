@@ -2,9 +2,6 @@
 
 use std::sync::atomic::Ordering;
 
-use futures_util::FutureExt;
-use tracing::Instrument;
-
 use super::EventManager;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
@@ -81,21 +78,11 @@ impl EventManager {
         let count = envelopes.len();
         let span = tracing::debug_span!("send_batch", event = %address, count);
         let route = Route::new(address, durable);
-        let mut publish = self.inner.provider.publish_batch(route, envelopes);
-        match (&mut publish).now_or_never() {
-            Some(result) => result?,
-            None => {
-                let limit = self.inner.send_timeout;
-                tokio::time::timeout(limit, publish.instrument(span))
-                    .await
-                    .map_err(|_| Error::Unavailable {
-                        provider: self.inner.provider.name(),
-                        reason: format!(
-                            "a batch of {count} `{address}` events did not complete within {limit:?}"
-                        ),
-                    })??;
-            }
-        }
+        let publish = self.inner.provider.publish_batch(route, envelopes);
+        self.bounded(publish, span, || {
+            format!("a batch of {count} `{address}` events")
+        })
+        .await?;
         self.inner
             .stats
             .sent

@@ -503,23 +503,33 @@ impl EventManager {
         let span =
             tracing::debug_span!("send", event = %address, message_id = %envelope.message_id());
         let route = Route::new(address, durable);
-        let mut publish = self.inner.provider.publish(route, envelope);
-        // Most publishes complete at once; only a waiting one pays for a timer.
-        match (&mut publish).now_or_never() {
-            Some(result) => result?,
-            None => {
-                let limit = self.inner.send_timeout;
-                tokio::time::timeout(limit, publish.instrument(span))
-                    .await
-                    .map_err(|_| Error::Unavailable {
-                        provider: self.inner.provider.name(),
-                        reason: format!("send of `{address}` did not complete within {limit:?}"),
-                    })??;
-            }
-        }
+        let publish = self.inner.provider.publish(route, envelope);
+        self.bounded(publish, span, || format!("send of `{address}`"))
+            .await?;
         self.inner.stats.sent.fetch_add(1, Ordering::Relaxed);
         crate::metrics::sent(address);
         Ok(())
+    }
+
+    /// Awaits a provider's send, bounded by the send timeout: most complete at once,
+    /// and only one that waits pays for a timer (and runs in `span`). `what` names
+    /// the send in the [`Error::Unavailable`] of a timeout.
+    async fn bounded(
+        &self,
+        mut publish: futures_util::future::BoxFuture<'_, Result<()>>,
+        span: tracing::Span,
+        what: impl FnOnce() -> String,
+    ) -> Result<()> {
+        if let Some(result) = (&mut publish).now_or_never() {
+            return result;
+        }
+        let limit = self.inner.send_timeout;
+        tokio::time::timeout(limit, publish.instrument(span))
+            .await
+            .map_err(|_| Error::Unavailable {
+                provider: self.inner.provider.name(),
+                reason: format!("{} did not complete within {limit:?}", what()),
+            })?
     }
 
     /// Up to `limit` dead letters of the queue named `queue` (one of this manager's

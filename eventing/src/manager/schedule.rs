@@ -4,8 +4,6 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use tracing::Instrument;
-
 use super::EventManager;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
@@ -85,14 +83,9 @@ impl EventManager {
             message_id = %envelope.message_id(),
             ?delay,
         );
-        let limit = self.inner.send_timeout;
         let publish = provider.publish_delayed(Route::new(address, durable), delay, envelope);
-        tokio::time::timeout(limit, publish.instrument(span))
-            .await
-            .map_err(|_| Error::Unavailable {
-                provider: provider.name(),
-                reason: format!("scheduled send of `{address}` did not complete within {limit:?}"),
-            })??;
+        self.bounded(publish, span, || format!("scheduled send of `{address}`"))
+            .await?;
         self.inner.stats.sent.fetch_add(1, Ordering::Relaxed);
         crate::metrics::sent(address);
         Ok(())
