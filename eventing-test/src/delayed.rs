@@ -1115,7 +1115,11 @@ async fn memory_body(env: &mut TestEnv<'_>) -> Result<(), String> {
     let began = Instant::now();
     // On a broker 20 MiB of bodies by default; the slow run's 100,000 and the
     // in-process broker's 10,000 (held in this process by nature) 2 KiB each.
-    let pad = "w".repeat(if slow || in_process { 2048 } else { WAITING_PAD });
+    let pad = "w".repeat(if slow || in_process {
+        2048
+    } else {
+        WAITING_PAD
+    });
     send_all(&sender, 0..n, 64, move |id| Job {
         id,
         pad: pad.clone(),
