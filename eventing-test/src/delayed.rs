@@ -33,6 +33,7 @@ use eventing::{
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use crate::faults::support::ChildGuard;
 use crate::faults::{Ctx, RssSampler, Tally, count, eventually};
 use crate::harness::{Harness, TestEnv};
 
@@ -647,16 +648,6 @@ pub fn child_main() {
         eprintln!("delayed_child: not killed within {CHILD_LIFETIME:?}");
         std::process::exit(3);
     });
-}
-
-/// Kills (SIGKILL) and reaps the child when dropped.
-struct ChildGuard(std::process::Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The failing consumer dies (SIGKILL of a child process; in-process brokers: its

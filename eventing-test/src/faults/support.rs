@@ -671,11 +671,12 @@ pub fn child_main() {
     });
 }
 
-/// Kills (SIGKILL) and reaps the child when dropped.
-struct ChildGuard(std::process::Child);
+/// Kills (SIGKILL) and reaps the child when dropped (also used by the delayed
+/// cases' killed consumer).
+pub(crate) struct ChildGuard(pub(crate) std::process::Child);
 
 impl ChildGuard {
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
