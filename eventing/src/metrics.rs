@@ -7,6 +7,7 @@
 //! | `eventing_handled_total` | counter | `event`, `listener` |
 //! | `eventing_failed_total` | counter | `event`, `listener` (calls that failed) |
 //! | `eventing_retried_total` | counter | `event`, `listener` |
+//! | `eventing_delayed_total` | counter | `event`, `listener` (hand-overs to the delayed retry stage) |
 //! | `eventing_dead_lettered_total` | counter | `event`, `listener` |
 //! | `eventing_handling_seconds` | histogram | `event`, `listener` (successful calls) |
 
@@ -19,6 +20,7 @@ mod enabled {
         handled: metrics::Counter,
         failed: metrics::Counter,
         retried: metrics::Counter,
+        delayed: metrics::Counter,
         dead_lettered: metrics::Counter,
         handling: metrics::Histogram,
     }
@@ -40,6 +42,7 @@ mod enabled {
                 handled: metrics::counter!("eventing_handled_total", &labels),
                 failed: metrics::counter!("eventing_failed_total", &labels),
                 retried: metrics::counter!("eventing_retried_total", &labels),
+                delayed: metrics::counter!("eventing_delayed_total", &labels),
                 dead_lettered: metrics::counter!("eventing_dead_lettered_total", &labels),
                 handling: metrics::histogram!("eventing_handling_seconds", &labels),
             }
@@ -56,6 +59,10 @@ mod enabled {
 
         pub(crate) fn retried(&self) {
             self.retried.increment(1);
+        }
+
+        pub(crate) fn delayed(&self) {
+            self.delayed.increment(1);
         }
 
         pub(crate) fn dead_lettered(&self) {
@@ -88,6 +95,7 @@ mod enabled {
         pub(crate) fn handled(&self, _: Started) {}
         pub(crate) fn failed(&self) {}
         pub(crate) fn retried(&self) {}
+        pub(crate) fn delayed(&self) {}
         pub(crate) fn dead_lettered(&self) {}
     }
 

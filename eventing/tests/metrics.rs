@@ -40,10 +40,13 @@ async fn counters_and_histograms_are_recorded() {
     let manager = EventManager::builder()
         .provider(MemoryProvider::new())
         .listener_options(eventing::ListenerOptions {
+            // One call per round and one delayed round: a failing message is
+            // handed to the delayed stage once, then dead-lettered.
             retry: eventing::RetryPolicy {
                 max_attempts: 1,
                 ..Default::default()
-            },
+            }
+            .with_delays([Duration::from_millis(20)]),
             ..Default::default()
         })
         .build()
@@ -55,7 +58,7 @@ async fn counters_and_histograms_are_recorded() {
     }
     for _ in 0..200 {
         let stats = manager.stats();
-        if stats.handled == 2 && stats.dead_lettered == 1 {
+        if stats.handled == 2 && stats.dead_lettered == 1 && stats.delayed == 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -83,6 +86,10 @@ async fn counters_and_histograms_are_recorded() {
     );
     assert_eq!(
         counter("eventing_failed_total", "event=Measured,listener=Meter"),
+        2
+    );
+    assert_eq!(
+        counter("eventing_delayed_total", "event=Measured,listener=Meter"),
         1
     );
     assert_eq!(

@@ -470,6 +470,7 @@ impl Handling {
         match self.acker.delay(self.tag, delay, copy).await {
             Ok(()) => {
                 active.stats.delayed.fetch_add(1, Ordering::Relaxed);
+                active.metrics.delayed();
             }
             Err(failure) => {
                 let reason = format!(
