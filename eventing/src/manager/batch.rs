@@ -2,6 +2,9 @@
 
 use std::sync::atomic::Ordering;
 
+use futures_util::FutureExt;
+use futures_util::future::{self, BoxFuture, Either};
+
 use super::EventManager;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
@@ -21,8 +24,9 @@ impl EventManager {
     /// returns once the broker has confirmed every one.
     ///
     /// Takes a slice, a `Vec` or any iterator of references; long ones are sent in
-    /// chunks of a thousand or so, each bounded by the send timeout. On an error,
-    /// the events before it may have been published (at least once: sending the
+    /// chunks of a thousand or so, each bounded by the send timeout; the next chunk
+    /// is published while the broker confirms the one before. On an error, other
+    /// events of the batch may have been published (at least once: sending the
     /// batch again may deliver some twice, with new message ids).
     ///
     /// ```
@@ -48,7 +52,11 @@ impl EventManager {
         let descriptor = E::descriptor();
         let address = self.inner.address(descriptor)?;
         let codec = descriptor.codec().unwrap_or(self.inner.codec);
+        let durable = descriptor.durable();
         let mut events = events.into_iter();
+        // The chunk whose confirms are awaited while the next one is encoded and
+        // published, so the broker does not wait for the client between chunks.
+        let mut confirming: Option<BoxFuture<'_, Result<()>>> = None;
         loop {
             let mut chunk = Vec::with_capacity(CHUNK.min(events.size_hint().0.max(1)));
             for event in events.by_ref().take(CHUNK) {
@@ -56,14 +64,41 @@ impl EventManager {
                 chunk.push(self.envelope_of(descriptor, &address, codec, body)?);
             }
             if chunk.is_empty() {
-                return Ok(());
+                break;
             }
             let last = chunk.len() < CHUNK;
-            self.publish_chunk(&address, descriptor.durable(), chunk)
-                .await?;
+            let mut next = self.publish_chunk(&address, durable, chunk).boxed();
+            // Polled once now: its publishes are queued behind the earlier chunk's.
+            let next = match (&mut next).now_or_never() {
+                Some(result) => {
+                    result?;
+                    None
+                }
+                None => Some(next),
+            };
+            confirming = match (confirming.take(), next) {
+                (None, next) => next,
+                (Some(earlier), None) => Some(earlier),
+                // At most two chunks in flight: wait for the earlier one, letting
+                // the later one go on (polled second, so it never overtakes).
+                (Some(earlier), Some(next)) => match future::select(earlier, next).await {
+                    Either::Left((result, next)) => {
+                        result?;
+                        Some(next)
+                    }
+                    Either::Right((result, earlier)) => {
+                        result?;
+                        Some(earlier)
+                    }
+                },
+            };
             if last {
-                return Ok(());
+                break;
             }
+        }
+        match confirming {
+            Some(pending) => pending.await,
+            None => Ok(()),
         }
     }
 
