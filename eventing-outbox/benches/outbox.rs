@@ -1,6 +1,7 @@
 //! Events per second through the outbox (commit → handled) against plain
-//! `send_event` after the commit, and against the bare transaction without any
-//! event, on SQLite and (with `EVENTING_PG_URL`) PostgreSQL, in one run.
+//! `send_event` after the commit, against the bare transaction without any event,
+//! and against the outbox's transaction with no relay reading its table (the
+//! writers' own ceiling), on SQLite and (with `EVENTING_PG_URL`) PostgreSQL, in one run.
 //!
 //! `flock /tmp/eventing-bench.lock cargo bench -p eventing-outbox --bench outbox`
 //! Settings: `OUTBOX_BENCH_N` (events per round, 2000), `OUTBOX_BENCH_ROUNDS` (3),
@@ -70,8 +71,18 @@ where
     options.retention = Some(Duration::ZERO);
     options.cleanup_interval = Duration::from_secs(1);
     let relay = outbox.relay(options);
+    // The same writes into a second outbox table that no relay reads: the writers'
+    // own ceiling.
+    let unrelayed = Tables::new(
+        format!("bench_outbox_{run}_w"),
+        format!("bench_inbox_{run}_w"),
+    )
+    .expect("names");
+    let write_only = Outbox::with_tables(manager.clone(), pool.clone(), unrelayed.clone());
+    write_only.migrate().await.expect("migrate");
     let patience = Duration::from_secs(120);
-    let (mut through_outbox, mut plain, mut bare) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut through_outbox, mut plain, mut bare, mut writes) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
         let db_only = Counter::new();
         bare.push(
@@ -106,6 +117,32 @@ where
             })
             .await,
         );
+        let written = Counter::new();
+        writes.push(
+            throughput(&written, n, limit, patience, |i| {
+                let (pool, insert, outbox, written) = (
+                    pool.clone(),
+                    insert.clone(),
+                    write_only.clone(),
+                    Arc::clone(&written),
+                );
+                async move {
+                    let mut tx = pool.begin().await.expect("begin");
+                    sqlx::query(&insert)
+                        .bind(i as i64)
+                        .execute(&mut *tx)
+                        .await
+                        .expect("insert");
+                    outbox
+                        .send_event(&mut tx, &Tick { n: i })
+                        .await
+                        .expect("outbox");
+                    tx.commit().await.expect("commit");
+                    written.hit();
+                }
+            })
+            .await,
+        );
         through_outbox.push(
             throughput(&counter, n, limit, patience, |i| {
                 let (pool, insert, outbox) = (pool.clone(), insert.clone(), outbox.clone());
@@ -126,16 +163,27 @@ where
             .await,
         );
     }
-    let (o, p, b) = (median(&through_outbox), median(&plain), median(&bare));
+    let (o, p, b, w) = (
+        median(&through_outbox),
+        median(&plain),
+        median(&bare),
+        median(&writes),
+    );
     println!(
-        "outbox {db}+{}: outbox {o:.0} ev/s, plain send after commit {p:.0} ev/s, transaction alone {b:.0} tx/s; \
-         outbox/plain {:.2} ({n} events x {rounds} rounds, {limit} in flight)",
+        "outbox {db}+{}: outbox {o:.0} ev/s, plain send after commit {p:.0} ev/s, transaction alone {b:.0} tx/s, \
+         outbox transaction without relay {w:.0} tx/s; outbox/plain {:.2} ({n} events x {rounds} rounds, {limit} in flight)",
         url.split("://").next().unwrap_or("?"),
         o / p
     );
     relay.shutdown().await;
     manager.shutdown().await.expect("shutdown");
-    for table in [biz.as_str(), tables.outbox(), tables.inbox()] {
+    for table in [
+        biz.as_str(),
+        tables.outbox(),
+        tables.inbox(),
+        unrelayed.outbox(),
+        unrelayed.inbox(),
+    ] {
         let _ = sqlx::query(&format!("DROP TABLE {table}"))
             .execute(&pool)
             .await;
