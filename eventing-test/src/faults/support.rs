@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use crate::harness::TestEnv;
 
 /// The longest any one fault test may run, cleanup excluded.
-pub const CASE_LIMIT: Duration = Duration::from_secs(170);
+pub const CASE_LIMIT: Duration = Duration::from_secs(240);
 
 // ---------------------------------------------------------------------------------
 // running one case
