@@ -35,6 +35,27 @@ impl EventListener<Tick> for Hit {
     }
 }
 
+/// One business transaction through the outbox: the business insert and
+/// `outbox.send_event` in the same transaction, then the commit.
+async fn outbox_transaction<DB: Backend>(pool: &Pool<DB>, insert: &str, outbox: &Outbox<DB>, n: u64)
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    i64: sqlx::Type<DB> + for<'q> sqlx::Encode<'q, DB>,
+{
+    let mut tx = pool.begin().await.expect("begin");
+    sqlx::query(insert)
+        .bind(n as i64)
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+    outbox
+        .send_event(&mut tx, &Tick { n })
+        .await
+        .expect("outbox");
+    tx.commit().await.expect("commit");
+}
+
 async fn bench<DB: Backend>(pool: Pool<DB>, db: &str, run: &str)
 where
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
@@ -127,17 +148,7 @@ where
                     Arc::clone(&written),
                 );
                 async move {
-                    let mut tx = pool.begin().await.expect("begin");
-                    sqlx::query(&insert)
-                        .bind(i as i64)
-                        .execute(&mut *tx)
-                        .await
-                        .expect("insert");
-                    outbox
-                        .send_event(&mut tx, &Tick { n: i })
-                        .await
-                        .expect("outbox");
-                    tx.commit().await.expect("commit");
+                    outbox_transaction(&pool, &insert, &outbox, i).await;
                     written.hit();
                 }
             })
@@ -146,19 +157,7 @@ where
         through_outbox.push(
             throughput(&counter, n, limit, patience, |i| {
                 let (pool, insert, outbox) = (pool.clone(), insert.clone(), outbox.clone());
-                async move {
-                    let mut tx = pool.begin().await.expect("begin");
-                    sqlx::query(&insert)
-                        .bind(i as i64)
-                        .execute(&mut *tx)
-                        .await
-                        .expect("insert");
-                    outbox
-                        .send_event(&mut tx, &Tick { n: i })
-                        .await
-                        .expect("outbox");
-                    tx.commit().await.expect("commit");
-                }
+                async move { outbox_transaction(&pool, &insert, &outbox, i).await }
             })
             .await,
         );
