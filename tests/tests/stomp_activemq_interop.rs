@@ -21,13 +21,18 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// A plain stomp.py client: `send <port> <destination> <body>` sends one persistent
 /// message with a receipt; `receive <port> <destination>` subscribes, prints
-/// `ready`, then prints the first message's headers and body as JSON and exits.
+/// `ready` once the broker's RECEIPT for the SUBSCRIBE is back, then prints the
+/// first message's headers and body as JSON and exits.
 const CLIENT: &str = r#"
 import json, sys, threading, stomp
 mode, port, dest = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 conn = stomp.Connection12([("127.0.0.1", port)], heartbeats=(0, 0))
 got = threading.Event()
+subscribed = threading.Event()
 class Listener(stomp.ConnectionListener):
+    def on_receipt(self, frame):
+        if frame.headers.get("receipt-id") == "subscribed":
+            subscribed.set()
     def on_message(self, frame):
         print(json.dumps({"headers": frame.headers, "body": frame.body}), flush=True)
         got.set()
@@ -41,8 +46,12 @@ if mode == "send":
               headers={"persistent": "true", "x-from": "stomp.py"}, receipt="sent")
     print("sent", flush=True)
 else:
-    conn.subscribe(dest, id="plain", ack="client-individual")
-    conn.send("/queue/interop-sync", "x", receipt="ready")  # the SUBSCRIBE is done once this receipt is back
+    # stomp.py does not wait for receipts: wait for the SUBSCRIBE's own, so the
+    # broker has made the consumer queue before `ready` lets the test send.
+    conn.subscribe(dest, id="plain", ack="client-individual", receipt="subscribed")
+    if not subscribed.wait(20):
+        print(json.dumps({"error": {"reason": "no RECEIPT for SUBSCRIBE in 20 s"}}), flush=True)
+        sys.exit(1)
     print("ready", flush=True)
     got.wait(30)
 conn.disconnect()
