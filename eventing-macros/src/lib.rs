@@ -60,7 +60,7 @@ use syn::parse_macro_input;
 /// once; the type still implements `Event` then, so no further error appears where
 /// it is used.
 // The example above is `ignore`: a proc-macro crate cannot run doctests that use
-// its own macros. eventing/tests/ui/pass/all_options.rs compiles the same items.
+// its own macros. eventing-macros/tests/ui/pass/all_options.rs compiles the same items.
 #[proc_macro_attribute]
 pub fn event(args: TokenStream, item: TokenStream) -> TokenStream {
     let item = parse_macro_input!(item as ast::Item);
@@ -135,7 +135,7 @@ pub fn event(args: TokenStream, item: TokenStream) -> TokenStream {
 /// After a mistake in the arguments the listener is not registered, and only the
 /// mistakes are reported.
 // The example above is `ignore`: a proc-macro crate cannot run doctests that use
-// its own macros. eventing/tests/ui/pass/all_options.rs compiles the same items.
+// its own macros. eventing-macros/tests/ui/pass/all_options.rs compiles the same items.
 #[proc_macro_attribute]
 pub fn event_listener(args: TokenStream, item: TokenStream) -> TokenStream {
     let item = parse_macro_input!(item as ast::Item);

@@ -1,5 +1,5 @@
 //! The stages run on token streams, outside the compiler: which errors come out,
-//! and what is emitted beside them. What compiles is tested in `eventing/tests/ui`.
+//! and what is emitted beside them. What compiles is tested in `eventing-macros/tests/ui`.
 
 use proc_macro2::TokenStream;
 use quote::quote;
