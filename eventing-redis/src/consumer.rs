@@ -124,7 +124,19 @@ pub(crate) struct Settle {
     claim_soon: AtomicBool,
     /// The queue (its delay queues take retry copies).
     queue: QueueSpec,
+    /// Entry ids acknowledged and not yet sent, and whether a task is sending.
+    acks: Arc<Mutex<Acks>>,
 }
+
+/// Acknowledgements waiting to go out in one `XACK`.
+#[derive(Default)]
+struct Acks {
+    ids: Vec<String>,
+    sending: bool,
+}
+
+/// The most entry ids one `XACK` carries.
+const ACKS_PER_XACK: usize = 512;
 
 impl Settle {
     fn take(&self, tag: u64) -> Option<String> {
@@ -143,13 +155,40 @@ impl Settle {
         cmd
     }
 
-    /// Acknowledges `id` in the background (counted for `close`).
+    /// Acknowledges `id` in the background (counted for `close`). Ids acknowledged
+    /// while an `XACK` is on its way go together in the next one, so a busy
+    /// consumer sends one command for many entries and an idle one waits for none.
     fn ack_id(&self, id: String) {
-        let inner = Arc::clone(&self.inner);
-        let cmd = self.xack(&id);
+        {
+            let mut acks = self.acks.lock();
+            acks.ids.push(id);
+            if acks.sending {
+                return;
+            }
+            acks.sending = true;
+        }
+        let (inner, acks) = (Arc::clone(&self.inner), Arc::clone(&self.acks));
+        let (stream, group) = (self.stream.clone(), self.group.clone());
         self.inner.tasks.spawn(async move {
-            if let Err(error) = inner.link.query::<i64>("XACK", &cmd).await {
-                tracing::debug!(%error, id, "ack not sent; the entry will be claimed again");
+            loop {
+                let ids = {
+                    let mut acks = acks.lock();
+                    if acks.ids.is_empty() {
+                        acks.sending = false;
+                        return;
+                    }
+                    let keep = acks.ids.len().saturating_sub(ACKS_PER_XACK);
+                    acks.ids.split_off(keep)
+                };
+                let mut cmd = redis::cmd("XACK");
+                cmd.arg(&stream).arg(&group).arg(&ids);
+                if let Err(error) = inner.link.query::<i64>("XACK", &cmd).await {
+                    tracing::debug!(
+                        %error,
+                        entries = ids.len(),
+                        "ack not sent; the entries will be claimed again"
+                    );
+                }
             }
         });
     }
@@ -368,6 +407,7 @@ pub(crate) async fn subscribe(
         settled: Arc::new(Notify::new()),
         claim_soon: AtomicBool::new(false),
         queue: queue.clone(),
+        acks: Arc::default(),
     });
     tokio::spawn(keep_fresh(Arc::downgrade(&settle)));
     let (consumer, feed) = ChannelConsumer::new();

@@ -4,12 +4,14 @@ use std::sync::LazyLock;
 
 /// `KEYS[1]` the stream, `ARGV[1]` the bound, `ARGV[2..]` the fields: adds the
 /// entry unless the stream holds `maxlen` entries already (then `nil`, and nothing
-/// is written). Returns the new entry's id.
+/// is written). Returns the new entry's id and the stream's length with it, from
+/// which the sender takes its lease of plain `XADD`s (see `Inner::append`).
 pub(crate) static PUBLISH: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
-if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
-return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+local length = redis.call('XLEN', KEYS[1])
+if length >= tonumber(ARGV[1]) then return false end
+return {redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2)), length + 1}
 ",
     )
 });
