@@ -18,7 +18,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_nats::connection::State;
 use async_nats::{StatusCode, Subject};
@@ -408,7 +408,8 @@ impl Pull {
         let Some(reply) = message.reply.clone() else {
             return Step::Go;
         };
-        let (delivered, stream_sequence) = ack_info(&reply).unwrap_or((1, 0));
+        let info = ack_info(&reply);
+        let (delivered, stream_sequence) = info.map_or((1, 0), |i| (i.delivered, i.sequence));
         if let Kind::Queue { target, .. } = &self.spec.kind {
             let for_other = message
                 .headers
@@ -425,8 +426,12 @@ impl Pull {
             Kind::Queue { event, .. } => Some(event.as_str()),
             Kind::Letters => None,
         };
-        let envelope =
-            crate::headers::to_envelope(message.headers.as_ref(), message.payload, event);
+        let envelope = crate::headers::to_envelope(
+            message.headers.as_ref(),
+            message.payload,
+            event,
+            info.map(|i| i.stored),
+        );
         let tag = self.settle.next_tag.fetch_add(1, Ordering::Relaxed);
         self.settle.pending.lock().insert(
             tag,
@@ -448,10 +453,22 @@ impl Pull {
     }
 }
 
-/// (delivery count, stream sequence) from a JetStream ack subject, in the 2.9 form
+/// What a JetStream ack subject tells about its message.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct AckInfo {
+    /// How many times it was delivered, this time included.
+    pub(crate) delivered: u64,
+    /// Its sequence in the stream.
+    pub(crate) sequence: u64,
+    /// When the stream stored it.
+    pub(crate) stored: SystemTime,
+}
+
+/// The [`AckInfo`] of a JetStream ack subject, in the 2.9 form
 /// `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>` or the
-/// newer one with domain and account hash in front.
-pub(crate) fn ack_info(reply: &str) -> Option<(u64, u64)> {
+/// newer one with domain and account hash in front (`<ts>` in nanoseconds since
+/// the Unix epoch).
+pub(crate) fn ack_info(reply: &str) -> Option<AckInfo> {
     let rest = reply.strip_prefix("$JS.ACK.")?;
     let count = rest.split('.').count() + 2;
     if count < 9 {
@@ -461,20 +478,41 @@ pub(crate) fn ack_info(reply: &str) -> Option<(u64, u64)> {
     let mut tokens = rest.split('.').skip(at - 2);
     let delivered = tokens.next()?.parse().ok()?;
     let sequence = tokens.next()?.parse().ok()?;
-    Some((delivered, sequence))
+    let _consumer_sequence = tokens.next()?;
+    let nanos: u64 = tokens.next()?.parse().ok()?;
+    Some(AckInfo {
+        delivered,
+        sequence,
+        stored: SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos),
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::ack_info;
+    use std::time::{Duration, SystemTime};
+
+    use super::{AckInfo, ack_info};
 
     #[test]
     fn ack_subjects() {
-        assert_eq!(ack_info("$JS.ACK.s.c.3.17.9.1700000000.4"), Some((3, 17)));
+        let at = |nanos| SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos);
+        assert_eq!(
+            ack_info("$JS.ACK.s.c.3.17.9.1700000000123456789.4"),
+            Some(AckInfo {
+                delivered: 3,
+                sequence: 17,
+                stored: at(1_700_000_000_123_456_789)
+            })
+        );
         assert_eq!(
             ack_info("$JS.ACK.dom.hash.s.c.2.40.9.1700000000.4.tok"),
-            Some((2, 40))
+            Some(AckInfo {
+                delivered: 2,
+                sequence: 40,
+                stored: at(1_700_000_000)
+            })
         );
+        assert_eq!(ack_info("$JS.ACK.s.c.3.17.9.soon.4"), None);
         assert_eq!(ack_info("_INBOX.x"), None);
     }
 }

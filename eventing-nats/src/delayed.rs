@@ -436,7 +436,12 @@ async fn settle(inner: &Inner, job: &Job, message: js::Message) {
     };
     let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
     let id = format!("{}:{sequence}", names::DELAY_STREAM);
-    let envelope = headers::to_envelope(message.headers.as_ref(), message.payload.clone(), None);
+    let envelope = headers::to_envelope(
+        message.headers.as_ref(),
+        message.payload.clone(),
+        None,
+        None,
+    );
     let with_target;
     let only_id;
     let extra: &[(&str, &str)] = match target {

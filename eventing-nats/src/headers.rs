@@ -13,6 +13,7 @@
 //! Headers a plain NATS publisher sends arrive unchanged (it lists nothing).
 
 use std::str::FromStr;
+use std::time::{Duration, SystemTime};
 
 use async_nats::header::{HeaderMap, HeaderName, HeaderValue};
 use eventing::{Envelope, Error, Headers, Result, header};
@@ -119,9 +120,12 @@ pub fn to_nats(headers: &Headers, extra: &[(&str, &str)]) -> Result<HeaderMap> {
 /// The NATS headers of an event published to its own subject: as [`to_nats`],
 /// without what the receiver knows anyway, which [`to_envelope`] puts back: the
 /// `event` header when it names `event` (the subject does), a JSON
-/// `content-type` (the default), and with `dedupe` the `message-id` (it travels
-/// as `Nats-Msg-Id`). Fewer header bytes are less work for the server, which
-/// parses and stores them with every message.
+/// `content-type` (the default), a `timestamp` of the current second (JetStream
+/// stores the time of every message), and with `dedupe` the `message-id` (it
+/// travels as `Nats-Msg-Id`). Fewer header bytes are less work for the server,
+/// which parses and stores them with every message: in the bench, raw async-nats
+/// publishing two headers ran at about 0.75x of itself without them, and with one
+/// at about 0.9x.
 pub fn event_to_nats(
     headers: &Headers,
     event: &str,
@@ -131,9 +135,31 @@ pub fn event_to_nats(
     encode(headers, extra, |name, value| match name {
         header::EVENT => value == event,
         header::CONTENT_TYPE => value == eventing::codec::JSON,
+        header::TIMESTAMP => current_second(value),
         header::MESSAGE_ID => dedupe,
         _ => false,
     })
+}
+
+/// Whether `value` is the current second in the envelope's own form
+/// (`YYYY-MM-DDTHH:MM:SSZ`, as [`Envelope::new`](eventing::Envelope::new) stamps
+/// it), so the time JetStream stores the message at gives it back. Any other
+/// timestamp (older, as an outbox relay's, or finer) travels as a header.
+fn current_second(value: &str) -> bool {
+    if value.len() != "YYYY-MM-DDTHH:MM:SSZ".len() || !value.ends_with('Z') {
+        return false;
+    }
+    let Ok(stamp) = humantime::parse_rfc3339(value) else {
+        return false;
+    };
+    SystemTime::now()
+        .duration_since(stamp)
+        .is_ok_and(|age| age < Duration::from_secs(1))
+}
+
+/// `time` to the second, as the envelope writes its timestamp.
+fn to_the_second(time: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(time).to_string()
 }
 
 fn encode(
@@ -173,11 +199,13 @@ fn encode(
 ///
 /// With `event` (a message on the subject of that event), what
 /// [`event_to_nats`] leaves out is put back where missing: `event`, a JSON
-/// `content-type`, and `message-id` from `Nats-Msg-Id`.
+/// `content-type`, `message-id` from `Nats-Msg-Id`, and the `timestamp` from
+/// `stored`, the time JetStream stored the message (to the second).
 pub fn to_envelope(
     headers: Option<&HeaderMap>,
     payload: bytes::Bytes,
     event: Option<&str>,
+    stored: Option<SystemTime>,
 ) -> Envelope {
     let mut out = Headers::with_capacity(headers.map_or(0, HeaderMap::len) + 2);
     if let Some(map) = headers {
@@ -217,6 +245,11 @@ pub fn to_envelope(
         if out.get(header::CONTENT_TYPE).is_none() {
             out.insert(header::CONTENT_TYPE, eventing::codec::JSON);
         }
+        if let Some(stored) = stored
+            && out.get(header::TIMESTAMP).is_none()
+        {
+            out.insert(header::TIMESTAMP, to_the_second(stored));
+        }
     }
     Envelope {
         headers: out,
@@ -235,7 +268,7 @@ mod tests {
             headers.insert(k, v);
         }
         let map = to_nats(&headers, &[(TARGET_QUEUE, "q")]).expect("to nats");
-        let envelope = to_envelope(Some(&map), bytes::Bytes::new(), None);
+        let envelope = to_envelope(Some(&map), bytes::Bytes::new(), None, None);
         let mut got: Vec<(String, String)> = envelope
             .headers
             .iter()
@@ -272,8 +305,17 @@ mod tests {
             let map = event_to_nats(&envelope.headers, "Orders", dedupe, extra).unwrap();
             assert!(map.get(header::EVENT).is_none());
             assert!(map.get(header::CONTENT_TYPE).is_none());
+            assert!(map.get(header::TIMESTAMP).is_none(), "the current second");
             assert_eq!(map.get(header::MESSAGE_ID).is_none(), dedupe);
-            let back = to_envelope(Some(&map), bytes::Bytes::new(), Some("Orders"));
+            // JetStream's store time, a moment later, gives the second back.
+            let stamp = envelope.headers.get(header::TIMESTAMP).unwrap();
+            let stored = humantime::parse_rfc3339(stamp).unwrap() + Duration::from_millis(3);
+            let back = to_envelope(
+                Some(&map),
+                bytes::Bytes::new(),
+                Some("Orders"),
+                Some(stored),
+            );
             let mut want: Vec<_> = envelope.headers.iter().collect();
             let mut got: Vec<_> = back.headers.iter().collect();
             want.sort();
@@ -288,8 +330,31 @@ mod tests {
             map.get(header::CONTENT_TYPE).map(|v| v.as_str()),
             Some(eventing::codec::MSGPACK)
         );
-        let back = to_envelope(Some(&map), bytes::Bytes::new(), Some("Orders"));
+        let back = to_envelope(Some(&map), bytes::Bytes::new(), Some("Orders"), None);
         assert_eq!(back.event(), "Other");
+    }
+
+    #[test]
+    fn a_timestamp_other_than_the_current_second_is_sent() {
+        let stored = SystemTime::now();
+        for stamp in [
+            "2024-05-01T10:00:00Z",
+            "2024-05-01T10:00:00.123456Z",
+            "2099-01-01T00:00:00Z",
+            "yesterday",
+        ] {
+            let mut envelope = Envelope::new("Orders", eventing::codec::JSON, bytes::Bytes::new());
+            envelope.headers.insert(header::TIMESTAMP, stamp);
+            let map = event_to_nats(&envelope.headers, "Orders", false, &[]).unwrap();
+            assert_eq!(map.get(header::TIMESTAMP).map(|v| v.as_str()), Some(stamp));
+            let back = to_envelope(
+                Some(&map),
+                bytes::Bytes::new(),
+                Some("Orders"),
+                Some(stored),
+            );
+            assert_eq!(back.headers.get(header::TIMESTAMP), Some(stamp));
+        }
     }
 
     #[test]

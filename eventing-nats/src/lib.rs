@@ -623,6 +623,7 @@ impl Inner {
                         message.headers.as_ref(),
                         message.payload,
                         None,
+                        None,
                     ));
                 }
                 // 404 no more, 408 expired; or no answer in time.

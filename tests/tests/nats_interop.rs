@@ -185,16 +185,30 @@ fn plain_publish_reaches_a_listener_and_plain_consumer_reads_an_event() {
         let body: serde_json::Value = serde_json::from_slice(&message.payload).expect("JSON body");
         assert_eq!(body["n"], 7);
         assert_eq!(body["text"], "from eventing");
-        // The subject names the event and the body is JSON (the default content
-        // type), so neither is repeated in headers; the message id and the
-        // timestamp are NATS headers.
+        // The subject names the event, the body is JSON (the default content
+        // type) and JetStream stores the time (the envelope's timestamp is the
+        // current second), so none is repeated in headers; the message id is a
+        // NATS header.
         assert_eq!(message.subject.as_str(), names::subject(&address));
         let headers = message.headers.as_ref().expect("headers");
         assert!(headers.get(header::EVENT).is_none());
         assert!(headers.get(header::CONTENT_TYPE).is_none());
         let id = headers.get(header::MESSAGE_ID).expect("message-id");
         assert_eq!(id.as_str().len(), 36, "a UUID: {id:?}");
-        assert!(headers.get(header::TIMESTAMP).is_some());
+        assert!(headers.get(header::TIMESTAMP).is_none());
+        let published = message
+            .info()
+            .expect("JetStream metadata")
+            .published
+            .unix_timestamp();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs();
+        assert!(
+            now.abs_diff(published.unsigned_abs()) < 20,
+            "JetStream stored it just now: {published}, now {now}"
+        );
         // Without `?dedupe=true` the server does not track message ids.
         assert!(headers.get("Nats-Msg-Id").is_none());
         message.ack().await.expect("ack");
