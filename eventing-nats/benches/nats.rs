@@ -18,6 +18,9 @@
 //!   `BENCH_IN_FLIGHT` publishes in flight; a durable pull consumer
 //!   (`max_ack_pending` = 16 × prefetch, as eventing's shared queues) read with
 //!   `messages()` in batches of `BENCH_PREFETCH`, `ack()` per message;
+//! - `raw, eventing's format`: the same raw code publishing what eventing puts on
+//!   the wire for a default event (one header, the message id), so the table shows
+//!   what the format costs apart from what the runtime costs;
 //! - `eventing`: an `EventManager` with a durable event and one competing
 //!   listener, `send_event` with the same number in flight, listener prefetch
 //!   `BENCH_PREFETCH`.
@@ -25,7 +28,7 @@
 //! Throughput: N events with a bounded number of sends in flight, from the first
 //! send to the last handled message. Round trip: one event at a time, from send
 //! (publish ack included on both sides) to handled. The sides take turns
-//! (alternating who goes first) for `BENCH_ROUNDS` rounds; each figure is the
+//! (who goes first rotates) for `BENCH_ROUNDS` rounds; each figure is the
 //! median of the rounds. Streams and consumers get unique names per run and are
 //! deleted at the end; a missing server fails within seconds with a message.
 
@@ -43,7 +46,8 @@ use serde::{Deserialize, Serialize};
 
 use eventing_nats as _;
 use eventing_test::bench::{
-    Counter, Figures, bounded, print_comparison, setting, under_cargo_bench,
+    Counter, Figures, bounded, print_comparison, print_same_format, setting, turns,
+    under_cargo_bench,
 };
 
 #[global_allocator]
@@ -199,6 +203,21 @@ impl Raw {
             .expect("raw publish");
         ack.await.expect("raw publish ack");
     }
+
+    /// As [`Raw::send`], in eventing's wire format for a default event: one
+    /// header, the message id (a UUID).
+    async fn send_same_format(&self, id: u64) {
+        let body = Bytes::from(serde_json::to_vec(&tick(id)).expect("JSON"));
+        let mut headers = async_nats::HeaderMap::new();
+        let message_id = eventing::header::new_message_id();
+        headers.insert(eventing::header::MESSAGE_ID, message_id.as_str());
+        let ack = self
+            .js
+            .publish_with_headers(self.subject.clone(), headers, body)
+            .await
+            .expect("raw publish");
+        ack.await.expect("raw publish ack");
+    }
 }
 
 struct RawNames {
@@ -235,30 +254,39 @@ async fn start_eventing(settings: &Settings, run: &str) -> (EventManager, Arc<Co
     (manager, counter)
 }
 
-/// Both sides, taking turns; (raw, eventing).
-async fn measure_both(
+/// The three sides, taking turns (who goes first rotates each round);
+/// (raw, raw in eventing's format, eventing).
+async fn measure_all(
     settings: Arc<Settings>,
     js: js::Context,
     run: String,
     names: RawNames,
-) -> (Figures, Figures) {
+) -> (Figures, Figures, Figures) {
     let raw_counter = Counter::new();
     let raw = Raw::new(&js, &names, &settings, Arc::clone(&raw_counter)).await;
     let (manager, counter) = start_eventing(&settings, &run).await;
-    let (mut raw_figures, mut eventing_figures) = (Figures::default(), Figures::default());
+    let mut figures = [Figures::default(), Figures::default(), Figures::default()];
     let shape = (settings.n, settings.in_flight, settings.samples);
     for round in 0..settings.rounds {
         eprintln!("round {} of {}", round + 1, settings.rounds);
-        for raw_turn in [round % 2 == 0, round % 2 == 1] {
-            if raw_turn {
-                let send = |i: u64| raw.send(i);
-                raw_figures.measure(&raw_counter, shape, LIMIT, send).await;
-            } else {
-                let manager = &manager;
-                let send = |i: u64| async move {
-                    manager.send_event(&tick(i)).await.expect("send_event");
-                };
-                eventing_figures.measure(&counter, shape, LIMIT, send).await;
+        for side in turns(round, 3) {
+            let into = &mut figures[side];
+            match side {
+                0 => {
+                    into.measure(&raw_counter, shape, LIMIT, |i| raw.send(i))
+                        .await
+                }
+                1 => {
+                    let send = |i: u64| raw.send_same_format(i);
+                    into.measure(&raw_counter, shape, LIMIT, send).await;
+                }
+                _ => {
+                    let manager = &manager;
+                    let send = |i: u64| async move {
+                        manager.send_event(&tick(i)).await.expect("send_event");
+                    };
+                    into.measure(&counter, shape, LIMIT, send).await;
+                }
             }
         }
     }
@@ -266,7 +294,8 @@ async fn measure_both(
     bounded("shutting the manager down", LIMIT, manager.shutdown())
         .await
         .expect("shutdown");
-    (raw_figures, eventing_figures)
+    let [raw, same_format, eventing] = figures;
+    (raw, same_format, eventing)
 }
 
 fn fail(message: String) -> ! {
@@ -338,7 +367,7 @@ fn main() {
 
         // Measured in a task of its own, so the streams are deleted even if a
         // measurement panics.
-        let measured = tokio::spawn(measure_both(
+        let measured = tokio::spawn(measure_all(
             Arc::clone(&settings),
             js.clone(),
             run.clone(),
@@ -354,7 +383,7 @@ fn main() {
             }
         }
         let _ = client.flush().await;
-        let (raw, eventing) = match measured {
+        let (raw, same_format, eventing) = match measured {
             Ok(figures) => figures,
             Err(error) => match error.try_into_panic() {
                 Ok(panic) => std::panic::resume_unwind(panic),
@@ -374,5 +403,6 @@ fn main() {
             "eventing over NATS",
             &eventing,
         );
+        print_same_format("raw, eventing's format", &same_format, &eventing);
     });
 }

@@ -17,12 +17,15 @@
 //!   connection, `BENCH_IN_FLIGHT` in flight; a consumer reading with `XREADGROUP
 //!   COUNT <prefetch> BLOCK` on a connection of its own and acking each entry with
 //!   `XACK` on the shared one;
+//! - `raw, eventing's format`: the same raw code adding what eventing writes for a
+//!   default event (message id, event, timestamp and content type as fields before
+//!   the body), so the table shows what the format costs apart from the runtime;
 //! - `eventing`: an `EventManager` with a durable event and one competing listener,
 //!   `send_event` with the same number in flight, listener prefetch `BENCH_PREFETCH`.
 //!
 //! Throughput: N events with a bounded number of sends in flight, from the first
 //! send to the last handled message. Round trip: one event at a time, from send to
-//! handled. The sides take turns (alternating who goes first) for `BENCH_ROUNDS`
+//! handled. The sides take turns (who goes first rotates) for `BENCH_ROUNDS`
 //! rounds; each figure is the median of the rounds. The streams get unique names
 //! per run and are deleted at the end; a missing server fails within seconds.
 
@@ -38,7 +41,8 @@ use serde::{Deserialize, Serialize};
 
 use eventing_redis as _;
 use eventing_test::bench::{
-    Counter, Figures, bounded, print_comparison, setting, under_cargo_bench,
+    Counter, Figures, bounded, print_comparison, print_same_format, setting, turns,
+    under_cargo_bench,
 };
 
 /// The longest anything is awaited at once: a missing server or a stuck consumer
@@ -192,6 +196,21 @@ impl Raw {
             .await
             .expect("raw XADD");
     }
+
+    /// As [`Raw::send`], in eventing's wire format for a default event: the
+    /// headers as fields before the body.
+    async fn send_same_format(&self, id: u64) {
+        let body = serde_json::to_vec(&tick(id)).expect("JSON");
+        let envelope = eventing::Envelope::new("bench.Tick", "application/json", body.into());
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(&self.stream).arg("*");
+        for (name, value) in envelope.headers.iter() {
+            xadd.arg(name).arg(value);
+        }
+        xadd.arg("body").arg(envelope.body.as_ref());
+        let mut connection = self.connection.clone();
+        let _: String = xadd.query_async(&mut connection).await.expect("raw XADD");
+    }
 }
 
 /// (id, body) of the entries of an XREADGROUP reply.
@@ -269,13 +288,14 @@ async fn start_eventing(settings: &Settings, run: &str) -> (EventManager, Arc<Co
     (manager, counter)
 }
 
-/// Both sides, taking turns; (raw, eventing).
-async fn measure_both(
+/// The three sides, taking turns (who goes first rotates each round);
+/// (raw, raw in eventing's format, eventing).
+async fn measure_all(
     settings: Arc<Settings>,
     client: redis::Client,
     run: String,
     raw_stream: String,
-) -> (Figures, Figures) {
+) -> (Figures, Figures, Figures) {
     let raw_counter = Counter::new();
     let raw = Raw::new(
         &client,
@@ -285,20 +305,28 @@ async fn measure_both(
     )
     .await;
     let (manager, counter) = start_eventing(&settings, &run).await;
-    let (mut raw_figures, mut eventing_figures) = (Figures::default(), Figures::default());
+    let mut figures = [Figures::default(), Figures::default(), Figures::default()];
     let shape = (settings.n, settings.in_flight, settings.samples);
     for round in 0..settings.rounds {
         eprintln!("round {} of {}", round + 1, settings.rounds);
-        for raw_turn in [round % 2 == 0, round % 2 == 1] {
-            if raw_turn {
-                let send = |i: u64| raw.send(i);
-                raw_figures.measure(&raw_counter, shape, LIMIT, send).await;
-            } else {
-                let manager = &manager;
-                let send = |i: u64| async move {
-                    manager.send_event(&tick(i)).await.expect("send_event");
-                };
-                eventing_figures.measure(&counter, shape, LIMIT, send).await;
+        for side in turns(round, 3) {
+            let into = &mut figures[side];
+            match side {
+                0 => {
+                    into.measure(&raw_counter, shape, LIMIT, |i| raw.send(i))
+                        .await
+                }
+                1 => {
+                    let send = |i: u64| raw.send_same_format(i);
+                    into.measure(&raw_counter, shape, LIMIT, send).await;
+                }
+                _ => {
+                    let manager = &manager;
+                    let send = |i: u64| async move {
+                        manager.send_event(&tick(i)).await.expect("send_event");
+                    };
+                    into.measure(&counter, shape, LIMIT, send).await;
+                }
             }
         }
     }
@@ -306,7 +334,8 @@ async fn measure_both(
     bounded("shutting the manager down", LIMIT, manager.shutdown())
         .await
         .expect("shutdown");
-    (raw_figures, eventing_figures)
+    let [raw, same_format, eventing] = figures;
+    (raw, same_format, eventing)
 }
 
 fn fail(message: String) -> ! {
@@ -350,7 +379,7 @@ fn main() {
 
         // Measured in a task of its own, so the streams are deleted even if a
         // measurement panics.
-        let measured = tokio::spawn(measure_both(
+        let measured = tokio::spawn(measure_all(
             Arc::clone(&settings),
             client.clone(),
             run.clone(),
@@ -365,7 +394,7 @@ fn main() {
         if let Err(error) = deleted {
             eprintln!("redis bench: deleting the streams: {error}");
         }
-        let (raw, eventing) = match measured {
+        let (raw, same_format, eventing) = match measured {
             Ok(figures) => figures,
             Err(error) => match error.try_into_panic() {
                 Ok(panic) => std::panic::resume_unwind(panic),
@@ -385,5 +414,6 @@ fn main() {
             "eventing over Redis",
             &eventing,
         );
+        print_same_format("raw, eventing's format", &same_format, &eventing);
     });
 }

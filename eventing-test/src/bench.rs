@@ -264,3 +264,30 @@ pub fn print_comparison(
         met(ours.2 / raw.2 <= 1.2)
     );
 }
+
+/// Prints a third side, the raw client sending eventing's own wire format, and
+/// eventing's ratios to it: what the runtime costs beside what the format costs
+/// the broker and the client. Call after [`print_comparison`].
+pub fn print_same_format(name: &str, same_format: &Figures, ours: &Figures) {
+    let (same, ours) = (same_format.medians(), ours.medians());
+    println!("{name:<24}{:>12.0}{:>12.0}{:>12.0}", same.0, same.1, same.2);
+    println!(
+        "{:<24}{:>11.2}x{:>11.2}x{:>11.2}x",
+        "eventing / same format",
+        ours.0 / same.0,
+        ours.1 / same.1,
+        ours.2 / same.2
+    );
+}
+
+/// The order `sides` sides take their turns in round `round`: who goes first
+/// rotates, so no side always runs on a broker warmed (or loaded) by another.
+///
+/// ```
+/// let order: Vec<usize> = eventing_test::bench::turns(1, 3).collect();
+/// assert_eq!(order, [1, 2, 0]);
+/// ```
+pub fn turns(round: u64, sides: usize) -> impl Iterator<Item = usize> {
+    let first = usize::try_from(round % sides.max(1) as u64).unwrap_or(0);
+    (0..sides).map(move |turn| (first + turn) % sides)
+}
