@@ -7,6 +7,7 @@
 //! bash scripts/nats.sh start
 //! cargo bench -p eventing-nats --bench nats
 //! BENCH_EVENTS=20000 BENCH_SAMPLES=1000 BENCH_ROUNDS=3 BENCH_IN_FLIGHT=64 BENCH_PREFETCH=256
+//! BENCH_SIDES=eventing   # one side alone (raw, same-format, eventing), to profile it
 //! bash scripts/nats.sh stop
 //! ```
 //!
@@ -98,6 +99,8 @@ struct Settings {
     rounds: u64,
     in_flight: usize,
     prefetch: u16,
+    /// The sides measured (`raw,same-format,eventing`), for profiling one alone.
+    sides: String,
 }
 
 impl Settings {
@@ -110,6 +113,7 @@ impl Settings {
             rounds: setting("BENCH_ROUNDS", 3).max(1),
             in_flight: setting("BENCH_IN_FLIGHT", 64).max(1),
             prefetch: setting("BENCH_PREFETCH", 256).max(1),
+            sides: std::env::var("BENCH_SIDES").unwrap_or_default(),
         }
     }
 }
@@ -265,11 +269,15 @@ async fn measure_all(
     let raw_counter = Counter::new();
     let raw = Raw::new(&js, &names, &settings, Arc::clone(&raw_counter)).await;
     let (manager, counter) = start_eventing(&settings, &run).await;
-    let mut figures = [Figures::default(), Figures::default(), Figures::default()];
+    let mut figures = [(); 3].map(|()| Figures::watching("nats-server"));
     let shape = (settings.n, settings.in_flight, settings.samples);
     for round in 0..settings.rounds {
         eprintln!("round {} of {}", round + 1, settings.rounds);
         for side in turns(round, 3) {
+            let name = ["raw", "same-format", "eventing"][side];
+            if !settings.sides.is_empty() && !settings.sides.split(',').any(|s| s == name) {
+                continue;
+            }
             let into = &mut figures[side];
             match side {
                 0 => {

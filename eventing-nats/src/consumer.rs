@@ -17,7 +17,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicIsize, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use async_nats::connection::State;
@@ -90,14 +90,24 @@ pub(crate) struct Settle {
     pending: Arc<Mutex<FxHashMap<u64, Pending>>>,
     next_tag: AtomicU64,
     settled: Arc<Notify>,
+    /// The pull loop is woken by an ack (or requeue) that leaves at most this many
+    /// deliveries unsettled (-1: by none): the loop sets it to where it would send
+    /// its next pull request, so a busy consumer wakes it once per request instead
+    /// of once per message.
+    wake_at: AtomicIsize,
     /// The dead-letter subject of the queue.
     dead_letter_subject: String,
 }
 
 impl Settle {
     fn take(&self, tag: u64) -> Option<Pending> {
-        let pending = self.pending.lock().remove(&tag);
-        self.settled.notify_one();
+        let (pending, left) = {
+            let mut map = self.pending.lock();
+            (map.remove(&tag), map.len())
+        };
+        if isize::try_from(left).unwrap_or(isize::MAX) <= self.wake_at.load(Ordering::Acquire) {
+            self.settled.notify_one();
+        }
         pending
     }
 
@@ -210,6 +220,7 @@ pub(crate) async fn subscribe(
         pending: Arc::new(Mutex::new(FxHashMap::default())),
         next_tag: AtomicU64::new(1),
         settled: Arc::new(Notify::new()),
+        wake_at: AtomicIsize::new(isize::MAX),
         dead_letter_subject,
     });
     let (consumer, feed) = ChannelConsumer::new();
@@ -343,33 +354,50 @@ impl Pull {
     }
 
     /// Asks for what this instance may take: its prefetch minus what it holds and
-    /// what it asked for already.
+    /// what it asked for already; then tells [`Settle`] when to wake the loop for
+    /// the next request.
     async fn request_more(&mut self) {
-        let asked: usize = self.requests.iter().map(|(_, n)| n).sum();
-        let want = self
-            .spec
-            .prefetch
-            .saturating_sub(self.settle.unsettled() + asked);
+        let prefetch = self.spec.prefetch;
         // Small requests only when nothing is asked for, so a busy consumer sends
         // few requests.
-        if want == 0 || (asked > 0 && want < self.spec.prefetch.div_ceil(4)) {
-            return;
+        let smallest = |asked: usize| if asked > 0 { prefetch.div_ceil(4) } else { 1 };
+        let mut asked: usize = self.requests.iter().map(|(_, n)| n).sum();
+        let want = prefetch.saturating_sub(self.settle.unsettled() + asked);
+        let mut failed = false;
+        if want > 0 && want >= smallest(asked) {
+            let body = format!("{{\"batch\":{want},\"expires\":{}}}", EXPIRES.as_nanos());
+            let subject = format!(
+                "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
+                self.spec.stream, self.spec.consumer
+            );
+            match self
+                .inner
+                .client
+                .publish_with_reply(subject, self.inbox.clone(), Bytes::from(body))
+                .await
+            {
+                Ok(()) => {
+                    self.requests
+                        .push_back((Instant::now() + EXPIRES + GRACE, want));
+                    asked += want;
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "pull request not sent");
+                    failed = true;
+                }
+            }
         }
-        let body = format!("{{\"batch\":{want},\"expires\":{}}}", EXPIRES.as_nanos());
-        let subject = format!(
-            "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
-            self.spec.stream, self.spec.consumer
-        );
-        match self
-            .inner
-            .client
-            .publish_with_reply(subject, self.inbox.clone(), Bytes::from(body))
-            .await
-        {
-            Ok(()) => self
-                .requests
-                .push_back((Instant::now() + EXPIRES + GRACE, want)),
-            Err(error) => tracing::debug!(%error, "pull request not sent"),
+        // The next request goes out once prefetch - (unsettled + asked) reaches the
+        // smallest request: wake at that many unsettled. Requests that end or
+        // expire wake the loop by themselves.
+        let limit = |n: usize| isize::try_from(n).unwrap_or(isize::MAX);
+        let wake_at = limit(prefetch) - limit(asked) - limit(smallest(asked));
+        let wake_at = wake_at.max(-1);
+        self.settle.wake_at.store(wake_at, Ordering::Release);
+        // An ack between the count above and this store would not have woken us
+        // (after a failed request, the next tick tries again).
+        if !failed && limit(self.settle.unsettled()) <= wake_at {
+            self.settle.settled.notify_one();
         }
     }
 
@@ -470,12 +498,12 @@ pub(crate) struct AckInfo {
 /// the Unix epoch).
 pub(crate) fn ack_info(reply: &str) -> Option<AckInfo> {
     let rest = reply.strip_prefix("$JS.ACK.")?;
-    let count = rest.split('.').count() + 2;
+    let count = rest.bytes().filter(|&b| b == b'.').count() + 3;
     if count < 9 {
         return None;
     }
-    let at = if count == 9 { 4 } else { 6 };
-    let mut tokens = rest.split('.').skip(at - 2);
+    let skip = if count == 9 { 2 } else { 4 };
+    let mut tokens = rest.split('.').skip(skip);
     let delivered = tokens.next()?.parse().ok()?;
     let sequence = tokens.next()?.parse().ok()?;
     let _consumer_sequence = tokens.next()?;

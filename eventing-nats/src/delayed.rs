@@ -461,7 +461,6 @@ async fn settle(inner: &Inner, job: &Job, message: js::Message) {
         .publish(
             &event,
             durable,
-            inner.subject(&event),
             Outgoing {
                 headers: &envelope.headers,
                 extra,

@@ -13,7 +13,7 @@
 //! Headers a plain NATS publisher sends arrive unchanged (it lists nothing).
 
 use std::str::FromStr;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use async_nats::header::{HeaderMap, HeaderName, HeaderValue};
 use eventing::{Envelope, Error, Headers, Result, header};
@@ -58,6 +58,13 @@ fn name_ok(name: &str) -> bool {
 }
 
 fn value_ok(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    if bytes.is_ascii() {
+        // Printable ASCII and inner spaces: the common case, without char decoding.
+        return bytes.iter().all(|&b| b.is_ascii_graphic() || b == b' ')
+            && bytes.first() != Some(&b' ')
+            && bytes.last() != Some(&b' ');
+    }
     !value.chars().any(|c| c.is_control())
         && value.trim() == value
         && !value.chars().any(|c| c.is_whitespace() && c != ' ')
@@ -135,31 +142,10 @@ pub fn event_to_nats(
     encode(headers, extra, |name, value| match name {
         header::EVENT => value == event,
         header::CONTENT_TYPE => value == eventing::codec::JSON,
-        header::TIMESTAMP => current_second(value),
+        header::TIMESTAMP => header::is_current_second(value),
         header::MESSAGE_ID => dedupe,
         _ => false,
     })
-}
-
-/// Whether `value` is the current second in the envelope's own form
-/// (`YYYY-MM-DDTHH:MM:SSZ`, as [`Envelope::new`](eventing::Envelope::new) stamps
-/// it), so the time JetStream stores the message at gives it back. Any other
-/// timestamp (older, as an outbox relay's, or finer) travels as a header.
-fn current_second(value: &str) -> bool {
-    if value.len() != "YYYY-MM-DDTHH:MM:SSZ".len() || !value.ends_with('Z') {
-        return false;
-    }
-    let Ok(stamp) = humantime::parse_rfc3339(value) else {
-        return false;
-    };
-    SystemTime::now()
-        .duration_since(stamp)
-        .is_ok_and(|age| age < Duration::from_secs(1))
-}
-
-/// `time` to the second, as the envelope writes its timestamp.
-fn to_the_second(time: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(time).to_string()
 }
 
 fn encode(
@@ -248,7 +234,7 @@ pub fn to_envelope(
         if let Some(stored) = stored
             && out.get(header::TIMESTAMP).is_none()
         {
-            out.insert(header::TIMESTAMP, to_the_second(stored));
+            out.insert(header::TIMESTAMP, header::rfc3339_seconds(stored));
         }
     }
     Envelope {
@@ -259,6 +245,8 @@ pub fn to_envelope(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use proptest::prelude::*;
 

@@ -65,9 +65,9 @@ use eventing::provider::{
 };
 use eventing::topology::QueueSpec;
 use eventing::{Envelope, Error, Headers, Result};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use parking_lot::Mutex;
-use rustc_hash::FxHashSet;
+use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -120,7 +120,7 @@ pub(crate) struct Inner {
     url: NatsUrl,
     send_timeout: Duration,
     /// Events whose stream is known to exist.
-    streams: Mutex<FxHashSet<String>>,
+    streams: Mutex<FxHashMap<String, async_nats::Subject>>,
     dead_letter_stream: AtomicBool,
     /// The delay stream ([`names::DELAY_STREAM`]) is known to exist.
     delay_stream: AtomicBool,
@@ -144,10 +144,14 @@ struct Outgoing<'a> {
     dedupe: bool,
 }
 
-/// Acks and NAKs on their way to the server. One task per provider publishes them
-/// in order, so settling a delivery costs a channel send rather than a spawned
-/// task; `close` waits until they are all handed to the client.
+/// Acks and NAKs on their way to the server. Most are handed to the client at
+/// once: its outgoing queue nearly always has room, and then publishing does not
+/// wait. Those that would wait, and every one after them while any does, go through
+/// one task per provider that publishes them in order, so settling a delivery
+/// costs a channel send at most, never a spawned task; `close` waits until they
+/// are all handed to the client.
 pub(crate) struct Acks {
+    client: Client,
     queue: mpsc::UnboundedSender<(async_nats::Subject, &'static [u8])>,
     /// Work that must come before its ack (deleting a dead letter), and the acks
     /// queued but not yet handed to the client.
@@ -159,24 +163,44 @@ impl Acks {
         let (queue, mut rx) = mpsc::unbounded_channel::<(async_nats::Subject, &'static [u8])>();
         let tasks = InFlight::default();
         let settled = tasks.clone();
+        let publisher = client.clone();
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(64);
             // Ends when the provider (the only sender) is gone.
             while rx.recv_many(&mut batch, 64).await > 0 {
                 let n = batch.len();
                 for (reply, payload) in batch.drain(..) {
-                    if let Err(error) = client.publish(reply, Bytes::from_static(payload)).await {
+                    let sent = publisher.publish(reply, Bytes::from_static(payload)).await;
+                    if let Err(error) = sent {
                         tracing::debug!(%error, "ack not sent");
                     }
                 }
                 settled.end(n);
             }
         });
-        Self { queue, tasks }
+        Self {
+            client,
+            queue,
+            tasks,
+        }
     }
 
-    /// Queues `payload` (`b""` is an ack, `b"-NAK"` a requeue) for `reply`.
+    /// Sends `payload` (`b""` is an ack, `b"-NAK"` a requeue) for `reply`: at
+    /// once if the client takes it without waiting and nothing is queued before
+    /// it, else through the queue.
     pub(crate) fn send(&self, reply: async_nats::Subject, payload: &'static [u8]) {
+        if self.tasks.count() == 0 {
+            // A publish that would wait is dropped before it sent anything.
+            let publish = self
+                .client
+                .publish(reply.clone(), Bytes::from_static(payload));
+            if let Some(sent) = publish.now_or_never() {
+                if let Err(error) = sent {
+                    tracing::debug!(%error, "ack not sent");
+                }
+                return;
+            }
+        }
         self.tasks.begin(1);
         if self.queue.send((reply, payload)).is_err() {
             self.tasks.end(1);
@@ -250,7 +274,7 @@ impl NatsProvider {
                 publisher,
                 url,
                 send_timeout: config.send_timeout,
-                streams: Mutex::new(FxHashSet::default()),
+                streams: Mutex::new(FxHashMap::default()),
                 dead_letter_stream: AtomicBool::new(false),
                 delay_stream: AtomicBool::new(false),
                 scheduler: AtomicBool::new(false),
@@ -313,22 +337,28 @@ impl Inner {
         })
     }
 
-    /// The subject events of `event` are published to.
-    fn subject(&self, event: &str) -> async_nats::Subject {
-        async_nats::Subject::from(names::subject(event))
+    /// Creates the stream of `event` unless this provider did so already; the
+    /// subject its events are published to. The creation is boxed: every publish
+    /// awaits this, and inline it would make each publish's future as large as
+    /// the JetStream API call's (copied on every send).
+    async fn ensure_stream(&self, event: &str, durable: bool) -> Result<async_nats::Subject> {
+        if let Some(subject) = self.streams.lock().get(event) {
+            return Ok(subject.clone());
+        }
+        Box::pin(self.create_stream(event, durable)).await
     }
 
-    async fn ensure_stream(&self, event: &str, durable: bool) -> Result<()> {
-        if self.streams.lock().contains(event) {
-            return Ok(());
-        }
+    async fn create_stream(&self, event: &str, durable: bool) -> Result<async_nats::Subject> {
         let config = self.stream_config(event, durable)?;
         self.js
             .get_or_create_stream(config)
             .await
             .map_err(|e| api_error(&format!("creating the stream of `{event}`"), &e))?;
-        self.streams.lock().insert(event.to_string());
-        Ok(())
+        let subject = async_nats::Subject::from(names::subject(event));
+        self.streams
+            .lock()
+            .insert(event.to_string(), subject.clone());
+        Ok(subject)
     }
 
     async fn ensure_dead_letter_stream(&self) -> Result<()> {
@@ -440,7 +470,6 @@ impl Inner {
         &self,
         event: &str,
         durable: bool,
-        subject: async_nats::Subject,
         out: Outgoing<'_>,
         body: Bytes,
     ) -> Result<()> {
@@ -449,14 +478,7 @@ impl Inner {
         let mut last;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let sent = self.try_publish(
-                event,
-                durable,
-                subject.clone(),
-                out,
-                body.clone(),
-                remaining,
-            );
+            let sent = self.try_publish(event, durable, out, body.clone(), remaining);
             match sent.await {
                 Ok(()) => return Ok(()),
                 Err(Failure::Fatal(error)) => return Err(error),
@@ -479,17 +501,15 @@ impl Inner {
         &self,
         event: &str,
         durable: bool,
-        subject: async_nats::Subject,
         out: Outgoing<'_>,
         body: Bytes,
         remaining: Duration,
     ) -> std::result::Result<(), Failure> {
-        if let Err(error) = self.ensure_stream(event, durable).await {
-            return Err(match error {
-                Error::Unavailable { reason, .. } => Failure::Retry(reason),
-                other => Failure::Fatal(other),
-            });
-        }
+        let subject = match self.ensure_stream(event, durable).await {
+            Ok(subject) => subject,
+            Err(Error::Unavailable { reason, .. }) => return Err(Failure::Retry(reason)),
+            Err(other) => return Err(Failure::Fatal(other)),
+        };
         let map = headers::event_to_nats(out.headers, event, out.dedupe, out.extra)
             .map_err(Failure::Fatal)?;
         let size = body.len();
@@ -729,7 +749,6 @@ impl Provider for NatsProvider {
             .publish(
                 route.address,
                 route.durable,
-                self.inner.subject(route.address),
                 Outgoing {
                     headers: &envelope.headers,
                     extra,
@@ -884,7 +903,6 @@ impl Provider for NatsProvider {
             .publish(
                 &queue.event,
                 queue.durable,
-                self.inner.subject(&queue.event),
                 Outgoing {
                     headers: &envelope.headers,
                     extra: &extra,

@@ -305,7 +305,7 @@ async fn measure_all(
     )
     .await;
     let (manager, counter) = start_eventing(&settings, &run).await;
-    let mut figures = [Figures::default(), Figures::default(), Figures::default()];
+    let mut figures = [(); 3].map(|()| Figures::watching("redis-server"));
     let shape = (settings.n, settings.in_flight, settings.samples);
     for round in 0..settings.rounds {
         eprintln!("round {} of {}", round + 1, settings.rounds);

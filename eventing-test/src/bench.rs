@@ -190,6 +190,104 @@ pub fn under_cargo_bench() -> bool {
     std::env::args().any(|a| a == "--bench")
 }
 
+/// CPU time spent by this process and by the broker's, read from Linux's
+/// `/proc/<pid>/task/*/schedstat` (nanoseconds on CPU, summed over the threads):
+/// a bench divides the difference over a phase by the events of the phase, so the
+/// table shows where each side's time goes (client or broker) beside its rate.
+///
+/// ```
+/// let clock = eventing_test::bench::CpuClock::watching("no-such-broker");
+/// let before = clock.now();
+/// let spun = (0..100_000u64).fold(0u64, |a, b| a.wrapping_add(b * b));
+/// std::hint::black_box(spun);
+/// let used = clock.now().since(&before);
+/// assert!(used.server.is_none());
+/// # #[cfg(target_os = "linux")]
+/// assert!(used.client.unwrap_or_default() > std::time::Duration::ZERO);
+/// ```
+#[derive(Debug, Default, Clone)]
+pub struct CpuClock {
+    server: Option<u32>,
+}
+
+/// CPU time used so far (or over a phase, from [`CpuReading::since`]); `None`
+/// where it could not be read.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CpuReading {
+    /// This process.
+    pub client: Option<Duration>,
+    /// The broker's process.
+    pub server: Option<Duration>,
+}
+
+impl CpuClock {
+    /// A clock of this process and of the broker: the process whose pid is in
+    /// `BENCH_SERVER_PID`, or else the first whose command name (`/proc/<pid>/comm`)
+    /// is `server_comm` (`nats-server`, `redis-server`, `beam.smp`, `java`).
+    pub fn watching(server_comm: &str) -> Self {
+        let server = setting::<u32>("BENCH_SERVER_PID", 0);
+        let server = if server > 0 {
+            Some(server)
+        } else {
+            find_process(server_comm)
+        };
+        Self { server }
+    }
+
+    /// The CPU time used so far.
+    pub fn now(&self) -> CpuReading {
+        CpuReading {
+            client: cpu_time("self"),
+            server: self.server.and_then(|pid| cpu_time(&pid.to_string())),
+        }
+    }
+}
+
+impl CpuReading {
+    /// What was used between `before` and this reading.
+    pub fn since(&self, before: &CpuReading) -> CpuReading {
+        let minus = |a: Option<Duration>, b: Option<Duration>| Some(a?.saturating_sub(b?));
+        CpuReading {
+            client: minus(self.client, before.client),
+            server: minus(self.server, before.server),
+        }
+    }
+
+    /// (client, server) in microseconds per event over `events` events (NaN where
+    /// unknown).
+    pub fn per_event(&self, events: u64) -> (f64, f64) {
+        let per = |d: Option<Duration>| {
+            d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e6 / events.max(1) as f64)
+        };
+        (per(self.client), per(self.server))
+    }
+}
+
+/// The pid of the first process named `comm`.
+fn find_process(comm: &str) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let name = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+            (name.trim_end() == comm).then_some(pid)
+        })
+}
+
+/// Nanoseconds on CPU of every thread of `/proc/<pid>`.
+fn cpu_time(pid: &str) -> Option<Duration> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let nanos = tasks
+        .flatten()
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+            stat.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum();
+    Some(Duration::from_nanos(nanos))
+}
+
 /// One side's figures, one entry per round.
 #[derive(Debug, Default, Clone)]
 pub struct Figures {
@@ -199,9 +297,24 @@ pub struct Figures {
     pub p50: Vec<f64>,
     /// Round-trip p99 in microseconds.
     pub p99: Vec<f64>,
+    /// This process's CPU per event in the throughput phase, microseconds.
+    pub client_cpu: Vec<f64>,
+    /// The broker's CPU per event in the throughput phase, microseconds.
+    pub server_cpu: Vec<f64>,
+    /// Where the CPU figures are read.
+    pub clock: CpuClock,
 }
 
 impl Figures {
+    /// Figures whose throughput phase also reads the CPU time of this process and
+    /// of the broker (see [`CpuClock::watching`]).
+    pub fn watching(server_comm: &str) -> Self {
+        Self {
+            clock: CpuClock::watching(server_comm),
+            ..Self::default()
+        }
+    }
+
     /// (events/s, p50, p99): the median of each over the rounds.
     pub fn medians(&self) -> (f64, f64, f64) {
         (
@@ -209,6 +322,11 @@ impl Figures {
             median(&self.p50),
             median(&self.p99),
         )
+    }
+
+    /// (client, server) CPU per event in microseconds: the median over the rounds.
+    pub fn cpu_medians(&self) -> (f64, f64) {
+        (median(&self.client_cpu), median(&self.server_cpu))
     }
 
     /// Measures one round: a warm-up of `n / 10 + 1` sends, the throughput of
@@ -222,8 +340,12 @@ impl Figures {
         mut send: impl FnMut(u64) -> F,
     ) {
         throughput(counter, n / 10 + 1, limit, patience, &mut send).await;
+        let before = self.clock.now();
         self.per_second
             .push(throughput(counter, n, limit, patience, &mut send).await);
+        let (client, server) = self.clock.now().since(&before).per_event(n);
+        self.client_cpu.push(client);
+        self.server_cpu.push(server);
         let (p50, p99) = round_trips(counter, samples, patience, &mut send).await;
         self.p50.push(p50);
         self.p99.push(p99);
@@ -239,23 +361,16 @@ pub fn print_comparison(
     ours_name: &str,
     ours: &Figures,
 ) {
-    let (raw, ours) = (raw.medians(), ours.medians());
     println!();
     println!("{title}");
     println!(
-        "{:<24}{:>12}{:>12}{:>12}",
-        "", "events/s", "p50 (us)", "p99 (us)"
+        "{:<24}{:>12}{:>12}{:>12}{:>14}{:>14}",
+        "", "events/s", "p50 (us)", "p99 (us)", "client us/ev", "server us/ev"
     );
-    for (name, (per_second, p50, p99)) in [(raw_name, raw), (ours_name, ours)] {
-        println!("{name:<24}{per_second:>12.0}{p50:>12.0}{p99:>12.0}");
-    }
-    println!(
-        "{:<24}{:>11.2}x{:>11.2}x{:>11.2}x",
-        "eventing / raw",
-        ours.0 / raw.0,
-        ours.1 / raw.1,
-        ours.2 / raw.2
-    );
+    print_row(raw_name, raw);
+    print_row(ours_name, ours);
+    print_ratios("eventing / raw", raw, ours);
+    let (raw, ours) = (raw.medians(), ours.medians());
     println!();
     let met = |ok: bool| if ok { "met" } else { "NOT met" };
     println!(
@@ -269,14 +384,28 @@ pub fn print_comparison(
 /// eventing's ratios to it: what the runtime costs beside what the format costs
 /// the broker and the client. Call after [`print_comparison`].
 pub fn print_same_format(name: &str, same_format: &Figures, ours: &Figures) {
-    let (same, ours) = (same_format.medians(), ours.medians());
-    println!("{name:<24}{:>12.0}{:>12.0}{:>12.0}", same.0, same.1, same.2);
+    print_row(name, same_format);
+    print_ratios("eventing / same format", same_format, ours);
+}
+
+/// One side's medians: events/s, p50, p99, client and broker CPU per event.
+fn print_row(name: &str, figures: &Figures) {
+    let (per_second, p50, p99) = figures.medians();
+    let (client, server) = figures.cpu_medians();
+    println!("{name:<24}{per_second:>12.0}{p50:>12.0}{p99:>12.0}{client:>14.1}{server:>14.1}");
+}
+
+/// `ours` over `theirs`, column by column.
+fn print_ratios(name: &str, theirs: &Figures, ours: &Figures) {
+    let (a, b) = (theirs.medians(), ours.medians());
+    let (ac, bc) = (theirs.cpu_medians(), ours.cpu_medians());
     println!(
-        "{:<24}{:>11.2}x{:>11.2}x{:>11.2}x",
-        "eventing / same format",
-        ours.0 / same.0,
-        ours.1 / same.1,
-        ours.2 / same.2
+        "{name:<24}{:>11.2}x{:>11.2}x{:>11.2}x{:>13.2}x{:>13.2}x",
+        b.0 / a.0,
+        b.1 / a.1,
+        b.2 / a.2,
+        bc.0 / ac.0,
+        bc.1 / ac.1
     );
 }
 

@@ -9,7 +9,7 @@ use smallvec::SmallVec;
 
 /// Names of the standard headers every envelope carries, and of the ones the runtime adds.
 pub mod header {
-    pub use super::{new_message_id, now_rfc3339};
+    pub use super::{is_current_second, new_message_id, now_rfc3339, rfc3339_seconds};
 
     /// A unique id per message.
     pub const MESSAGE_ID: &str = "message-id";
@@ -281,17 +281,13 @@ pub fn now_rfc3339() -> String {
     out
 }
 
-/// Appends the current time as `YYYY-MM-DDTHH:MM:SS.uuuuuuZ`, or without the
-/// fraction if not `micros`. The part up to the seconds is formatted once per
-/// second per thread.
-fn write_rfc3339_now(out: &mut String, micros: bool) {
+/// Calls `f` with `YYYY-MM-DDTHH:MM:SS` (no `Z`) of `secs` since the Unix epoch,
+/// formatted once per second per thread: senders stamp, and receivers of a
+/// provider that stores the time (JetStream) rebuild, mostly the current second.
+fn with_second<R>(secs: u64, f: impl FnOnce(&str) -> R) -> R {
     thread_local! {
         static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
     }
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs();
     SECOND.with_borrow_mut(|(cached, prefix)| {
         if *cached != secs {
             let full = humantime::format_rfc3339_seconds(
@@ -302,8 +298,56 @@ fn write_rfc3339_now(out: &mut String, micros: bool) {
             *prefix = full.trim_end_matches('Z').to_string();
             *cached = secs;
         }
-        out.push_str(prefix);
-    });
+        f(prefix)
+    })
+}
+
+fn since_epoch(time: SystemTime) -> std::time::Duration {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// `time` to the second as the envelope stamps it (`YYYY-MM-DDTHH:MM:SSZ`), for
+/// a provider that carries the timestamp in the broker's own field.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_250);
+/// assert_eq!(eventing::header::rfc3339_seconds(at), "2023-11-14T22:13:20Z");
+/// ```
+pub fn rfc3339_seconds(time: SystemTime) -> String {
+    let mut out = String::with_capacity(20);
+    with_second(since_epoch(time).as_secs(), |prefix| out.push_str(prefix));
+    out.push('Z');
+    out
+}
+
+/// Whether `value` is the current second in the envelope's own form
+/// (`YYYY-MM-DDTHH:MM:SSZ`, as [`Envelope::new`] stamps it): a provider whose
+/// broker stores the time of every message can leave such a timestamp out and
+/// give it back from the stored time.
+///
+/// ```
+/// let now = eventing::header::rfc3339_seconds(std::time::SystemTime::now());
+/// // Unless the second turned just now.
+/// # let now = eventing::header::rfc3339_seconds(std::time::SystemTime::now());
+/// assert!(eventing::header::is_current_second(&now));
+/// assert!(!eventing::header::is_current_second("2023-11-14T22:13:20Z"));
+/// ```
+pub fn is_current_second(value: &str) -> bool {
+    let Some(stamp) = value.strip_suffix('Z') else {
+        return false;
+    };
+    with_second(since_epoch(SystemTime::now()).as_secs(), |prefix| {
+        prefix == stamp
+    })
+}
+
+/// Appends the current time as `YYYY-MM-DDTHH:MM:SS.uuuuuuZ`, or without the
+/// fraction if not `micros`.
+fn write_rfc3339_now(out: &mut String, micros: bool) {
+    let now = since_epoch(SystemTime::now());
+    with_second(now.as_secs(), |prefix| out.push_str(prefix));
     if !micros {
         out.push('Z');
         return;
