@@ -497,21 +497,34 @@ pub(crate) struct AckInfo {
 /// newer one with domain and account hash in front (`<ts>` in nanoseconds since
 /// the Unix epoch).
 pub(crate) fn ack_info(reply: &str) -> Option<AckInfo> {
-    let rest = reply.strip_prefix("$JS.ACK.")?;
-    let count = rest.bytes().filter(|&b| b == b'.').count() + 3;
+    let rest = reply.strip_prefix("$JS.ACK.")?.as_bytes();
+    let count = rest.iter().filter(|&&b| b == b'.').count() + 3;
     if count < 9 {
         return None;
     }
-    let skip = if count == 9 { 2 } else { 4 };
-    let mut tokens = rest.split('.').skip(skip);
-    let delivered = tokens.next()?.parse().ok()?;
-    let sequence = tokens.next()?.parse().ok()?;
+    // From the end: `<pending>` (and the newer form's token) come after the numbers.
+    let mut tokens = rest
+        .rsplit(|&b| b == b'.')
+        .skip(if count == 9 { 1 } else { 2 });
+    let nanos = number(tokens.next()?)?;
     let _consumer_sequence = tokens.next()?;
-    let nanos: u64 = tokens.next()?.parse().ok()?;
+    let sequence = number(tokens.next()?)?;
+    let delivered = number(tokens.next()?)?;
     Some(AckInfo {
         delivered,
         sequence,
         stored: SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos),
+    })
+}
+
+/// A decimal number of ASCII digits (ack subjects carry one per message).
+fn number(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        let digit = d.checked_sub(b'0').filter(|&d| d < 10)?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
     })
 }
 

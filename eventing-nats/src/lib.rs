@@ -477,7 +477,11 @@ impl Inner {
         let mut attempt = 0;
         let mut last;
         loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
+            let remaining = if attempt == 0 {
+                self.send_timeout
+            } else {
+                deadline.saturating_duration_since(Instant::now())
+            };
             let sent = self.try_publish(event, durable, out, body.clone(), remaining);
             match sent.await {
                 Ok(()) => return Ok(()),

@@ -344,6 +344,12 @@ impl Figures {
         self.per_second
             .push(throughput(counter, n, limit, patience, &mut send).await);
         let (client, server) = self.clock.now().since(&before).per_event(n);
+        if std::env::var_os("BENCH_VERBOSE").is_some() {
+            eprintln!(
+                "  {:.0} events/s, client {client:.1} us/ev, server {server:.1} us/ev",
+                self.per_second.last().copied().unwrap_or(f64::NAN)
+            );
+        }
         self.client_cpu.push(client);
         self.server_cpu.push(server);
         let (p50, p99) = round_trips(counter, samples, patience, &mut send).await;
