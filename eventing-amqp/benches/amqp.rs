@@ -8,7 +8,10 @@
 //! ```
 //!
 //! Three sides move the same JSON payload with the same prefetch and number of
-//! publishes in flight, each publishing on one connection and consuming on another:
+//! publishes in flight, each publishing on one connection and consuming on another.
+//! Every side does the same work per event: serializes it on send and decodes it
+//! on delivery (until December 2026 the raw sides sent one pre-serialized buffer
+//! and never decoded, so their figures then left out work eventing did):
 //!
 //! - `raw`: lapin at its best: bare messages (delivery mode and content type only),
 //!   acks with `multiple` every `BENCH_ACK_BATCH` deliveries;
@@ -53,7 +56,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, Notify, mpsc};
 
 use eventing_amqp as _;
-use eventing_test::bench::{in_flight, median, percentiles, setting};
+use eventing_test::bench::{CpuClock, in_flight, median, percentiles, setting};
 
 /// The payload: about 60 bytes of JSON.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -203,6 +206,9 @@ struct Figures {
     batch: [Vec<f64>; 2],
     p50: [Vec<f64>; 2],
     p99: [Vec<f64>; 2],
+    /// This process's and the broker's CPU per event in the throughput phases (us).
+    client_cpu: [Vec<f64>; 2],
+    server_cpu: [Vec<f64>; 2],
 }
 
 enum Side {
@@ -211,7 +217,8 @@ enum Side {
 }
 
 impl Side {
-    async fn throughput(&self, settings: &Settings, durable: bool) -> f64 {
+    /// (events/s, client and broker CPU per event in microseconds).
+    async fn throughput(&self, settings: &Settings, durable: bool) -> (f64, f64, f64) {
         let (probe, n) = (self.probe(durable), settings.n);
         let once = |n: u64| async move {
             probe.expect(n);
@@ -222,7 +229,11 @@ impl Side {
             n as f64 / start.elapsed().as_secs_f64()
         };
         once(n / 20 + 1).await; // warm-up
-        once(n).await
+        let clock = CpuClock::watching("beam.smp");
+        let before = clock.now();
+        let rate = once(n).await;
+        let (client, server) = clock.now().since(&before).per_event(n);
+        (rate, client, server)
     }
 
     /// Durable events one at a time (each confirm awaited) or in batches.
@@ -252,7 +263,7 @@ impl Side {
 
     async fn send_batch(&self, range: std::ops::Range<usize>) {
         match self {
-            Side::Raw(raw) => raw.publish_pipelined(range.len()).await,
+            Side::Raw(raw) => raw.publish_pipelined(range).await,
             Side::Eventing(side) => side.send_batch(range).await,
         }
     }
@@ -284,7 +295,7 @@ impl Side {
 
     async fn send(&self, i: usize, durable: bool) {
         match self {
-            Side::Raw(raw) => raw.publish(durable).await,
+            Side::Raw(raw) => raw.publish(i, durable).await,
             Side::Eventing(side) => side.send(i, durable).await,
         }
     }
@@ -325,7 +336,7 @@ async fn main() {
             "eventing" => Some(Side::Eventing(EventingSide::new(&settings, &run).await)),
             _ => {
                 let format = name == "raw-format";
-                let raw = RawSide::new(&settings, &run, name, payload.clone(), format).await;
+                let raw = RawSide::new(&settings, &run, name, format).await;
                 Some(Side::Raw(Box::new(raw)))
             }
         };
@@ -340,8 +351,11 @@ async fn main() {
             }
             for (side, figures) in sides.iter().zip(&mut figures) {
                 if let Some(side) = side {
-                    let figure = side.throughput(&settings, durable).await;
-                    figures.throughput[usize::from(durable)].push(figure);
+                    let (rate, client, server) = side.throughput(&settings, durable).await;
+                    let at = usize::from(durable);
+                    figures.throughput[at].push(rate);
+                    figures.client_cpu[at].push(client);
+                    figures.server_cpu[at].push(server);
                 }
             }
         }
@@ -383,9 +397,13 @@ fn print_table(figures: &[Figures]) {
         "", "raw", "raw-format", "eventing", "eventing/raw", "ev/raw-format"
     );
     type Pick = fn(&Figures) -> &Vec<f64>;
-    let rows: [(&str, Pick); 8] = [
+    let rows: [(&str, Pick); 12] = [
         ("transient throughput (ev/s)", |f| &f.throughput[0]),
+        ("  client CPU (us/ev)", |f| &f.client_cpu[0]),
+        ("  broker CPU (us/ev)", |f| &f.server_cpu[0]),
         ("durable+confirm thr. (ev/s)", |f| &f.throughput[1]),
+        ("  client CPU (us/ev)", |f| &f.client_cpu[1]),
+        ("  broker CPU (us/ev)", |f| &f.server_cpu[1]),
         ("durable one at a time (ev/s)", |f| &f.batch[0]),
         ("durable batches (ev/s)", |f| &f.batch[1]),
         ("transient latency p50 (us)", |f| &f.p50[0]),
@@ -402,8 +420,10 @@ fn print_table(figures: &[Figures]) {
         if r.is_nan() && f.is_nan() && e.is_nan() {
             continue;
         }
+        // CPU per event in tenths, rates and latencies whole.
+        let digits = usize::from(name.contains("CPU"));
         println!(
-            "{name:<30} {r:>10.0} {f:>11.0} {e:>10.0} {:>13.2} {:>13.2}",
+            "{name:<30} {r:>10.digits$} {f:>11.digits$} {e:>10.digits$} {:>13.2} {:>13.2}",
             e / r,
             e / f
         );
@@ -412,8 +432,9 @@ fn print_table(figures: &[Figures]) {
     if !batched.is_nan() {
         println!();
         println!(
-            "durable: send_events / send_event in flight: {:.2}   send_events / raw one at a time: {:.2}   \
-             send_events / raw pipelined: {:.2}",
+            "durable: send_events / send_event one at a time: {:.2}   send_events / send_event in flight: {:.2}   \
+             send_events / raw one at a time: {:.2}   send_events / raw pipelined: {:.2}",
+            batched / median(&eventing.batch[0]),
             batched / median(&eventing.throughput[1]),
             batched / median(&raw.batch[0]),
             batched / median(&raw.batch[1]),
@@ -435,19 +456,12 @@ struct RawSide {
     exchanges: [String; 2],
     queues: [String; 2],
     probes: [Arc<Probe>; 2],
-    payload: Vec<u8>,
     /// Sends eventing's wire format instead of bare messages.
     format: bool,
 }
 
 impl RawSide {
-    async fn new(
-        settings: &Settings,
-        run: &str,
-        name: &str,
-        payload: Vec<u8>,
-        format: bool,
-    ) -> Self {
+    async fn new(settings: &Settings, run: &str, name: &str, format: bool) -> Self {
         let connect = || Connection::connect(&settings.url, ConnectionProperties::default());
         let publishing = connect().await.expect("connect raw");
         let consuming = connect().await.expect("connect raw");
@@ -523,7 +537,6 @@ impl RawSide {
             exchanges,
             queues,
             probes,
-            payload,
             format,
         }
     }
@@ -546,7 +559,9 @@ impl RawSide {
             .with_timestamp(seconds)
     }
 
-    async fn publish(&self, durable: bool) {
+    /// Publishes event `i`, serialized here as eventing serializes each send.
+    async fn publish(&self, i: usize, durable: bool) {
+        let body = serde_json::to_vec(&Payload::new(i as u64)).expect("JSON");
         let channel = if durable {
             &self.confirmed
         } else {
@@ -557,7 +572,7 @@ impl RawSide {
                 self.exchanges[usize::from(durable)].as_str().into(),
                 ShortString::default(),
                 BasicPublishOptions::default(),
-                &self.payload,
+                &body,
                 self.properties(durable),
             )
             .await
@@ -567,16 +582,17 @@ impl RawSide {
     }
 
     /// `count` durable publishes queued at once, then all their confirms awaited.
-    async fn publish_pipelined(&self, count: usize) {
+    async fn publish_pipelined(&self, range: std::ops::Range<usize>) {
         let exchange = self.exchanges[1].as_str();
-        let publishes = (0..count).map(|_| async {
+        let publishes = range.map(|i| async move {
+            let body = serde_json::to_vec(&Payload::new(i as u64)).expect("JSON");
             let confirm = self
                 .confirmed
                 .basic_publish(
                     exchange.into(),
                     ShortString::default(),
                     BasicPublishOptions::default(),
-                    &self.payload,
+                    &body,
                     self.properties(true),
                 )
                 .await
@@ -619,6 +635,9 @@ async fn raw_consume(
     let mut unacked = 0;
     while let Some(Ok(delivery)) = consumer.next().await {
         let tag = delivery.delivery_tag;
+        // Decoded, as eventing decodes every delivery for its listener.
+        let event: Payload = serde_json::from_slice(&delivery.data).expect("JSON body");
+        std::hint::black_box(event.id);
         unacked += 1;
         let latency = probe.latency.load(Ordering::Relaxed);
         let last = probe.handled();

@@ -120,6 +120,12 @@ pub(crate) fn to_properties(
 /// Seconds since the epoch of an RFC 3339 `value`, and whether the AMQP property
 /// restores it exactly (it is `YYYY-MM-DDTHH:MM:SSZ`).
 fn timestamp_seconds(value: &str) -> Option<(u64, bool)> {
+    // What nearly every send carries: the envelope's own stamp of this second
+    // (compared with the per-thread text of this second, not parsed).
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
+    if rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(now)) == value {
+        return Some((now, true));
+    }
     let time = humantime::parse_rfc3339_weak(value).ok()?;
     let seconds = time.duration_since(UNIX_EPOCH).ok()?.as_secs();
     let exact = value.len() == "YYYY-MM-DDTHH:MM:SSZ".len()
@@ -189,7 +195,7 @@ pub(crate) fn to_envelope(properties: &BasicProperties, body: Vec<u8>) -> Envelo
 }
 
 fn rfc3339_seconds(time: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(time).to_string()
+    header::rfc3339_seconds(time)
 }
 
 /// A header value as text; other clients may send numbers, booleans, timestamps
