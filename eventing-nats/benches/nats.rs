@@ -246,6 +246,7 @@ async fn start_eventing(settings: &Settings, run: &str) -> (EventManager, Arc<Co
         .only_bound_listeners()
         .listener_options(ListenerOptions {
             prefetch: settings.prefetch,
+            concurrency: setting("BENCH_CONCURRENCY", ListenerOptions::default().concurrency),
             ..ListenerOptions::default()
         })
         .build();
