@@ -8,6 +8,8 @@
 //! cargo bench -p eventing-nats --bench nats
 //! BENCH_EVENTS=20000 BENCH_SAMPLES=1000 BENCH_ROUNDS=3 BENCH_IN_FLIGHT=64 BENCH_PREFETCH=256
 //! BENCH_SIDES=eventing   # one side alone (raw, same-format, eventing), to profile it
+//! BENCH_CONCURRENCY=1     # the listener's concurrency (default: the runtime's)
+//! BENCH_VERBOSE=1         # each round's rate and CPU per event
 //! bash scripts/nats.sh stop
 //! ```
 //!
@@ -27,7 +29,8 @@
 //!   `BENCH_PREFETCH`.
 //!
 //! Throughput: N events with a bounded number of sends in flight, from the first
-//! send to the last handled message. Round trip: one event at a time, from send
+//! send to the last handled message, with the CPU time this process and
+//! nats-server spent per event meanwhile (`bench::CpuClock`). Round trip: one event at a time, from send
 //! (publish ack included on both sides) to handled. The sides take turns
 //! (who goes first rotates) for `BENCH_ROUNDS` rounds; each figure is the
 //! median of the rounds. Streams and consumers get unique names per run and are
