@@ -30,6 +30,7 @@
 //! copies into the table (`content-length`, `receipt`) are not envelope headers
 //! and are dropped.
 
+use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -159,9 +160,14 @@ pub(crate) fn to_envelope(properties: &BasicProperties, body: Vec<u8>) -> Envelo
         if !in_table {
             return None;
         }
-        entries().find(|(n, _)| *n == name).map(|(_, v)| text(v))
+        entries()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| Cow::Owned(text(v)))
     };
-    let property = |p: &Option<ShortString>| p.as_ref().map(|s| s.as_str().to_string());
+    // Borrowed: the envelope's table copies them once.
+    fn property(p: &Option<ShortString>) -> Option<Cow<'_, str>> {
+        p.as_ref().map(|s| Cow::Borrowed(s.as_str()))
+    }
     let count = table.map_or(0, |t| t.inner().len()) + 5;
     let mut headers = Headers::with_capacity(count);
     let standard = [
@@ -171,7 +177,7 @@ pub(crate) fn to_envelope(properties: &BasicProperties, body: Vec<u8>) -> Envelo
             header::TIMESTAMP,
             properties
                 .timestamp()
-                .map(|s| rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(s))),
+                .map(|s| Cow::Owned(rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(s)))),
         ),
         (header::CONTENT_TYPE, property(properties.content_type())),
         (CORRELATION_ID, property(properties.correlation_id())),

@@ -594,8 +594,21 @@ impl Publisher {
     /// exchange without queues) instead of closing the channel with NOT_FOUND.
     async fn ensure_exchange(&self, address: &str, durable: bool) -> Result<()> {
         let cell = self.exchanges.read().get(address).cloned();
+        match cell {
+            Some(cell) if cell.initialized() => Ok(()),
+            // Boxed, as `Lane::reopen`: the declaration is rare, the publish hot.
+            cell => Box::pin(self.declare_exchange(address, durable, cell)).await,
+        }
+    }
+
+    /// Declares the exchange of `address` once, however many publishes wait for it.
+    async fn declare_exchange(
+        &self,
+        address: &str,
+        durable: bool,
+        cell: Option<Arc<OnceCell<()>>>,
+    ) -> Result<()> {
         let cell = match cell {
-            Some(cell) if cell.initialized() => return Ok(()),
             Some(cell) => cell,
             None => Arc::clone(
                 self.exchanges
@@ -704,6 +717,13 @@ impl Lane {
         if channel.status().connected() {
             return Ok((channel, false));
         }
+        // Boxed: inline, opening a channel would make every publish's future as
+        // large as its own (copied on every send).
+        Box::pin(self.reopen(link)).await
+    }
+
+    /// Opens a new channel for the lane unless another publish just did.
+    async fn reopen(&self, link: &Link) -> Result<(Arc<Channel>, bool)> {
         let _reopening = self.reopening.lock().await;
         let channel = Arc::clone(&self.channel.read());
         if channel.status().connected() {

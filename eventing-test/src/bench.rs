@@ -194,16 +194,24 @@ pub fn under_cargo_bench() -> bool {
 /// `/proc/<pid>/task/*/schedstat` (nanoseconds on CPU, summed over the threads):
 /// a bench divides the difference over a phase by the events of the phase, so the
 /// table shows where each side's time goes (client or broker) beside its rate.
+/// The kernel adds a running thread's time at scheduler ticks and switches, so
+/// phases should last well over a tick (the benches' last about a second).
 ///
 /// ```
+/// use std::time::{Duration, Instant};
 /// let clock = eventing_test::bench::CpuClock::watching("no-such-broker");
 /// let before = clock.now();
-/// let spun = (0..100_000u64).fold(0u64, |a, b| a.wrapping_add(b * b));
-/// std::hint::black_box(spun);
+/// // Busy for 50 ms: the kernel adds a running thread's time at its ticks and
+/// // switches, so a phase much shorter than a tick may read as zero.
+/// let start = Instant::now();
+/// let mut spun = 0u64;
+/// while start.elapsed() < Duration::from_millis(50) {
+///     spun = std::hint::black_box(spun.wrapping_add(1));
+/// }
 /// let used = clock.now().since(&before);
 /// assert!(used.server.is_none());
 /// # #[cfg(target_os = "linux")]
-/// assert!(used.client.unwrap_or_default() > std::time::Duration::ZERO);
+/// assert!(used.client.unwrap_or_default() > Duration::ZERO);
 /// ```
 #[derive(Debug, Default, Clone)]
 pub struct CpuClock {
