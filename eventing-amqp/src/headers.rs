@@ -31,7 +31,7 @@
 //! and are dropped.
 
 use std::borrow::Cow;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use eventing::{Envelope, Error, Headers, header};
@@ -123,15 +123,14 @@ pub(crate) fn to_properties(
 fn timestamp_seconds(value: &str) -> Option<(u64, bool)> {
     // What nearly every send carries: the envelope's own stamp of this second
     // (compared with the per-thread text of this second, not parsed).
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
-    if rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(now)) == value {
+    if let Some(now) = header::current_second(value) {
         return Some((now, true));
     }
     let time = humantime::parse_rfc3339_weak(value).ok()?;
     let seconds = time.duration_since(UNIX_EPOCH).ok()?.as_secs();
     let exact = value.len() == "YYYY-MM-DDTHH:MM:SSZ".len()
         && value.ends_with('Z')
-        && rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(seconds)) == value;
+        && header::rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(seconds)) == value;
     Some((seconds, exact))
 }
 
@@ -177,7 +176,7 @@ pub(crate) fn to_envelope(properties: &BasicProperties, body: Vec<u8>) -> Envelo
             header::TIMESTAMP,
             properties
                 .timestamp()
-                .map(|s| Cow::Owned(rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(s)))),
+                .map(|s| Cow::Owned(header::rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(s)))),
         ),
         (header::CONTENT_TYPE, property(properties.content_type())),
         (CORRELATION_ID, property(properties.correlation_id())),
@@ -198,10 +197,6 @@ pub(crate) fn to_envelope(properties: &BasicProperties, body: Vec<u8>) -> Envelo
         headers,
         body: Bytes::from(body),
     }
-}
-
-fn rfc3339_seconds(time: SystemTime) -> String {
-    header::rfc3339_seconds(time)
 }
 
 /// A header value as text; other clients may send numbers, booleans, timestamps

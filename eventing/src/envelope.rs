@@ -9,7 +9,9 @@ use smallvec::SmallVec;
 
 /// Names of the standard headers every envelope carries, and of the ones the runtime adds.
 pub mod header {
-    pub use super::{is_current_second, new_message_id, now_rfc3339, rfc3339_seconds};
+    pub use super::{
+        current_second, is_current_second, new_message_id, now_rfc3339, rfc3339_seconds,
+    };
 
     /// A unique id per message.
     pub const MESSAGE_ID: &str = "message-id";
@@ -335,12 +337,23 @@ pub fn rfc3339_seconds(time: SystemTime) -> String {
 /// assert!(!eventing::header::is_current_second("2023-11-14T22:13:20Z"));
 /// ```
 pub fn is_current_second(value: &str) -> bool {
-    let Some(stamp) = value.strip_suffix('Z') else {
-        return false;
-    };
-    with_second(since_epoch(SystemTime::now()).as_secs(), |prefix| {
-        prefix == stamp
-    })
+    current_second(value).is_some()
+}
+
+/// The current second since the Unix epoch if `value` is it in the envelope's own
+/// form (see [`is_current_second`]), read from the same clock reading: a provider
+/// that carries whole seconds (AMQP's `timestamp`) gets them without parsing.
+///
+/// ```
+/// let now = eventing::header::rfc3339_seconds(std::time::SystemTime::now());
+/// # let now = eventing::header::rfc3339_seconds(std::time::SystemTime::now());
+/// assert!(eventing::header::current_second(&now).is_some_and(|secs| secs > 1_700_000_000));
+/// assert_eq!(eventing::header::current_second("2023-11-14T22:13:20Z"), None);
+/// ```
+pub fn current_second(value: &str) -> Option<u64> {
+    let stamp = value.strip_suffix('Z')?;
+    let secs = since_epoch(SystemTime::now()).as_secs();
+    with_second(secs, |prefix| prefix == stamp).then_some(secs)
 }
 
 /// Appends the current time as `YYYY-MM-DDTHH:MM:SS.uuuuuuZ`, or without the
