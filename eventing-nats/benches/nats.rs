@@ -50,7 +50,7 @@ use serde::{Deserialize, Serialize};
 
 use eventing_nats as _;
 use eventing_test::bench::{
-    Counter, Figures, bounded, print_comparison, print_same_format, setting, turns,
+    Counter, Figures, bounded, print_comparison, print_same_format, setting, take_turns,
     under_cargo_bench,
 };
 
@@ -102,8 +102,6 @@ struct Settings {
     rounds: u64,
     in_flight: usize,
     prefetch: u16,
-    /// The sides measured (`raw,same-format,eventing`), for profiling one alone.
-    sides: String,
 }
 
 impl Settings {
@@ -116,7 +114,6 @@ impl Settings {
             rounds: setting("BENCH_ROUNDS", 3).max(1),
             in_flight: setting("BENCH_IN_FLIGHT", 64).max(1),
             prefetch: setting("BENCH_PREFETCH", 256).max(1),
-            sides: std::env::var("BENCH_SIDES").unwrap_or_default(),
         }
     }
 }
@@ -273,35 +270,35 @@ async fn measure_all(
     let raw_counter = Counter::new();
     let raw = Raw::new(&js, &names, &settings, Arc::clone(&raw_counter)).await;
     let (manager, counter) = start_eventing(&settings, &run).await;
-    let mut figures = [(); 3].map(|()| Figures::watching("nats-server"));
     let shape = (settings.n, settings.in_flight, settings.samples);
-    for round in 0..settings.rounds {
-        eprintln!("round {} of {}", round + 1, settings.rounds);
-        for side in turns(round, 3) {
-            let name = ["raw", "same-format", "eventing"][side];
-            if !settings.sides.is_empty() && !settings.sides.split(',').any(|s| s == name) {
-                continue;
-            }
-            let into = &mut figures[side];
+    let (raw_counter, counter) = (&raw_counter, &counter);
+    let (raw_side, manager) = (&raw, &manager);
+    let sides = ["raw", "same-format", "eventing"];
+    let figures = take_turns(
+        sides,
+        settings.rounds,
+        "nats-server",
+        |side, mut into| async move {
             match side {
                 0 => {
-                    into.measure(&raw_counter, shape, LIMIT, |i| raw.send(i))
-                        .await
+                    let send = |i: u64| raw_side.send(i);
+                    into.measure(raw_counter, shape, LIMIT, send).await;
                 }
                 1 => {
-                    let send = |i: u64| raw.send_same_format(i);
-                    into.measure(&raw_counter, shape, LIMIT, send).await;
+                    let send = |i: u64| raw_side.send_same_format(i);
+                    into.measure(raw_counter, shape, LIMIT, send).await;
                 }
                 _ => {
-                    let manager = &manager;
                     let send = |i: u64| async move {
                         manager.send_event(&tick(i)).await.expect("send_event");
                     };
-                    into.measure(&counter, shape, LIMIT, send).await;
+                    into.measure(counter, shape, LIMIT, send).await;
                 }
             }
-        }
-    }
+            into
+        },
+    )
+    .await;
     raw.consuming.abort();
     bounded("shutting the manager down", LIMIT, manager.shutdown())
         .await

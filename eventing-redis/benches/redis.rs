@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 
 use eventing_redis as _;
 use eventing_test::bench::{
-    Counter, Figures, bounded, print_comparison, print_same_format, setting, turns,
+    Counter, Figures, bounded, print_comparison, print_same_format, setting, take_turns,
     under_cargo_bench,
 };
 
@@ -305,31 +305,35 @@ async fn measure_all(
     )
     .await;
     let (manager, counter) = start_eventing(&settings, &run).await;
-    let mut figures = [(); 3].map(|()| Figures::watching("redis-server"));
     let shape = (settings.n, settings.in_flight, settings.samples);
-    for round in 0..settings.rounds {
-        eprintln!("round {} of {}", round + 1, settings.rounds);
-        for side in turns(round, 3) {
-            let into = &mut figures[side];
+    let (raw_counter, counter) = (&raw_counter, &counter);
+    let (raw_side, manager) = (&raw, &manager);
+    let sides = ["raw", "same-format", "eventing"];
+    let figures = take_turns(
+        sides,
+        settings.rounds,
+        "redis-server",
+        |side, mut into| async move {
             match side {
                 0 => {
-                    into.measure(&raw_counter, shape, LIMIT, |i| raw.send(i))
-                        .await
+                    let send = |i: u64| raw_side.send(i);
+                    into.measure(raw_counter, shape, LIMIT, send).await;
                 }
                 1 => {
-                    let send = |i: u64| raw.send_same_format(i);
-                    into.measure(&raw_counter, shape, LIMIT, send).await;
+                    let send = |i: u64| raw_side.send_same_format(i);
+                    into.measure(raw_counter, shape, LIMIT, send).await;
                 }
                 _ => {
-                    let manager = &manager;
                     let send = |i: u64| async move {
                         manager.send_event(&tick(i)).await.expect("send_event");
                     };
-                    into.measure(&counter, shape, LIMIT, send).await;
+                    into.measure(counter, shape, LIMIT, send).await;
                 }
             }
-        }
-    }
+            into
+        },
+    )
+    .await;
     raw.consuming.abort();
     bounded("shutting the manager down", LIMIT, manager.shutdown())
         .await

@@ -2,31 +2,41 @@
 //! ActiveMQ Classic, with `?broker=activemq` in the URL), in one run:
 //! `EventManager` over the STOMP provider beside a minimal raw STOMP client (this
 //! crate's codec over a `TcpStream`: `SEND`, and a `SUBSCRIBE` with a prefetch of
-//! 1000 and one `ACK` per message), with the same ~60-byte JSON payload through
-//! the same kind of destinations: on RabbitMQ a fanout exchange and a durable
-//! queue, on ActiveMQ a virtual topic and its consumer queue.
+//! 1000 and one `ACK` per message), with the same ~60-byte JSON payload
+//! (serialized per send, decoded per delivery) through the same kind of
+//! destinations: on RabbitMQ a fanout exchange and a durable queue, on ActiveMQ a
+//! virtual topic and its consumer queue.
 //!
-//! - throughput: N events sent back to back, from the first send to the last
-//!   handled message;
-//! - round trip: one event at a time, send to handled, p50 and p99 of the samples.
+//! - `raw`: `SEND` with `destination` and `content-type` only;
+//! - `raw, eventing's format`: the same client sending the frame eventing sends for
+//!   a default event (its headers: message id, event name, timestamp), so the
+//!   table shows what the format costs apart from what the runtime costs;
+//! - `eventing`: an `EventManager` with a transient event and one competing
+//!   listener (prefetch 1000, concurrency 256).
 //!
-//! The two clients take turns (alternating who goes first) for `BENCH_ROUNDS`
-//! rounds (default 4) and the best round of each is reported, which tames a
-//! machine shared with other work. Both use the same allocator (mimalloc).
+//! Throughput: N events with at most `BENCH_IN_FLIGHT` sends in flight, from the
+//! first send to the last handled message, with the CPU time this process and the
+//! broker (`beam.smp`, or `java` for ActiveMQ) spent per event meanwhile. Round
+//! trip: one event at a time, send to handled, p50 and p99. The sides take turns
+//! (who goes first rotates) for `BENCH_ROUNDS` rounds; each figure is the median
+//! of the rounds (`eventing_test::bench`).
 //!
 //! ```text
+//! bash scripts/broker.sh start
 //! cargo bench -p eventing-stomp --bench stomp
-//! EVENTING_STOMP_URL=stomp://guest:guest@127.0.0.1:61613 BENCH_EVENTS=30000 BENCH_SAMPLES=2000 BENCH_ROUNDS=4
+//! EVENTING_STOMP_URL=stomp://guest:guest@127.0.0.1:61613 BENCH_EVENTS=30000 BENCH_SAMPLES=2000 BENCH_ROUNDS=3
+//! BENCH_SIDES=eventing   # one side alone (raw, same-format, eventing), to profile it
+//! BENCH_VERBOSE=1         # each round's rate and CPU per event
 //! EVENTING_STOMP_URL='stomp://127.0.0.1:61623?broker=activemq' cargo bench -p eventing-stomp --bench stomp
 //! ```
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use eventing::{
-    Context, EventListener, EventManager, ListenerOptions, ListenerResult, event, event_listener,
+    Context, Envelope, EventListener, EventManager, ListenerOptions, ListenerResult, event,
+    event_listener,
 };
 use eventing_stomp::codec::{Incoming, StompCodec};
 use eventing_stomp::frame::{Command, Frame};
@@ -35,8 +45,14 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, mpsc};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
+
+use eventing_test::bench::{
+    Counter, Figures, bounded, print_comparison, print_same_format, setting, take_turns,
+    under_cargo_bench,
+};
 
 // The same allocator for both clients (and as in `eventing`'s in-process bench);
 // glibc's malloc is slow when one thread frees what another allocated.
@@ -44,6 +60,9 @@ use tokio_util::codec::FramedRead;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const PREFETCH: u16 = 1000;
+/// The longest anything is awaited at once: a missing broker or a stuck consumer
+/// fails the run instead of hanging it.
+const LIMIT: Duration = Duration::from_secs(60);
 
 /// The payload: `{"id":123456,"kind":"bench.tick","note":"stomp bench payload"}` is 60 bytes.
 #[event(name = "bench.stomp.{run}.Tick")]
@@ -62,54 +81,6 @@ fn tick(id: u64) -> Tick {
     }
 }
 
-/// Counts handled events and wakes the bench at a target.
-struct Counter {
-    handled: AtomicU64,
-    target: AtomicU64,
-    done: Notify,
-}
-
-impl Counter {
-    fn new() -> Arc<Self> {
-        Arc::new(Self {
-            handled: AtomicU64::new(0),
-            target: AtomicU64::new(u64::MAX),
-            done: Notify::new(),
-        })
-    }
-
-    fn hit(&self) {
-        let n = self.handled.fetch_add(1, Ordering::AcqRel) + 1;
-        if n == self.target.load(Ordering::Acquire) {
-            self.done.notify_one();
-        }
-    }
-
-    /// Waits until `n` more events than now were handled (the returned future
-    /// must be created before the events are sent).
-    fn arm(&self, n: u64) {
-        let target = self.handled.load(Ordering::Acquire) + n;
-        self.target.store(target, Ordering::Release);
-    }
-
-    async fn wait(&self, limit: Duration) {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let notified = self.done.notified();
-            if self.handled.load(Ordering::Acquire) >= self.target.load(Ordering::Acquire) {
-                return;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!(
-                    "only {} of {} events handled in {limit:?}",
-                    self.handled.load(Ordering::Acquire),
-                    self.target.load(Ordering::Acquire)
-                );
-            }
-        }
-    }
-}
-
 #[event_listener(Tick, name = "Counter")]
 struct TickListener {
     counter: Arc<Counter>,
@@ -121,48 +92,6 @@ impl EventListener<Tick> for TickListener {
         self.counter.hit();
         Ok(())
     }
-}
-
-struct Measured {
-    per_second: f64,
-    p50: Duration,
-    p99: Duration,
-}
-
-/// Sends `n` events with `send` and waits until all were handled.
-async fn throughput<F, Fut>(counter: &Counter, n: u64, mut send: F) -> f64
-where
-    F: FnMut(u64) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    counter.arm(n);
-    let start = Instant::now();
-    for i in 0..n {
-        send(i).await;
-    }
-    counter.wait(Duration::from_secs(120)).await;
-    n as f64 / start.elapsed().as_secs_f64()
-}
-
-/// `samples` round trips, one event at a time; (p50, p99).
-async fn round_trips<F, Fut>(counter: &Counter, samples: usize, mut send: F) -> (Duration, Duration)
-where
-    F: FnMut(u64) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let mut times = Vec::with_capacity(samples);
-    for i in 0..samples {
-        counter.arm(1);
-        let start = Instant::now();
-        send(i as u64).await;
-        counter.wait(Duration::from_secs(10)).await;
-        times.push(start.elapsed());
-    }
-    times.sort_unstable();
-    (
-        times[samples / 2],
-        times[(samples * 99 / 100).min(samples - 1)],
-    )
 }
 
 /// The manager under test, started, with its counter.
@@ -181,36 +110,84 @@ async fn start_eventing(url: &str, run: &str) -> (EventManager, Arc<Counter>) {
             concurrency: 256,
             ..ListenerOptions::default()
         })
-        .build()
+        .build();
+    let manager = bounded("building the manager", LIMIT, manager)
         .await
-        .expect("build manager");
-    manager.start().await.expect("start manager");
+        .expect("build the manager");
+    bounded("starting the manager", LIMIT, manager.start())
+        .await
+        .expect("start the manager");
     (manager, counter)
 }
 
-async fn measure_eventing(
-    manager: &EventManager,
-    counter: &Counter,
-    n: u64,
-    samples: usize,
-) -> Measured {
-    let send = |i: u64| async move { manager.send_event(&tick(i)).await.expect("send") };
-    throughput(counter, n.min(2000), send).await; // warm-up
-    let per_second = throughput(counter, n, send).await;
-    let (p50, p99) = round_trips(counter, samples, send).await;
-    Measured {
-        per_second,
-        p50,
-        p99,
+/// A raw STOMP session: `CONNECT` (and `first`, whose `RECEIPT` is awaited),
+/// then a writer task fed by a channel bounded as eventing's sessions are
+/// (1024 frames); the frames read after that.
+async fn session(
+    config: &StompConfig,
+    first: Option<Frame>,
+) -> (FramedRead<OwnedReadHalf, StompCodec>, mpsc::Sender<Bytes>) {
+    let tcp = TcpStream::connect((config.host.as_str(), config.port))
+        .await
+        .expect("connect");
+    tcp.set_nodelay(true).expect("nodelay");
+    let (read, mut write) = tcp.into_split();
+    let codec = StompCodec::new();
+    let mut connect = Frame::new(Command::Connect)
+        .header("accept-version", "1.2")
+        .header("host", config.vhost.clone())
+        .header("heart-beat", "0,0");
+    if let (Some(login), Some(passcode)) = (&config.login, &config.passcode) {
+        connect.push_header("login", login.clone());
+        connect.push_header("passcode", passcode.clone());
     }
+    let mut buf = BytesMut::new();
+    codec.encode_frame(&connect, &mut buf).expect("encode");
+    let awaited = if let Some(first) = &first {
+        codec.encode_frame(first, &mut buf).expect("encode");
+        Command::Receipt
+    } else {
+        Command::Connected
+    };
+    write.write_all(&buf).await.expect("write");
+    let mut frames = FramedRead::new(read, StompCodec::new());
+    loop {
+        match bounded("the broker's answer", LIMIT, frames.next()).await {
+            Some(Ok(Incoming::Frame(frame))) if frame.command == awaited => break,
+            Some(Ok(Incoming::Frame(frame))) if frame.command == Command::Error => {
+                panic!("raw client: {frame:?}")
+            }
+            Some(Ok(_)) => {}
+            other => panic!("raw client: {other:?}"),
+        }
+    }
+    let (tx, mut rx) = mpsc::channel::<Bytes>(1024);
+    tokio::spawn(async move {
+        let mut batch = BytesMut::with_capacity(64 * 1024);
+        while let Some(bytes) = rx.recv().await {
+            batch.extend_from_slice(&bytes);
+            while let Ok(bytes) = rx.try_recv() {
+                batch.extend_from_slice(&bytes);
+            }
+            if write.write_all(&batch).await.is_err() {
+                return;
+            }
+            batch.clear();
+        }
+    });
+    (frames, tx)
 }
 
-/// The raw client: one connection, a writer task, a reader task that decodes
-/// the JSON and acknowledges each message.
+/// The raw client, shaped as eventing's provider: one session sends, another
+/// subscribes, and its reader task decodes the JSON and acknowledges each message.
 struct Raw {
-    tx: mpsc::UnboundedSender<Bytes>,
+    /// Frames for the sending session's writer.
+    tx: mpsc::Sender<Bytes>,
     codec: StompCodec,
+    /// The exchange (RabbitMQ) or virtual topic (ActiveMQ) it sends to.
+    exchange: String,
     destination: String,
+    dialect: Dialect,
 }
 
 impl Raw {
@@ -220,20 +197,6 @@ impl Raw {
         queue: &str,
         counter: Arc<Counter>,
     ) -> Raw {
-        let tcp = TcpStream::connect((config.host.as_str(), config.port))
-            .await
-            .expect("connect");
-        tcp.set_nodelay(true).expect("nodelay");
-        let (read, mut write) = tcp.into_split();
-        let codec = StompCodec::new();
-        let mut connect = Frame::new(Command::Connect)
-            .header("accept-version", "1.2")
-            .header("host", config.vhost.clone())
-            .header("heart-beat", "0,0");
-        if let (Some(login), Some(passcode)) = (&config.login, &config.passcode) {
-            connect.push_header("login", login.clone());
-            connect.push_header("passcode", passcode.clone());
-        }
         let (destination, subscribe) = if config.dialect == Dialect::ActiveMq {
             // The virtual topic and the consumer queue the raw client reads.
             let destination = activemq::event_destination(exchange);
@@ -258,36 +221,7 @@ impl Raw {
             .header("id", "0")
             .header("ack", "client-individual")
             .header("receipt", "subscribed");
-        let mut buf = BytesMut::new();
-        codec.encode_frame(&connect, &mut buf).expect("encode");
-        codec.encode_frame(&subscribe, &mut buf).expect("encode");
-        write.write_all(&buf).await.expect("write");
-        let mut frames = FramedRead::new(read, StompCodec::new());
-        loop {
-            match frames.next().await {
-                Some(Ok(Incoming::Frame(frame))) if frame.command == Command::Receipt => break,
-                Some(Ok(Incoming::Frame(frame))) if frame.command == Command::Error => {
-                    panic!("raw client: {frame:?}")
-                }
-                Some(Ok(_)) => {}
-                other => panic!("raw client: {other:?}"),
-            }
-        }
-        let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
-        tokio::spawn(async move {
-            let mut batch = BytesMut::with_capacity(64 * 1024);
-            while let Some(bytes) = rx.recv().await {
-                batch.extend_from_slice(&bytes);
-                while let Ok(bytes) = rx.try_recv() {
-                    batch.extend_from_slice(&bytes);
-                }
-                if write.write_all(&batch).await.is_err() {
-                    return;
-                }
-                batch.clear();
-            }
-        });
-        let acks = tx.clone();
+        let (mut frames, acks) = session(config, Some(subscribe)).await;
         tokio::spawn(async move {
             let codec = StompCodec::new();
             while let Some(Ok(item)) = frames.next().await {
@@ -302,86 +236,106 @@ impl Raw {
                 let mut buf = BytesMut::with_capacity(64);
                 let ack = Frame::new(Command::Ack).header("id", frame.get("ack").unwrap_or(""));
                 codec.encode_frame(&ack, &mut buf).expect("encode");
-                if acks.send(buf.freeze()).is_err() {
+                if acks.send(buf.freeze()).await.is_err() {
                     return;
                 }
                 counter.hit();
             }
         });
+        let (_, tx) = session(config, None).await;
         Raw {
             tx,
-            codec,
+            codec: StompCodec::new(),
+            exchange: exchange.to_string(),
             destination,
+            dialect: config.dialect,
         }
     }
 
-    fn send(&self, id: u64) {
+    /// Sends one event: `destination` and `content-type` only.
+    async fn send(&self, id: u64) {
         let body = serde_json::to_vec(&tick(id)).expect("JSON");
         let frame = Frame::new(Command::Send)
             .header("destination", self.destination.clone())
             .header("content-type", eventing::codec::JSON)
             .with_body(body);
-        let mut buf = BytesMut::with_capacity(160);
-        self.codec.encode_frame(&frame, &mut buf).expect("encode");
-        self.tx.send(buf.freeze()).expect("writer alive");
+        self.write(&frame).await;
+    }
+
+    /// As [`Raw::send`], in eventing's wire format for a default event: the frame
+    /// the provider's dialect builds from a fresh envelope (message id, event
+    /// name, timestamp, content type).
+    async fn send_same_format(&self, id: u64) {
+        let body = Bytes::from(serde_json::to_vec(&tick(id)).expect("JSON"));
+        let envelope = Envelope::new(&self.exchange, eventing::codec::JSON, body);
+        let frame = self.dialect.send_frame(&self.exchange, &envelope, false);
+        self.write(&frame).await;
+    }
+
+    async fn write(&self, frame: &Frame) {
+        let mut buf = BytesMut::with_capacity(256);
+        self.codec.encode_frame(frame, &mut buf).expect("encode");
+        self.tx.send(buf.freeze()).await.expect("writer alive");
     }
 }
 
-async fn measure_raw(raw: &Raw, counter: &Counter, n: u64, samples: usize) -> Measured {
-    let send = |i: u64| async move { raw.send(i) };
-    throughput(counter, n.min(2000), send).await; // warm-up
-    let per_second = throughput(counter, n, send).await;
-    let (p50, p99) = round_trips(counter, samples, send).await;
-    Measured {
-        per_second,
-        p50,
-        p99,
-    }
-}
-
-/// The better of two measurements, metric by metric.
-fn best(a: Option<Measured>, b: Measured) -> Measured {
-    match a {
-        None => b,
-        Some(a) => Measured {
-            per_second: a.per_second.max(b.per_second),
-            p50: a.p50.min(b.p50),
-            p99: a.p99.min(b.p99),
-        },
-    }
-}
-
-/// Both clients, taking turns; the best round of each.
-async fn measure_both(
+/// The three sides, taking turns (who goes first rotates each round);
+/// (raw, raw in eventing's format, eventing).
+async fn measure_all(
+    settings: Arc<Settings>,
     config: StompConfig,
-    url: String,
     run: String,
-    (raw_exchange, raw_queue): (String, String),
-    (n, samples, rounds): (u64, usize, u64),
-) -> (Option<Measured>, Option<Measured>) {
+    raw_names: [(String, String); 2],
+) -> [Figures; 3] {
+    let [(raw_exchange, raw_queue), (same_exchange, same_queue)] = &raw_names;
     let raw_counter = Counter::new();
-    let raw_client =
-        Raw::connect(&config, &raw_exchange, &raw_queue, Arc::clone(&raw_counter)).await;
-    let (manager, counter) = start_eventing(&url, &run).await;
-    let (mut raw, mut eventing) = (None, None);
-    // BENCH_ONLY=raw|eventing runs one side only (for profilers).
-    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
-    for round in 0..rounds {
-        // Alternate who goes first, so neither always follows the other.
-        for raw_turn in [round % 2 == 0, round % 2 == 1] {
-            if raw_turn && only != "eventing" {
-                raw = Some(best(
-                    raw,
-                    measure_raw(&raw_client, &raw_counter, n, samples).await,
-                ));
-            } else if !raw_turn && only != "raw" {
-                let measured = measure_eventing(&manager, &counter, n, samples).await;
-                eventing = Some(best(eventing, measured));
+    let raw = Raw::connect(&config, raw_exchange, raw_queue, Arc::clone(&raw_counter)).await;
+    let same_counter = Counter::new();
+    let same = Raw::connect(
+        &config,
+        same_exchange,
+        same_queue,
+        Arc::clone(&same_counter),
+    )
+    .await;
+    let (manager, counter) = start_eventing(&settings.url, &run).await;
+    let shape = (settings.n, settings.in_flight, settings.samples);
+    let (raw_counter, same_counter, counter) = (&raw_counter, &same_counter, &counter);
+    let (raw, same, manager) = (&raw, &same, &manager);
+    let server = match config.dialect {
+        Dialect::RabbitMq => "beam.smp",
+        _ => "java",
+    };
+    let sides = ["raw", "same-format", "eventing"];
+    let figures = take_turns(
+        sides,
+        settings.rounds,
+        server,
+        |side, mut into| async move {
+            match side {
+                0 => {
+                    let send = |i: u64| raw.send(i);
+                    into.measure(raw_counter, shape, LIMIT, send).await;
+                }
+                1 => {
+                    let send = |i: u64| same.send_same_format(i);
+                    into.measure(same_counter, shape, LIMIT, send).await;
+                }
+                _ => {
+                    let send = |i: u64| async move {
+                        manager.send_event(&tick(i)).await.expect("send_event");
+                    };
+                    into.measure(counter, shape, LIMIT, send).await;
+                }
             }
-        }
-    }
-    manager.shutdown().await.expect("shutdown");
-    (raw, eventing)
+            into
+        },
+    )
+    .await;
+    bounded("shutting the manager down", LIMIT, manager.shutdown())
+        .await
+        .expect("shutdown");
+    figures
 }
 
 async fn cleanup(config: &StompConfig, queues: &[&String], exchanges: &[&String]) {
@@ -399,26 +353,34 @@ async fn cleanup(config: &StompConfig, queues: &[&String], exchanges: &[&String]
     admin.close().await;
 }
 
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+/// The bench's settings, from the environment.
+struct Settings {
+    url: String,
+    n: u64,
+    samples: usize,
+    rounds: u64,
+    in_flight: usize,
+}
+
+impl Settings {
+    fn from_env() -> Self {
+        Self {
+            url: std::env::var("EVENTING_STOMP_URL")
+                .unwrap_or_else(|_| "stomp://guest:guest@127.0.0.1:61613".into()),
+            n: setting("BENCH_EVENTS", 30_000).max(1),
+            samples: setting("BENCH_SAMPLES", 2_000).max(10),
+            rounds: setting("BENCH_ROUNDS", 3).max(1),
+            in_flight: setting("BENCH_IN_FLIGHT", 64).max(1),
+        }
+    }
 }
 
 fn main() {
-    // Keep `cargo test --benches` quick: only `cargo bench` passes `--bench`.
-    if !std::env::args().any(|a| a == "--bench") {
+    if !under_cargo_bench() {
         return;
     }
-    let url = std::env::var("EVENTING_STOMP_URL")
-        .unwrap_or_else(|_| "stomp://guest:guest@127.0.0.1:61613".to_string());
-    let n = env_number("BENCH_EVENTS", 30_000).max(1);
-    let samples = usize::try_from(env_number("BENCH_SAMPLES", 2_000))
-        .unwrap_or(2_000)
-        .max(1);
-    let rounds = env_number("BENCH_ROUNDS", 4).max(1);
-    let config = StompConfig::from_url(&url).expect("EVENTING_STOMP_URL");
+    let settings = Arc::new(Settings::from_env());
+    let config = StompConfig::from_url(&settings.url).expect("EVENTING_STOMP_URL");
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
@@ -428,67 +390,73 @@ fn main() {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let raw_exchange = format!("bench.stomp.{run}.raw.Tick");
-        let raw_queue = format!("{raw_exchange}::Counter");
+        let raw_names = ["raw", "same"].map(|side| {
+            let exchange = format!("bench.stomp.{run}.{side}.Tick");
+            let queue = format!("{exchange}::Counter");
+            (exchange, queue)
+        });
         let event = format!("bench.stomp.{run}.Tick");
         let queue = format!("{event}::Counter");
         if config.dialect != Dialect::ActiveMq {
-            let mut admin = RabbitAdmin::connect(&config).await.expect("AMQP admin");
-            admin
-                .declare_exchange(&raw_exchange, false)
+            let mut admin = bounded("connecting over AMQP", LIMIT, RabbitAdmin::connect(&config))
                 .await
-                .expect("declare");
+                .expect("AMQP admin");
+            for (exchange, _) in &raw_names {
+                admin
+                    .declare_exchange(exchange, false)
+                    .await
+                    .expect("declare");
+            }
             admin.close().await;
         }
+        let payload = serde_json::to_vec(&tick(0)).expect("JSON").len();
+        eprintln!(
+            "stomp bench: {} events per round, {} round trips, {} rounds, {payload}-byte JSON, \
+             {} sends in flight, prefetch {PREFETCH}",
+            settings.n, settings.samples, settings.rounds, settings.in_flight
+        );
 
         // Measured in a task of its own, so the broker is cleaned up even if a
         // measurement panics.
-        let measured = tokio::spawn(measure_both(
+        let measured = tokio::spawn(measure_all(
+            Arc::clone(&settings),
             config.clone(),
-            url.clone(),
             run.clone(),
-            (raw_exchange.clone(), raw_queue.clone()),
-            (n, samples, rounds),
+            raw_names.clone(),
         ))
         .await;
         let dlq = format!("{queue}.dlq");
-        cleanup(&config, &[&raw_queue, &queue, &dlq], &[&raw_exchange, &event]).await;
-        let (raw, eventing) = match measured {
-            Ok((Some(raw), Some(eventing))) => (raw, eventing),
-            Ok(_) => return,
+        let [(raw_exchange, raw_queue), (same_exchange, same_queue)] = &raw_names;
+        cleanup(
+            &config,
+            &[raw_queue, same_queue, &queue, &dlq],
+            &[raw_exchange, same_exchange, &event],
+        )
+        .await;
+        let [raw, same_format, eventing] = match measured {
+            Ok(figures) => figures,
             Err(error) => match error.try_into_panic() {
                 Ok(panic) => std::panic::resume_unwind(panic),
                 Err(error) => panic!("measurement task: {error}"),
             },
         };
 
-        let us = |d: Duration| d.as_secs_f64() * 1e6;
-        println!();
-        println!(
-            "STOMP end to end ({}), {n} events of 60 B JSON, {samples} round trips, best of {rounds} rounds",
-            config.display_endpoint()
+        let title = format!(
+            "STOMP end to end ({}), transient event, {} events of {payload} B JSON, {} in \
+             flight, prefetch {PREFETCH}, {} round trips, median of {} rounds",
+            config.display_endpoint(),
+            settings.n,
+            settings.in_flight,
+            settings.samples,
+            settings.rounds
         );
-        println!(
-            "{:<24}{:>12}{:>12}{:>12}",
-            "", "events/s", "p50 (us)", "p99 (us)"
+        print_comparison(
+            &title,
+            "raw STOMP client",
+            &raw,
+            "eventing over STOMP",
+            &eventing,
         );
-        for (name, m) in [
-            ("raw STOMP client", &raw),
-            ("eventing over STOMP", &eventing),
-        ] {
-            println!(
-                "{name:<24}{:>12.0}{:>12.0}{:>12.0}",
-                m.per_second,
-                us(m.p50),
-                us(m.p99)
-            );
-        }
-        println!(
-            "{:<24}{:>11.2}x{:>11.2}x{:>11.2}x",
-            "eventing / raw",
-            eventing.per_second / raw.per_second,
-            us(eventing.p50) / us(raw.p50),
-            us(eventing.p99) / us(raw.p99)
-        );
+        print_same_format("raw, eventing's format", &same_format, &eventing);
     });
 }

@@ -451,6 +451,20 @@ impl Dialect {
                         out.push((name.into(), value.into()));
                         continue;
                     }
+                    // The event name and a timestamp of this second go into the
+                    // AMQP `type` and `timestamp` properties (as the AMQP
+                    // provider sends them): a default event leaves the broker no
+                    // headers table to build, store and turn back into headers.
+                    header::EVENT if value.len() <= SHORT_STRING => {
+                        out.push(("type".into(), value.into()));
+                        continue;
+                    }
+                    header::TIMESTAMP => {
+                        if let Some(seconds) = header::current_second(value) {
+                            out.push((header::TIMESTAMP.into(), seconds.to_string()));
+                            continue;
+                        }
+                    }
                     _ => {}
                 }
             } else if name == header::CONTENT_TYPE {
@@ -518,8 +532,11 @@ impl Dialect {
         }
         if let Some(seconds) = fallback_timestamp.and_then(|s| s.parse::<u64>().ok()) {
             let time = UNIX_EPOCH + std::time::Duration::from_secs(seconds);
-            let text = humantime::format_rfc3339_seconds(time).to_string();
-            add(&mut fields, header::TIMESTAMP.into(), text);
+            add(
+                &mut fields,
+                header::TIMESTAMP.into(),
+                header::rfc3339_seconds(time),
+            );
         }
         let mut headers = Headers::with_capacity(fields.len());
         for standard in [
@@ -617,7 +634,13 @@ mod tests {
                 message.push_header(name.clone(), value.clone());
             }
         }
-        for name in ["amqp-message-id", "timestamp", "persistent", "content-type"] {
+        for name in [
+            "amqp-message-id",
+            "type",
+            "timestamp",
+            "persistent",
+            "content-type",
+        ] {
             if let Some(value) = send.get(name) {
                 message.push_header(name, value);
             }
@@ -726,14 +749,21 @@ mod tests {
             "RabbitMQ refuses message-id on SEND"
         );
         assert_eq!(frame.get("content-type"), Some(eventing::codec::JSON));
+        // This second's timestamp travels as the AMQP property, in seconds
+        // (unless the second turned since the envelope was made).
         let sent = envelope.headers.get(header::TIMESTAMP).expect("timestamp");
-        assert_eq!(frame.get("x-eventing-timestamp"), Some(sent));
-        assert_eq!(
-            frame.get("timestamp"),
-            None,
-            "RabbitMQ wants whole seconds there"
-        );
-        assert_eq!(frame.get("event"), Some("shop.Order"));
+        match frame.get("timestamp") {
+            Some(seconds) => {
+                let seconds: u64 = seconds.parse().expect("whole seconds");
+                let at = UNIX_EPOCH + std::time::Duration::from_secs(seconds);
+                assert_eq!(header::rfc3339_seconds(at), sent);
+                assert_eq!(frame.get("x-eventing-timestamp"), None);
+            }
+            None => assert_eq!(frame.get("x-eventing-timestamp"), Some(sent)),
+        }
+        // The event name as the AMQP `type` property.
+        assert_eq!(frame.get("type"), Some("shop.Order"));
+        assert_eq!(frame.get("event"), None);
         assert_eq!(frame.get("x-eventing-correlation-id"), Some("corr-1"));
         assert_eq!(frame.get("x-eventing-expiration"), Some("60000"));
         assert_eq!(frame.get("expiration"), None);
@@ -747,6 +777,22 @@ mod tests {
         assert_eq!(frame.body, envelope.body);
         let transient = Dialect::RabbitMq.send_frame("shop.Order", &envelope, false);
         assert_eq!(transient.get("persistent"), None);
+    }
+
+    #[test]
+    fn rabbitmq_keeps_other_timestamps_and_user_types_in_headers() {
+        for stamp in ["2023-11-14T22:13:20Z", "2023-11-14T22:13:20.250000Z"] {
+            let mut envelope = envelope();
+            envelope.headers.insert(header::TIMESTAMP, stamp);
+            envelope.headers.insert("type", "the user's");
+            let send = Dialect::RabbitMq.send_frame("shop.Order", &envelope, false);
+            assert_eq!(send.get("timestamp"), None, "{stamp}");
+            assert_eq!(send.get("x-eventing-timestamp"), Some(stamp));
+            assert_eq!(send.get("type"), Some("shop.Order"));
+            assert_eq!(send.get("x-eventing-type"), Some("the user's"));
+            let back = Dialect::RabbitMq.envelope_of(as_rabbitmq_delivers(&send));
+            assert_eq!(sorted(&back.headers), sorted(&envelope.headers));
+        }
     }
 
     #[test]

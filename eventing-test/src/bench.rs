@@ -423,6 +423,52 @@ fn print_ratios(name: &str, theirs: &Figures, ours: &Figures) {
     );
 }
 
+/// Measures the sides of a bench (`names`: raw, eventing, ...) for `rounds`
+/// rounds, taking [`turns`]: `measure(side, figures)` adds one measurement of
+/// side `side` to its figures (usually with [`Figures::measure`]) and gives them
+/// back. Sides left out of `BENCH_SIDES` (names separated by commas; unset: all)
+/// are skipped, so a profiler can watch one alone. Every side's [`Figures`] watch
+/// the broker process `server_comm` (see [`CpuClock::watching`]).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let mut calls = Vec::new();
+/// let sides = ["raw", "eventing"];
+/// let [raw, ours] = eventing_test::bench::take_turns(sides, 2, "no-broker", |side, mut figures| {
+///     calls.push(side);
+///     async move {
+///         figures.per_second.push(1.0);
+///         figures
+///     }
+/// })
+/// .await;
+/// # if std::env::var_os("BENCH_SIDES").is_none() {
+/// assert_eq!(calls, [0, 1, 1, 0]);
+/// assert_eq!((raw.per_second.len(), ours.per_second.len()), (2, 2));
+/// # }
+/// # }
+/// ```
+pub async fn take_turns<const N: usize, F: Future<Output = Figures>>(
+    names: [&str; N],
+    rounds: u64,
+    server_comm: &str,
+    mut measure: impl FnMut(usize, Figures) -> F,
+) -> [Figures; N] {
+    let chosen = std::env::var("BENCH_SIDES").unwrap_or_default();
+    let chosen = |name: &str| chosen.is_empty() || chosen.split(',').any(|s| s.trim() == name);
+    let mut figures = [(); N].map(|()| Figures::watching(server_comm));
+    for round in 0..rounds {
+        eprintln!("round {} of {rounds}", round + 1);
+        for side in turns(round, N) {
+            if chosen(names[side]) {
+                let taken = std::mem::take(&mut figures[side]);
+                figures[side] = measure(side, taken).await;
+            }
+        }
+    }
+    figures
+}
+
 /// The order `sides` sides take their turns in round `round`: who goes first
 /// rotates, so no side always runs on a broker warmed (or loaded) by another.
 ///
