@@ -18,14 +18,16 @@
 //! acts upon, such as RabbitMQ's `expiration` or `user-id`) is sent as
 //! [`ESCAPE_PREFIX`]`<name>` and renamed back on receipt, so no pipeline header
 //! can change how the broker treats a message. On RabbitMQ the standard headers
-//! meet the AMQP provider's mapping: `message-id` travels as `amqp-message-id`
-//! (the AMQP `message_id` property), `content-type` as the `content_type`
-//! property, and `timestamp` exactly as sent under the escaped name (not also as
-//! the AMQP `timestamp` property: every header costs RabbitMQ's STOMP plugin
-//! noticeably, and the exact value is what both providers read). A `timestamp`
-//! property set by an AMQP client is read back, in whole seconds, when there is
-//! no exact value, and its `type` property (where the AMQP provider puts the event
-//! name) as `event` when there is no `event` header.
+//! meet the AMQP provider's lean mapping, so a default event leaves the plugin no
+//! headers table to build, store and turn back into frame headers: `message-id`
+//! travels as `amqp-message-id` (the AMQP `message_id` property), `event` as
+//! `type`, `content-type` as the `content_type` property, and a `timestamp` of the
+//! current second (what [`Envelope::new`] stamps) as the `timestamp` property in
+//! seconds. An older or finer timestamp (a replay's, an outbox relay's, a user's)
+//! travels exactly as sent under the escaped name. On receipt the properties are
+//! read back (`type` as `event`, `timestamp` as `YYYY-MM-DDTHH:MM:SSZ`) when the
+//! frame has no header of that name, so messages of the earlier format (an `event`
+//! header, the escaped timestamp) and of AMQP clients are read alike.
 
 use std::time::UNIX_EPOCH;
 
