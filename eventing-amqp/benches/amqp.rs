@@ -22,7 +22,8 @@
 //!
 //! Throughput is events per second from the first send to the last handled message;
 //! latency is one message at a time, from send to handled. Each figure is the median
-//! of `BENCH_REPS` runs.
+//! of `BENCH_REPS` runs; in each phase who goes first rotates from run to run
+//! (`bench::turns`), so no side always follows another on a broker it warmed.
 //!
 //! The `batch` phase sends durable events two more ways: one at a time, each
 //! publish's confirm awaited before the next (raw lapin; eventing's `send_event`
@@ -56,7 +57,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, Notify, mpsc};
 
 use eventing_amqp as _;
-use eventing_test::bench::{CpuClock, in_flight, median, percentiles, setting};
+use eventing_test::bench::{CpuClock, in_flight, median, percentiles, setting, turns};
 
 /// The payload: about 60 bytes of JSON.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -349,8 +350,9 @@ async fn main() {
             if !settings.phase(if durable { "durable" } else { "transient" }) {
                 continue;
             }
-            for (side, figures) in sides.iter().zip(&mut figures) {
-                if let Some(side) = side {
+            for index in turns(rep, sides.len()) {
+                let figures = &mut figures[index];
+                if let Some(side) = &sides[index] {
                     let (rate, client, server) = side.throughput(&settings, durable).await;
                     let at = usize::from(durable);
                     figures.throughput[at].push(rate);
@@ -361,8 +363,9 @@ async fn main() {
         }
         if settings.phase("batch") {
             for batched in [false, true] {
-                for (side, figures) in sides.iter().zip(&mut figures) {
-                    if let Some(side) = side {
+                for index in turns(rep, sides.len()) {
+                    let figures = &mut figures[index];
+                    if let Some(side) = &sides[index] {
                         let figure = side.batch_throughput(&settings, batched).await;
                         figures.batch[usize::from(batched)].push(figure);
                     }
@@ -371,8 +374,9 @@ async fn main() {
         }
         if settings.phase("latency") {
             for durable in [false, true] {
-                for (side, figures) in sides.iter().zip(&mut figures) {
-                    if let Some(side) = side {
+                for index in turns(rep, sides.len()) {
+                    let figures = &mut figures[index];
+                    if let Some(side) = &sides[index] {
                         let (p50, p99) = percentiles(side.latency(&settings, durable).await);
                         figures.p50[usize::from(durable)].push(p50);
                         figures.p99[usize::from(durable)].push(p99);
