@@ -350,7 +350,7 @@ async fn main() {
             if !settings.phase(if durable { "durable" } else { "transient" }) {
                 continue;
             }
-            for index in turns(rep, sides.len()) {
+            for index in turns(rep as u64, sides.len()) {
                 let figures = &mut figures[index];
                 if let Some(side) = &sides[index] {
                     let (rate, client, server) = side.throughput(&settings, durable).await;
@@ -363,7 +363,7 @@ async fn main() {
         }
         if settings.phase("batch") {
             for batched in [false, true] {
-                for index in turns(rep, sides.len()) {
+                for index in turns(rep as u64, sides.len()) {
                     let figures = &mut figures[index];
                     if let Some(side) = &sides[index] {
                         let figure = side.batch_throughput(&settings, batched).await;
@@ -374,7 +374,7 @@ async fn main() {
         }
         if settings.phase("latency") {
             for durable in [false, true] {
-                for index in turns(rep, sides.len()) {
+                for index in turns(rep as u64, sides.len()) {
                     let figures = &mut figures[index];
                     if let Some(side) = &sides[index] {
                         let (p50, p99) = percentiles(side.latency(&settings, durable).await);
