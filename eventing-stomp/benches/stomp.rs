@@ -178,6 +178,13 @@ async fn session(
     (frames, tx)
 }
 
+/// What a raw client sends: bare frames, or eventing's.
+#[derive(Clone, Copy)]
+enum Format {
+    Bare,
+    Eventing,
+}
+
 /// The raw client, shaped as eventing's provider: one session sends, another
 /// subscribes, and its reader task decodes the JSON and acknowledges each message.
 struct Raw {
@@ -193,8 +200,8 @@ struct Raw {
 impl Raw {
     async fn connect(
         config: &StompConfig,
-        exchange: &str,
-        queue: &str,
+        (exchange, queue): (&str, &str),
+        format: Format,
         counter: Arc<Counter>,
     ) -> Raw {
         let (destination, subscribe) = if config.dialect == Dialect::ActiveMq {
@@ -243,9 +250,15 @@ impl Raw {
             }
         });
         let (_, tx) = session(config, None).await;
+        // The frames of the side in eventing's format are encoded as eventing's
+        // RabbitMQ sessions encode them (`content-length` only when needed).
+        let codec = match (format, config.dialect) {
+            (Format::Eventing, Dialect::RabbitMq) => StompCodec::new().length_when_needed(),
+            _ => StompCodec::new(),
+        };
         Raw {
             tx,
-            codec: StompCodec::new(),
+            codec,
             exchange: exchange.to_string(),
             destination,
             dialect: config.dialect,
@@ -289,12 +302,18 @@ async fn measure_all(
 ) -> [Figures; 3] {
     let [(raw_exchange, raw_queue), (same_exchange, same_queue)] = &raw_names;
     let raw_counter = Counter::new();
-    let raw = Raw::connect(&config, raw_exchange, raw_queue, Arc::clone(&raw_counter)).await;
+    let raw = Raw::connect(
+        &config,
+        (raw_exchange, raw_queue),
+        Format::Bare,
+        Arc::clone(&raw_counter),
+    )
+    .await;
     let same_counter = Counter::new();
     let same = Raw::connect(
         &config,
-        same_exchange,
-        same_queue,
+        (same_exchange, same_queue),
+        Format::Eventing,
         Arc::clone(&same_counter),
     )
     .await;

@@ -237,6 +237,8 @@ pub struct StompCodec {
     limits: CodecLimits,
     state: State,
     recover: bool,
+    /// Write `content-length` only for bodies that hold a NUL byte.
+    length_when_needed: bool,
 }
 
 impl StompCodec {
@@ -251,7 +253,37 @@ impl StompCodec {
             limits,
             state: State::default(),
             recover: false,
+            length_when_needed: false,
         }
+    }
+
+    /// This codec writing `content-length` only when the body holds a NUL byte:
+    /// STOMP 1.2 ends a body without one at the first NUL, so the header is needed
+    /// only then. For RabbitMQ, whose STOMP plugin copies every `SEND` header it
+    /// does not map into the AMQP headers table, where the broker stores it and
+    /// every AMQP consumer reads it. Not for ActiveMQ, which makes a `SEND`
+    /// without `content-length` a JMS `TextMessage` (a body that is not UTF-8
+    /// would not survive it).
+    ///
+    /// ```
+    /// use bytes::BytesMut;
+    /// use eventing_stomp::codec::StompCodec;
+    /// use eventing_stomp::frame::{Command, Frame};
+    ///
+    /// let codec = StompCodec::new().length_when_needed();
+    /// let mut buf = BytesMut::new();
+    /// let text = Frame::new(Command::Send).header("destination", "/queue/a").with_body("hi");
+    /// codec.encode_frame(&text, &mut buf)?;
+    /// assert_eq!(&buf[..], b"SEND\ndestination:/queue/a\n\nhi\0");
+    /// buf.clear();
+    /// let binary = Frame::new(Command::Send).header("destination", "/queue/a").with_body(&b"a\0b"[..]);
+    /// codec.encode_frame(&binary, &mut buf)?;
+    /// assert_eq!(&buf[..], b"SEND\ndestination:/queue/a\ncontent-length:3\n\na\0b\0");
+    /// # Ok::<(), eventing_stomp::codec::FrameError>(())
+    /// ```
+    pub fn length_when_needed(mut self) -> StompCodec {
+        self.length_when_needed = true;
+        self
     }
 
     /// This codec as a decoder that reads past a `MESSAGE` it cannot take
@@ -283,7 +315,8 @@ impl StompCodec {
     /// Header names and values are escaped unless the command is `CONNECT` or
     /// `CONNECTED`. Any `content-length` header in the frame is ignored: when
     /// the body is not empty the encoder writes the right one after the other
-    /// headers. On error `dst` is left as it was.
+    /// headers (with [`length_when_needed`](Self::length_when_needed), only when
+    /// the body holds a NUL byte). On error `dst` is left as it was.
     pub fn encode_frame(&self, frame: &Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
         let command = frame.command;
         let escaped = command.escapes_headers();
@@ -302,7 +335,9 @@ impl StompCodec {
             .iter()
             .filter(|(name, _)| name != CONTENT_LENGTH);
         let body_len = frame.body.len();
-        let count = headers.clone().count() + usize::from(body_len > 0);
+        let length =
+            body_len > 0 && (!self.length_when_needed || memchr::memchr(0, &frame.body).is_some());
+        let count = headers.clone().count() + usize::from(length);
         if count > self.limits.max_headers {
             return Err(FrameError::TooManyHeaders {
                 limit: self.limits.max_headers,
@@ -319,7 +354,7 @@ impl StompCodec {
             put_text(dst, value, escaped);
             dst.put_u8(b'\n');
         }
-        if body_len > 0 {
+        if length {
             dst.put_slice(CONTENT_LENGTH.as_bytes());
             dst.put_u8(b':');
             dst.put_slice(body_len.to_string().as_bytes());

@@ -207,9 +207,7 @@ impl StompConfig {
     /// `CONNECTED`) unless the URL chose one, and checks the settings against it.
     pub(crate) fn detected(&mut self, server: Option<&str>) -> Result<(), StompError> {
         if self.detect_dialect {
-            self.dialect = server
-                .and_then(Dialect::from_server)
-                .unwrap_or(Dialect::RabbitMq);
+            self.dialect = self.dialect_of(server);
             tracing::debug!(
                 server,
                 dialect = self.dialect.name(),
@@ -217,6 +215,18 @@ impl StompConfig {
             );
         }
         self.check_dialect()
+    }
+
+    /// The dialect for a broker whose `CONNECTED` named `server`: the URL's
+    /// choice, or else the one `server` names (RabbitMQ when it names none we know).
+    pub(crate) fn dialect_of(&self, server: Option<&str>) -> Dialect {
+        if self.detect_dialect {
+            server
+                .and_then(Dialect::from_server)
+                .unwrap_or(Dialect::RabbitMq)
+        } else {
+            self.dialect
+        }
     }
 
     fn check_dialect(&self) -> Result<(), StompError> {

@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::codec::{CodecLimits, FrameError, Received, RecoveringCodec, Rejected, StompCodec};
 use crate::config::StompConfig;
+use crate::dialect::Dialect;
 use crate::error::{BrokerError, StompError};
 use crate::frame::{Command, Frame};
 use crate::transport::{ReadHalf, Transport, WriteHalf};
@@ -156,6 +157,12 @@ impl Connection {
             reason: format!("no CONNECTED within {:?}", config.connect_timeout),
         })??;
         tracing::debug!(broker = %label, ?heartbeats, "STOMP session open");
+        // RabbitMQ's plugin would store a needless `content-length` in every
+        // message's headers table.
+        let codec = match config.dialect_of(server.as_deref()) {
+            Dialect::RabbitMq => codec.length_when_needed(),
+            _ => codec,
+        };
 
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let shared = Arc::new(Shared {

@@ -116,3 +116,145 @@ async fn stomp_to_amqp() {
         .await
         .expect("timed out");
 }
+
+/// A default event sent through the STOMP provider reaches a plain AMQP client in
+/// the AMQP provider's lean format: the event name in `type`, the timestamp in
+/// `timestamp` (whole seconds), the message id in `message_id`, and in the headers
+/// table only what a pipeline added; a STOMP listener reads it back whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stomp_sends_the_lean_format() {
+    use lapin::options::{
+        BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    };
+    use lapin::types::{FieldTable, ShortString};
+
+    let test = async {
+        let amqp = AmqpHarness::from_env();
+        let stomp = StompHarness::from_env();
+        let mut env = TestEnv::new(&stomp);
+        let exchange = format!("suite.{}.Ping", env.env);
+        let connection = amqp.raw_connection().await;
+        let channel = connection.create_channel().await.expect("channel");
+        channel
+            .exchange_declare(
+                exchange.as_str().into(),
+                lapin::ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare exchange");
+        let tap = channel
+            .queue_declare(
+                ShortString::default(),
+                QueueDeclareOptions::exclusive(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("tap queue");
+        channel
+            .queue_bind(
+                tap.name().clone(),
+                exchange.as_str().into(),
+                ShortString::default(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind tap");
+
+        let seen = Recorder::new();
+        let manager = env
+            .start(
+                env.builder("stomp")
+                    .url(stomp.url(""))
+                    .pipeline(SessionPipeline)
+                    .listener(PingListener {
+                        seen: Arc::clone(&seen),
+                        server: "stomp".into(),
+                    }),
+            )
+            .await;
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        eventing::pipeline::with_session(
+            "s-lean",
+            manager.send_event(&Ping {
+                n: 7,
+                text: "lean".into(),
+            }),
+        )
+        .await
+        .expect("send");
+        // A durable send returns on the broker's receipt; poll briefly anyway.
+        let mut message = None;
+        for _ in 0..100 {
+            message = channel
+                .basic_get(tap.name().clone(), BasicGetOptions { no_ack: true })
+                .await
+                .expect("get");
+            if message.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let message = message.expect("a message on the tap within 5 s");
+        let properties = &message.delivery.properties;
+        assert_eq!(
+            properties.kind().as_ref().map(ShortString::as_str),
+            Some(exchange.as_str()),
+            "the event name is the AMQP type"
+        );
+        let timestamp = properties.timestamp().expect("timestamp property");
+        assert!(
+            timestamp >= before && timestamp <= before + 60,
+            "seconds since the epoch: {timestamp}, sent at {before}"
+        );
+        let message_id = properties.message_id().as_ref().expect("message_id");
+        assert_eq!(message_id.as_str().len(), 36);
+        assert_eq!(
+            properties.content_type().as_ref().map(ShortString::as_str),
+            Some(eventing::codec::JSON)
+        );
+        let mut keys: Vec<String> = properties
+            .headers()
+            .as_ref()
+            .map(|table| table.inner().keys().map(|k| k.to_string()).collect())
+            .unwrap_or_default();
+        keys.sort();
+        // The plugin copies a durable send's `receipt` into the table; no
+        // `content-length` (a JSON body has no NUL), no `event`, no timestamp.
+        assert_eq!(
+            keys,
+            ["receipt", eventing::header::SESSION_ID],
+            "only the pipeline's header (and the receipt) in the table"
+        );
+
+        let got = seen.wait_for(1, Duration::from_secs(20)).await;
+        let _ = connection.close(200, "done".into()).await;
+        env.finish().await;
+        assert_eq!(got.len(), 1);
+        let headers = &got[0].headers;
+        assert_eq!(headers.get(eventing::header::EVENT), Some(&exchange));
+        assert_eq!(
+            headers
+                .get(eventing::header::MESSAGE_ID)
+                .map(String::as_str),
+            Some(message_id.as_str())
+        );
+        let at = std::time::UNIX_EPOCH + Duration::from_secs(timestamp);
+        assert_eq!(
+            headers.get(eventing::header::TIMESTAMP),
+            Some(&eventing::header::rfc3339_seconds(at))
+        );
+        assert_eq!(got[0].session.as_deref(), Some("s-lean"));
+    };
+    tokio::time::timeout(Duration::from_secs(60), test)
+        .await
+        .expect("timed out");
+}
