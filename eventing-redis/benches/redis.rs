@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 
 use eventing_redis as _;
 use eventing_test::bench::{
-    Counter, Figures, bounded, print_comparison, print_same_format, setting, take_turns,
+    Counter, Figures, bounded, print_comparison, print_same_format, setting, three_sides,
     under_cargo_bench,
 };
 
@@ -306,32 +306,16 @@ async fn measure_all(
     .await;
     let (manager, counter) = start_eventing(&settings, &run).await;
     let shape = (settings.n, settings.in_flight, settings.samples);
-    let (raw_counter, counter) = (&raw_counter, &counter);
-    let (raw_side, manager) = (&raw, &manager);
-    let sides = ["raw", "same-format", "eventing"];
-    let figures = take_turns(
-        sides,
-        settings.rounds,
-        "redis-server",
-        |side, mut into| async move {
-            match side {
-                0 => {
-                    let send = |i: u64| raw_side.send(i);
-                    into.measure(raw_counter, shape, LIMIT, send).await;
-                }
-                1 => {
-                    let send = |i: u64| raw_side.send_same_format(i);
-                    into.measure(raw_counter, shape, LIMIT, send).await;
-                }
-                _ => {
-                    let send = |i: u64| async move {
-                        manager.send_event(&tick(i)).await.expect("send_event");
-                    };
-                    into.measure(counter, shape, LIMIT, send).await;
-                }
-            }
-            into
-        },
+    let manager = &manager;
+    let figures = three_sides(
+        (settings.rounds, "redis-server"),
+        shape,
+        LIMIT,
+        (&raw_counter, |i| raw.send(i)),
+        (&raw_counter, |i| raw.send_same_format(i)),
+        (&counter, |i| async move {
+            manager.send_event(&tick(i)).await.expect("send_event");
+        }),
     )
     .await;
     raw.consuming.abort();

@@ -50,7 +50,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
 use eventing_test::bench::{
-    Counter, Figures, bounded, print_comparison, print_same_format, setting, take_turns,
+    Counter, Figures, bounded, print_comparison, print_same_format, setting, three_sides,
     under_cargo_bench,
 };
 
@@ -319,36 +319,20 @@ async fn measure_all(
     .await;
     let (manager, counter) = start_eventing(&settings.url, &run).await;
     let shape = (settings.n, settings.in_flight, settings.samples);
-    let (raw_counter, same_counter, counter) = (&raw_counter, &same_counter, &counter);
-    let (raw, same, manager) = (&raw, &same, &manager);
     let server = match config.dialect {
         Dialect::RabbitMq => "beam.smp",
         _ => "java",
     };
-    let sides = ["raw", "same-format", "eventing"];
-    let figures = take_turns(
-        sides,
-        settings.rounds,
-        server,
-        |side, mut into| async move {
-            match side {
-                0 => {
-                    let send = |i: u64| raw.send(i);
-                    into.measure(raw_counter, shape, LIMIT, send).await;
-                }
-                1 => {
-                    let send = |i: u64| same.send_same_format(i);
-                    into.measure(same_counter, shape, LIMIT, send).await;
-                }
-                _ => {
-                    let send = |i: u64| async move {
-                        manager.send_event(&tick(i)).await.expect("send_event");
-                    };
-                    into.measure(counter, shape, LIMIT, send).await;
-                }
-            }
-            into
-        },
+    let manager = &manager;
+    let figures = three_sides(
+        (settings.rounds, server),
+        shape,
+        LIMIT,
+        (&raw_counter, |i| raw.send(i)),
+        (&same_counter, |i| same.send_same_format(i)),
+        (&counter, |i| async move {
+            manager.send_event(&tick(i)).await.expect("send_event");
+        }),
     )
     .await;
     bounded("shutting the manager down", LIMIT, manager.shutdown())

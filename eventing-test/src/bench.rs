@@ -469,6 +469,44 @@ pub async fn take_turns<const N: usize, F: Future<Output = Figures>>(
     figures
 }
 
+/// One side of a bench: the counter its consumer hits and how it sends event `i`.
+pub type Side<'a, S> = (&'a Counter, S);
+
+/// The three sides of a provider's bench measured with [`take_turns`] (so
+/// `BENCH_SIDES` names `raw`, `same-format` and `eventing`), each round with
+/// [`Figures::measure`] of `shape` (events, sends in flight, round trips):
+/// `raw`, the broker's own client at its plainest; `same_format`, that client
+/// sending eventing's wire format; `eventing`, an `EventManager`. Returns their
+/// figures in that order.
+pub async fn three_sides<A, FA, B, FB, C, FC>(
+    (rounds, server_comm): (u64, &str),
+    shape: (u64, usize, usize),
+    patience: Duration,
+    raw: Side<'_, A>,
+    same_format: Side<'_, B>,
+    eventing: Side<'_, C>,
+) -> [Figures; 3]
+where
+    A: Fn(u64) -> FA,
+    FA: Future<Output = ()>,
+    B: Fn(u64) -> FB,
+    FB: Future<Output = ()>,
+    C: Fn(u64) -> FC,
+    FC: Future<Output = ()>,
+{
+    let sides = ["raw", "same-format", "eventing"];
+    let (raw, same, ours) = (&raw, &same_format, &eventing);
+    take_turns(sides, rounds, server_comm, |side, mut into| async move {
+        match side {
+            0 => into.measure(raw.0, shape, patience, &raw.1).await,
+            1 => into.measure(same.0, shape, patience, &same.1).await,
+            _ => into.measure(ours.0, shape, patience, &ours.1).await,
+        }
+        into
+    })
+    .await
+}
+
 /// The order `sides` sides take their turns in round `round`: who goes first
 /// rotates, so no side always runs on a broker warmed (or loaded) by another.
 ///

@@ -5,8 +5,12 @@ use std::time::Duration;
 
 use eventing::topology::QueueSpec;
 use futures_util::future::BoxFuture;
-use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 
 // Links the provider: `amqp://` URLs resolve to it.
 use eventing_amqp as _;
@@ -47,6 +51,30 @@ impl AmqpHarness {
         .await
         .expect("raw AMQP connection timed out")
         .expect("raw AMQP connection")
+    }
+
+    /// A raw channel with the event's fanout exchange `exchange` declared as the
+    /// providers declare it (durable for durable events).
+    pub async fn raw_channel_with_exchange(
+        &self,
+        exchange: &str,
+        durable: bool,
+    ) -> (Connection, Channel) {
+        let connection = self.raw_connection().await;
+        let channel = connection.create_channel().await.expect("channel");
+        channel
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    durable,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare exchange");
+        (connection, channel)
     }
 
     /// Deletes queues and exchanges, ignoring those that do not exist.
@@ -216,4 +244,28 @@ pub async fn restart_broker_app(harness: &AmqpHarness) {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// A tap on `exchange`: an exclusive, server-named queue with `arguments`, bound
+/// to it, that a test reads with `basic_get` to see what was published.
+pub async fn tap(channel: &Channel, exchange: &str, arguments: FieldTable) -> ShortString {
+    let queue = channel
+        .queue_declare(
+            ShortString::default(),
+            QueueDeclareOptions::exclusive(),
+            arguments,
+        )
+        .await
+        .expect("tap queue");
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            exchange.into(),
+            ShortString::default(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind tap");
+    queue.name().clone()
 }

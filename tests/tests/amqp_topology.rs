@@ -18,15 +18,12 @@ use eventing_test::suite::{
     CacheListener, Flaky, FlakyListener, Ping, PingListener, Pong, PongListener, Recorder, Slow,
     SlowListener, Work, Worker, dead_letters, eventually,
 };
-use eventing_tests::amqp::{AmqpHarness, list_exchanges, list_queues};
+use eventing_tests::amqp::{AmqpHarness, list_exchanges, list_queues, tap};
 use eventing_tests::{Harness, TestEnv};
 use lapin::BasicProperties;
-use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
+use lapin::Channel;
+use lapin::options::{BasicGetOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Channel, ExchangeKind};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -47,29 +44,6 @@ async fn cleanup(harness: &AmqpHarness, queues: &[QueueSpec]) {
 /// The address of a suite event in this test's environment.
 fn address<E: Event>(env: &TestEnv<'_>) -> String {
     E::descriptor().name().replace("{env}", &env.env)
-}
-
-/// A raw channel with the event's durable fanout exchange declared.
-async fn raw_channel_with_exchange(
-    harness: &AmqpHarness,
-    exchange: &str,
-    durable: bool,
-) -> (lapin::Connection, Channel) {
-    let connection = harness.raw_connection().await;
-    let channel = connection.create_channel().await.expect("channel");
-    channel
-        .exchange_declare(
-            exchange.into(),
-            ExchangeKind::Fanout,
-            ExchangeDeclareOptions {
-                durable,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("declare exchange");
-    (connection, channel)
 }
 
 /// Seconds since the epoch of a `YYYY-MM-DDTHH:MM:SSZ` timestamp.
@@ -204,7 +178,7 @@ async fn raw_message_without_headers_is_dead_lettered_with_the_reason() {
             .await;
         let exchange = address::<Flaky>(&env);
         let queue = format!("{exchange}::Flaky");
-        let (connection, channel) = raw_channel_with_exchange(&harness, &exchange, true).await;
+        let (connection, channel) = harness.raw_channel_with_exchange(&exchange, true).await;
         raw_publish(&channel, &exchange, b"not json", BasicProperties::default()).await;
 
         let letters = dead_letters(&manager, &queue, 1).await;
@@ -255,7 +229,7 @@ async fn dead_letters_are_listed_oldest_first_without_removing_them() {
             .await;
         let exchange = address::<Flaky>(&env);
         let queue = format!("{exchange}::Flaky");
-        let (connection, channel) = raw_channel_with_exchange(&harness, &exchange, true).await;
+        let (connection, channel) = harness.raw_channel_with_exchange(&exchange, true).await;
         for n in 0..3 {
             let body = format!("bad {n}");
             let properties = BasicProperties::default().with_message_id(format!("m{n}").into());
@@ -294,25 +268,8 @@ async fn headers_round_trip_with_raw_amqp_clients() {
     bounded(async {
         let mut env = TestEnv::new(&harness);
         let exchange = address::<Ping>(&env);
-        let (connection, channel) = raw_channel_with_exchange(&harness, &exchange, true).await;
-        let tap = channel
-            .queue_declare(
-                ShortString::default(),
-                QueueDeclareOptions::exclusive(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("tap queue");
-        channel
-            .queue_bind(
-                tap.name().clone(),
-                exchange.as_str().into(),
-                ShortString::default(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("bind tap");
+        let (connection, channel) = harness.raw_channel_with_exchange(&exchange, true).await;
+        let tap = tap(&channel, &exchange, FieldTable::default()).await;
 
         // eventing -> raw client: standard headers are AMQP properties.
         let pings = Recorder::new();
@@ -340,7 +297,7 @@ async fn headers_round_trip_with_raw_amqp_clients() {
         .await
         .expect("send");
         let message = channel
-            .basic_get(tap.name().clone(), BasicGetOptions { no_ack: true })
+            .basic_get(tap.clone(), BasicGetOptions { no_ack: true })
             .await
             .expect("get")
             .expect("a message on the tap");
@@ -547,7 +504,7 @@ async fn a_nacked_durable_message_is_refused_after_the_send_timeout() {
     bounded(async {
         let mut env = TestEnv::new(&harness);
         let exchange = address::<Ping>(&env);
-        let (connection, channel) = raw_channel_with_exchange(&harness, &exchange, true).await;
+        let (connection, channel) = harness.raw_channel_with_exchange(&exchange, true).await;
         // A queue that takes one message and nacks publishes beyond that.
         let mut arguments = FieldTable::default();
         arguments.insert("x-max-length".into(), AMQPValue::LongInt(1));
@@ -555,24 +512,7 @@ async fn a_nacked_durable_message_is_refused_after_the_send_timeout() {
             "x-overflow".into(),
             AMQPValue::LongString("reject-publish".into()),
         );
-        let capped = channel
-            .queue_declare(
-                ShortString::default(),
-                QueueDeclareOptions::exclusive(),
-                arguments,
-            )
-            .await
-            .expect("capped queue");
-        channel
-            .queue_bind(
-                capped.name().clone(),
-                exchange.as_str().into(),
-                ShortString::default(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("bind");
+        tap(&channel, &exchange, arguments).await;
         // A nack is published again (on a new channel) until the send timeout,
         // as a full queue is waited on elsewhere; then it is `Refused`.
         let manager = env

@@ -123,9 +123,8 @@ async fn stomp_to_amqp() {
 /// table only what a pipeline added; a STOMP listener reads it back whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stomp_sends_the_lean_format() {
-    use lapin::options::{
-        BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-    };
+    use eventing_tests::amqp::tap;
+    use lapin::options::BasicGetOptions;
     use lapin::types::{FieldTable, ShortString};
 
     let test = async {
@@ -133,38 +132,8 @@ async fn stomp_sends_the_lean_format() {
         let stomp = StompHarness::from_env();
         let mut env = TestEnv::new(&stomp);
         let exchange = format!("suite.{}.Ping", env.env);
-        let connection = amqp.raw_connection().await;
-        let channel = connection.create_channel().await.expect("channel");
-        channel
-            .exchange_declare(
-                exchange.as_str().into(),
-                lapin::ExchangeKind::Fanout,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("declare exchange");
-        let tap = channel
-            .queue_declare(
-                ShortString::default(),
-                QueueDeclareOptions::exclusive(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("tap queue");
-        channel
-            .queue_bind(
-                tap.name().clone(),
-                exchange.as_str().into(),
-                ShortString::default(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("bind tap");
+        let (connection, channel) = amqp.raw_channel_with_exchange(&exchange, true).await;
+        let tap = tap(&channel, &exchange, FieldTable::default()).await;
 
         let seen = Recorder::new();
         let manager = env
@@ -195,7 +164,7 @@ async fn stomp_sends_the_lean_format() {
         let mut message = None;
         for _ in 0..100 {
             message = channel
-                .basic_get(tap.name().clone(), BasicGetOptions { no_ack: true })
+                .basic_get(tap.clone(), BasicGetOptions { no_ack: true })
                 .await
                 .expect("get");
             if message.is_some() {
