@@ -231,6 +231,7 @@ pub(crate) async fn subscribe(
     let mut disconnects = inner.disconnects.subscribe();
     disconnects.mark_unchanged();
     let pull = Pull {
+        ack_prefix: format!("$JS.ACK.{}.{}.", spec.stream, spec.consumer),
         disconnects,
         inner,
         spec,
@@ -258,6 +259,9 @@ struct Pull {
     cancelled: watch::Receiver<bool>,
     /// Requests in flight: (counted until, messages still owed).
     requests: VecDeque<(Instant, usize)>,
+    /// `$JS.ACK.<stream>.<consumer>.`, how this consumer's ack subjects start
+    /// (in the 2.9 form).
+    ack_prefix: String,
 }
 
 enum Step {
@@ -436,13 +440,13 @@ impl Pull {
         let Some(reply) = message.reply.clone() else {
             return Step::Go;
         };
-        let info = ack_info(&reply);
+        let info = ack_info_after(&self.ack_prefix, &reply);
         let (delivered, stream_sequence) = info.map_or((1, 0), |i| (i.delivered, i.sequence));
         if let Kind::Queue { target, .. } = &self.spec.kind {
             let for_other = message
                 .headers
                 .as_ref()
-                .and_then(|h| h.get(crate::headers::TARGET_QUEUE))
+                .and_then(|h| crate::headers::find(h, crate::headers::TARGET_QUEUE))
                 .is_some_and(|q| q.as_str() != target);
             if for_other {
                 // Put onto another queue of the event alone (a replay): not ours.
@@ -498,14 +502,16 @@ pub(crate) struct AckInfo {
 /// the Unix epoch).
 pub(crate) fn ack_info(reply: &str) -> Option<AckInfo> {
     let rest = reply.strip_prefix("$JS.ACK.")?.as_bytes();
-    let count = rest.iter().filter(|&&b| b == b'.').count() + 3;
-    if count < 9 {
-        return None;
-    }
+    // Stream and consumer names hold no dots: the 2.9 form has 6 after the
+    // prefix, the newer one 9 or more. (A fold, which compiles to vector code.)
+    let dots = rest.iter().fold(0usize, |n, &b| n + usize::from(b == b'.'));
+    let skip = match dots {
+        0..6 => return None,
+        6 => 1,
+        _ => 2,
+    };
     // From the end: `<pending>` (and the newer form's token) come after the numbers.
-    let mut tokens = rest
-        .rsplit(|&b| b == b'.')
-        .skip(if count == 9 { 1 } else { 2 });
+    let mut tokens = rest.rsplit(|&b| b == b'.').skip(skip);
     let nanos = number(tokens.next()?)?;
     let _consumer_sequence = tokens.next()?;
     let sequence = number(tokens.next()?)?;
@@ -517,22 +523,81 @@ pub(crate) fn ack_info(reply: &str) -> Option<AckInfo> {
     })
 }
 
+/// As [`ack_info`], for the messages of one consumer, whose ack subjects in the
+/// 2.9 form start with `prefix` (`$JS.ACK.<stream>.<consumer>.`): the five numbers
+/// after it are read forwards, without scanning the names; a reply in another
+/// form goes to [`ack_info`].
+pub(crate) fn ack_info_after(prefix: &str, reply: &str) -> Option<AckInfo> {
+    let fast = reply.strip_prefix(prefix).and_then(|rest| {
+        let mut tokens = rest.as_bytes().split(|&b| b == b'.');
+        let delivered = number(tokens.next()?)?;
+        let sequence = number(tokens.next()?)?;
+        let _consumer_sequence = number(tokens.next()?)?;
+        let nanos = number(tokens.next()?)?;
+        let _pending = number(tokens.next()?)?;
+        tokens.next().is_none().then(|| AckInfo {
+            delivered,
+            sequence,
+            stored: SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos),
+        })
+    });
+    fast.or_else(|| ack_info(reply))
+}
+
 /// A decimal number of ASCII digits (ack subjects carry one per message).
 fn number(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() {
-        return None;
+    let digit = |d: u8| d.checked_sub(b'0').filter(|&d| d < 10).map(u64::from);
+    match digits.len() {
+        0 => None,
+        // Up to 19 digits cannot overflow: no checked arithmetic per digit.
+        1..=19 => digits
+            .iter()
+            .try_fold(0u64, |n, &d| Some(n * 10 + digit(d)?)),
+        _ => digits
+            .iter()
+            .try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(digit(d)?)),
     }
-    digits.iter().try_fold(0u64, |n, &d| {
-        let digit = d.checked_sub(b'0').filter(|&d| d < 10)?;
-        n.checked_mul(10)?.checked_add(u64::from(digit))
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, SystemTime};
 
-    use super::{AckInfo, ack_info};
+    use super::{AckInfo, ack_info, ack_info_after, number};
+
+    #[test]
+    fn ack_subjects_of_one_consumer() {
+        let prefix = "$JS.ACK.s.c.";
+        for reply in [
+            "$JS.ACK.s.c.3.17.9.1700000000123456789.4",
+            "$JS.ACK.dom.hash.s.c.2.40.9.1700000000.4.tok",
+            // The prefix as domain and account hash: the newer form still.
+            "$JS.ACK.s.c.s.c.2.40.9.1700000000.4.tok",
+            "$JS.ACK.s.c.3.17.9.soon.4",
+            "$JS.ACK.s.c.3.17.9.4",
+            "$JS.ACK.s.c.3.17.9.1.4.5",
+            "$JS.ACK.other.c.3.17.9.1.4",
+            "_INBOX.x",
+        ] {
+            assert_eq!(ack_info_after(prefix, reply), ack_info(reply), "{reply}");
+        }
+        assert!(ack_info_after(prefix, "$JS.ACK.s.c.3.17.9.1.4").is_some());
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(number(b"0"), Some(0));
+        assert_eq!(
+            number(b"9999999999999999999"),
+            Some(9_999_999_999_999_999_999)
+        );
+        assert_eq!(number(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(number(b"18446744073709551616"), None, "overflows");
+        assert_eq!(number(b"00000000000000000000042"), Some(42));
+        for bad in [&b""[..], b"+1", b"-1", b"1a", b" 1", b"1/"] {
+            assert_eq!(number(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn ack_subjects() {
@@ -554,6 +619,8 @@ mod tests {
             })
         );
         assert_eq!(ack_info("$JS.ACK.s.c.3.17.9.soon.4"), None);
+        assert_eq!(ack_info("$JS.ACK.s.c.3.17.9.4"), None, "a number short");
+        assert_eq!(ack_info("$JS.ACK.s.c.3.+17.9.1.4"), None);
         assert_eq!(ack_info("_INBOX.x"), None);
     }
 }

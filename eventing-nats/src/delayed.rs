@@ -400,7 +400,7 @@ async fn settle(inner: &Inner, job: &Job, message: js::Message) {
     let due = message
         .headers
         .as_ref()
-        .and_then(|h| h.get(headers::DUE))
+        .and_then(|h| headers::find(h, headers::DUE))
         .and_then(|v| v.as_str().parse::<u64>().ok());
     let now = now_ms();
     if let Some(due) = due
@@ -424,7 +424,7 @@ async fn settle(inner: &Inner, job: &Job, message: js::Message) {
             let durable = message
                 .headers
                 .as_ref()
-                .and_then(|h| h.get(headers::DURABLE))
+                .and_then(|h| headers::find(h, headers::DURABLE))
                 .is_none_or(|v| v.as_str() != "false");
             let Some(event) = event else {
                 tracing::error!(subject = %message.subject, "scheduled send on a subject that names no event: left in place");
@@ -448,12 +448,12 @@ async fn settle(inner: &Inner, job: &Job, message: js::Message) {
         Some(target) => {
             with_target = [
                 (headers::TARGET_QUEUE, target),
-                ("Nats-Msg-Id", id.as_str()),
+                (headers::MSG_ID, id.as_str()),
             ];
             &with_target
         }
         None => {
-            only_id = [("Nats-Msg-Id", id.as_str())];
+            only_id = [(headers::MSG_ID, id.as_str())];
             &only_id
         }
     };

@@ -29,6 +29,19 @@ pub const TARGET_QUEUE: &str = "Eventing-Nats-Queue";
 /// when it is due, in milliseconds since the Unix epoch.
 pub const DUE: &str = "Eventing-Nats-Due";
 
+/// JetStream's message id: a publish with the id of one stored within the
+/// stream's duplicate window is not stored again.
+pub const MSG_ID: &str = "Nats-Msg-Id";
+
+/// The first value of header `name` in `map`, found by comparing names. A message
+/// carries a few headers at most, and `HeaderMap::get` would copy the name into a
+/// new allocation and hash it for every lookup.
+pub fn find<'a>(map: &'a HeaderMap, name: &str) -> Option<&'a HeaderValue> {
+    map.iter()
+        .find(|(candidate, _)| AsRef::<str>::as_ref(*candidate) == name)
+        .and_then(|(_, values)| values.first())
+}
+
 /// On a scheduled send: `true` if its event is durable (the event's stream is
 /// created with file storage if the send is the first to it).
 pub const DURABLE: &str = "Eventing-Nats-Durable";
@@ -112,8 +125,28 @@ fn invalid(name: &str, what: &str) -> Error {
     }
 }
 
+/// The names this provider and the runtime send most, made without parsing or
+/// copying them (`HeaderName::from_str` validates the name and copies it).
+fn known_name(name: &str) -> Option<HeaderName> {
+    Some(HeaderName::from_static(match name {
+        header::MESSAGE_ID => header::MESSAGE_ID,
+        header::EVENT => header::EVENT,
+        header::TIMESTAMP => header::TIMESTAMP,
+        header::CONTENT_TYPE => header::CONTENT_TYPE,
+        MSG_ID => MSG_ID,
+        ESCAPED => ESCAPED,
+        TARGET_QUEUE => TARGET_QUEUE,
+        DUE => DUE,
+        DURABLE => DURABLE,
+        _ => return None,
+    }))
+}
+
 fn insert(map: &mut HeaderMap, name: &str, value: &str) -> Result<()> {
-    let header = HeaderName::from_str(name).map_err(|_| invalid(name, "invalid name"))?;
+    let header = match known_name(name) {
+        Some(known) => known,
+        None => HeaderName::from_str(name).map_err(|_| invalid(name, "invalid name"))?,
+    };
     let value = HeaderValue::from_str(value).map_err(|_| invalid(name, "invalid value"))?;
     map.insert(header, value);
     Ok(())
@@ -195,8 +228,7 @@ pub fn to_envelope(
 ) -> Envelope {
     let mut out = Headers::with_capacity(headers.map_or(0, HeaderMap::len) + 2);
     if let Some(map) = headers {
-        let escaped: Vec<&str> = map
-            .get(ESCAPED)
+        let escaped: Vec<&str> = find(map, ESCAPED)
             .map(|v| v.as_str().split(',').collect())
             .unwrap_or_default();
         for (name, values) in map.iter() {
@@ -221,7 +253,7 @@ pub fn to_envelope(
     }
     if let Some(event) = event {
         if out.get(header::MESSAGE_ID).is_none()
-            && let Some(id) = headers.and_then(|map| map.get("Nats-Msg-Id"))
+            && let Some(id) = headers.and_then(|map| find(map, MSG_ID))
         {
             out.insert(header::MESSAGE_ID, id.as_str());
         }
@@ -288,7 +320,7 @@ mod tests {
         let envelope = Envelope::new("Orders", eventing::codec::JSON, bytes::Bytes::new());
         let id = envelope.message_id().to_string();
         for dedupe in [false, true] {
-            let extra = [("Nats-Msg-Id", id.as_str())];
+            let extra = [(MSG_ID, id.as_str())];
             let extra: &[(&str, &str)] = if dedupe { &extra } else { &[] };
             let map = event_to_nats(&envelope.headers, "Orders", dedupe, extra).unwrap();
             assert!(map.get(header::EVENT).is_none());

@@ -747,7 +747,7 @@ impl Provider for NatsProvider {
     async fn publish(&self, route: Route<'_>, envelope: Envelope) -> Result<()> {
         let message_id = envelope.message_id();
         let dedupe = self.inner.url.dedupe && !message_id.is_empty();
-        let msg_id = [("Nats-Msg-Id", message_id)];
+        let msg_id = [(headers::MSG_ID, message_id)];
         let extra: &[(&str, &str)] = if dedupe { &msg_id } else { &[] };
         self.inner
             .publish(
@@ -901,7 +901,7 @@ impl Provider for NatsProvider {
         );
         let extra = [
             (headers::TARGET_QUEUE, target.as_str()),
-            ("Nats-Msg-Id", id.as_str()),
+            (headers::MSG_ID, id.as_str()),
         ];
         self.inner
             .publish(
