@@ -17,8 +17,10 @@
 //! delivery) through a file-storage stream with limits retention, one subject, and
 //! a durable pull consumer with explicit acks, one ack per message:
 //!
-//! - `raw`: async-nats JetStream at its plainest: `publish` with the ack awaited,
-//!   `BENCH_IN_FLIGHT` publishes in flight; a durable pull consumer
+//! - `raw`: async-nats JetStream at its plainest, on two connections as
+//!   eventing's provider is (one publishing; one consuming and acknowledging; on
+//!   one connection both sides of the run lose 10-15%): `publish` with the ack
+//!   awaited, `BENCH_IN_FLIGHT` publishes in flight; a durable pull consumer
 //!   (`max_ack_pending` = 16 × prefetch, as eventing's shared queues) read with
 //!   `messages()` in batches of `BENCH_PREFETCH`, `ack()` per message;
 //! - `raw, eventing's format`: the same raw code publishing what eventing puts on
@@ -132,6 +134,7 @@ struct Raw {
 impl Raw {
     async fn new(
         js: &js::Context,
+        consuming: &js::Context,
         names: &RawNames,
         settings: &Settings,
         counter: Arc<Counter>,
@@ -160,7 +163,7 @@ impl Raw {
         let consumer: js::consumer::PullConsumer = bounded(
             "creating the raw consumer",
             LIMIT,
-            js.create_consumer_on_stream(config, &names.stream),
+            consuming.create_consumer_on_stream(config, &names.stream),
         )
         .await
         .expect("create the raw consumer");
@@ -263,12 +266,12 @@ async fn start_eventing(settings: &Settings, run: &str) -> (EventManager, Arc<Co
 /// (raw, raw in eventing's format, eventing).
 async fn measure_all(
     settings: Arc<Settings>,
-    js: js::Context,
+    (js, consuming): (js::Context, js::Context),
     run: String,
     names: RawNames,
 ) -> (Figures, Figures, Figures) {
     let raw_counter = Counter::new();
-    let raw = Raw::new(&js, &names, &settings, Arc::clone(&raw_counter)).await;
+    let raw = Raw::new(&js, &consuming, &names, &settings, Arc::clone(&raw_counter)).await;
     let (manager, counter) = start_eventing(&settings, &run).await;
     let shape = (settings.n, settings.in_flight, settings.samples);
     let manager = &manager;
@@ -315,20 +318,25 @@ fn main() {
         let url = eventing_nats::url::parse(&settings.url)
             .unwrap_or_else(|e| fail(format!("EVENTING_NATS_URL: {e}")));
         let endpoint = url.servers.join(",");
-        let options = url
-            .options()
-            .await
-            .unwrap_or_else(|e| fail(format!("EVENTING_NATS_URL: {e}")))
-            .connection_timeout(CONNECT_LIMIT);
-        let client =
+        let connect = || async {
+            let options = url
+                .options()
+                .await
+                .unwrap_or_else(|e| fail(format!("EVENTING_NATS_URL: {e}")))
+                .connection_timeout(CONNECT_LIMIT);
             match tokio::time::timeout(CONNECT_LIMIT, options.connect(url.servers.clone())).await {
                 Ok(Ok(client)) => client,
                 Ok(Err(error)) => fail(format!("cannot connect to {endpoint}: {error}")),
                 Err(_) => fail(format!("connecting to {endpoint} timed out")),
-            };
-        let js = js::ContextBuilder::new()
-            .timeout(Duration::from_secs(5))
-            .build(client.clone());
+            }
+        };
+        let (client, consuming) = (connect().await, connect().await);
+        let context = |client: &async_nats::Client| {
+            js::ContextBuilder::new()
+                .timeout(Duration::from_secs(5))
+                .build(client.clone())
+        };
+        let js = context(&client);
         // `$JS.API.INFO` answers with an error (or nobody answers) without JetStream.
         let info = client.request("$JS.API.INFO", Bytes::new());
         match tokio::time::timeout(CONNECT_LIMIT, info).await {
@@ -362,7 +370,7 @@ fn main() {
         // measurement panics.
         let measured = tokio::spawn(measure_all(
             Arc::clone(&settings),
-            js.clone(),
+            (js.clone(), context(&consuming)),
             run.clone(),
             names,
         ))

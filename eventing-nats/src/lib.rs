@@ -105,14 +105,18 @@ fn provider_error(reason: impl Into<String>) -> Error {
     }
 }
 
-/// A provider on one NATS connection. Cloning shares it.
+/// A provider on two NATS connections, one consuming and one publishing
+/// ([`NatsProvider::connect`]). Cloning shares them.
 #[derive(Clone)]
 pub struct NatsProvider {
     inner: Arc<Inner>,
 }
 
 pub(crate) struct Inner {
+    /// The consuming connection: pull requests, deliveries, acks, API calls.
     pub(crate) client: Client,
+    /// The publishing connection, under [`Inner::publisher`].
+    publishing: Client,
     js: js::Context,
     /// For publishing events: its timeout is [`ACK_WAIT`], how long one attempt
     /// waits for the publish ack.
@@ -209,56 +213,20 @@ impl Acks {
 }
 
 impl NatsProvider {
-    /// Connects to the server(s) of `config.url`, waiting at most the send timeout.
+    /// Connects to the server(s) of `config.url`, waiting at most the send timeout:
+    /// two connections, one for consuming (pull requests, deliveries, acks and
+    /// JetStream API calls) and one for publishing events. A connection is served
+    /// by one task in this process and one reader at the server, so on one
+    /// connection publishes queue behind deliveries and acks (and the other way
+    /// round); apart, they run side by side (in the bench, raw async-nats moved
+    /// 10-15% more events per second that way).
     pub async fn connect(config: ProviderConfig) -> Result<Self> {
         let url = url::parse(&config.url)?;
         let disconnects = Arc::new(watch::Sender::new(0u64));
-        let events = Arc::clone(&disconnects);
-        let options = url
-            .options()
-            .await?
-            .event_callback(move |event| {
-                let events = Arc::clone(&events);
-                async move {
-                    if matches!(event, async_nats::Event::Disconnected) {
-                        tracing::debug!("NATS connection lost");
-                        events.send_modify(|n| *n += 1);
-                    }
-                }
-            })
-            .name(format!("eventing {}", config.server_name))
-            .connection_timeout(
-                config
-                    .send_timeout
-                    .clamp(Duration::from_secs(1), API_TIMEOUT),
-            )
-            .reconnect_delay_callback(|attempt| {
-                Duration::from_millis(50 * u64::try_from(attempt).unwrap_or(20))
-                    .min(Duration::from_secs(1))
-            })
-            .max_reconnects(None);
-        let options = if url.retain_order {
-            options.retain_servers_order()
-        } else {
-            options
-        };
-        let connect = options.connect(url.servers.clone());
-        let client =
-            match tokio::time::timeout(config.send_timeout.max(Duration::from_secs(1)), connect)
-                .await
-            {
-                Err(_) => return Err(unavailable("connecting timed out")),
-                Ok(Err(error)) => {
-                    return Err(match error.kind() {
-                        ConnectErrorKind::Authentication
-                        | ConnectErrorKind::AuthorizationViolation => {
-                            provider_error(format!("the server refused the credentials: {error}"))
-                        }
-                        _ => unavailable(format!("cannot connect: {error}")),
-                    });
-                }
-                Ok(Ok(client)) => client,
-            };
+        let (client, publishing) = tokio::try_join!(
+            open(&url, &config, "", Some(Arc::clone(&disconnects))),
+            open(&url, &config, " (publishing)", None),
+        )?;
         let js = js::ContextBuilder::new()
             .timeout(API_TIMEOUT)
             .build(client.clone());
@@ -266,10 +234,11 @@ impl NatsProvider {
         let acks = Acks::new(client.clone());
         let publisher = js::ContextBuilder::new()
             .timeout(ACK_WAIT)
-            .build(client.clone());
+            .build(publishing.clone());
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
+                publishing,
                 js,
                 publisher,
                 url,
@@ -285,9 +254,61 @@ impl NatsProvider {
         })
     }
 
-    /// The async-nats client (for what the provider does not do).
+    /// The async-nats client of the consuming connection (for what the provider
+    /// does not do).
     pub fn client(&self) -> &Client {
         &self.inner.client
+    }
+}
+
+/// Opens one connection to the server(s) of `url`, named `eventing <server><role>`
+/// (as `connz` shows it), counting its losses in `disconnects` if given.
+async fn open(
+    url: &NatsUrl,
+    config: &ProviderConfig,
+    role: &str,
+    disconnects: Option<Arc<watch::Sender<u64>>>,
+) -> Result<Client> {
+    let options = url
+        .options()
+        .await?
+        .event_callback(move |event| {
+            let disconnects = disconnects.clone();
+            async move {
+                if matches!(event, async_nats::Event::Disconnected) {
+                    tracing::debug!("NATS connection lost");
+                    if let Some(count) = disconnects {
+                        count.send_modify(|n| *n += 1);
+                    }
+                }
+            }
+        })
+        .name(format!("eventing {}{role}", config.server_name))
+        .connection_timeout(
+            config
+                .send_timeout
+                .clamp(Duration::from_secs(1), API_TIMEOUT),
+        )
+        .reconnect_delay_callback(|attempt| {
+            Duration::from_millis(50 * u64::try_from(attempt).unwrap_or(20))
+                .min(Duration::from_secs(1))
+        })
+        .max_reconnects(None);
+    let options = if url.retain_order {
+        options.retain_servers_order()
+    } else {
+        options
+    };
+    let connect = options.connect(url.servers.clone());
+    match tokio::time::timeout(config.send_timeout.max(Duration::from_secs(1)), connect).await {
+        Err(_) => Err(unavailable("connecting timed out")),
+        Ok(Err(error)) => Err(match error.kind() {
+            ConnectErrorKind::Authentication | ConnectErrorKind::AuthorizationViolation => {
+                provider_error(format!("the server refused the credentials: {error}"))
+            }
+            _ => unavailable(format!("cannot connect: {error}")),
+        }),
+        Ok(Ok(client)) => Ok(client),
     }
 }
 
@@ -792,8 +813,10 @@ impl Provider for NatsProvider {
         // Acks given so far reach the server before the connection goes: the flush
         // is a PING/PONG round trip after them.
         self.inner.acks.tasks.wait_idle(API_TIMEOUT).await;
-        if let Err(error) = self.inner.client.flush().await {
-            tracing::debug!(%error, "flush on close failed");
+        for client in [&self.inner.client, &self.inner.publishing] {
+            if let Err(error) = client.flush().await {
+                tracing::debug!(%error, "flush on close failed");
+            }
         }
         Ok(())
     }
