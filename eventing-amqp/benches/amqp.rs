@@ -54,6 +54,11 @@ use lapin::options::{
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde::{Deserialize, Serialize};
+
+/// As in the other providers' benches: glibc's malloc makes every side pay for
+/// frees of memory another thread allocated (docs/benchmarks.md, In-process).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tokio::sync::{Mutex, Notify, mpsc};
 
 use eventing_amqp as _;

@@ -39,6 +39,11 @@ use redis::Value;
 use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 
+/// As in the other providers' benches: glibc's malloc makes every side pay for
+/// frees of memory another thread allocated (docs/benchmarks.md, In-process).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use eventing_redis as _;
 use eventing_test::bench::{
     Counter, Figures, bounded, print_comparison, print_same_format, setting, three_sides,
