@@ -14,6 +14,7 @@
 # shell (the tests' restart_broker) find it. See ../docs/stomp.md#activemq.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/detach.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/pyvenv.sh"
 
 ACTIVEMQ_STOMP_PORT=${EVENTING_ACTIVEMQ_STOMP_PORT:-61623}
 ACTIVEMQ_OPENWIRE_PORT=${EVENTING_ACTIVEMQ_OPENWIRE_PORT:-61626}
@@ -213,18 +214,9 @@ activemq_restart() {
 }
 
 # Prints the path of a python3 that can `import stomp` (stomp.py), creating a venv
-# under ~/.cache/eventing on first use. Fails if there is no python3.
+# under ~/.cache/eventing on first use (scripts/pyvenv.sh).
 activemq_python() {
-    local venv=${EVENTING_STOMP_PY_VENV:-$HOME/.cache/eventing/stomp-py}
-    if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import stomp' 2>/dev/null; then
-        echo "$venv/bin/python"
-        return 0
-    fi
-    command -v python3 >/dev/null 2>&1 || { echo "activemq: no python3" >&2; return 1; }
-    mkdir -p "$(dirname "$venv")"
-    python3 -m venv "$venv" >&2
-    "$venv/bin/pip" install -q 'stomp.py>=8,<10' >&2
-    echo "$venv/bin/python"
+    python_with "${EVENTING_STOMP_PY_VENV:-$HOME/.cache/eventing/stomp-py}" stomp 'stomp.py>=8,<10'
 }
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then

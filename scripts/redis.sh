@@ -18,6 +18,7 @@
 # no python3.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/detach.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/pyvenv.sh"
 
 REDIS_PORT=${EVENTING_REDIS_PORT:-6390}
 REDIS_STATE=${REDIS_STATE:-/tmp/eventing-redis-${REDIS_PORT}.state}
@@ -161,18 +162,10 @@ redis_restart() {
     echo "redis: restarted (pid $REDIS_PID)"
 }
 
-# A Python with the `redis` package: a venv made on first use. Prints its path.
+# A Python with the `redis` package: a venv made on first use (scripts/pyvenv.sh).
+# Prints its path.
 redis_python() {
-    if ! command -v python3 >/dev/null 2>&1; then
-        echo "redis: python3 is not installed" >&2
-        return 1
-    fi
-    if ! "$REDIS_VENV/bin/python" -c 'import redis' >/dev/null 2>&1; then
-        mkdir -p "$(dirname "$REDIS_VENV")"
-        python3 -m venv "$REDIS_VENV" >&2
-        "$REDIS_VENV/bin/python" -m pip install -q redis >&2
-    fi
-    echo "$REDIS_VENV/bin/python"
+    python_with "$REDIS_VENV" redis redis
 }
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
