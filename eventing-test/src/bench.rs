@@ -461,6 +461,9 @@ pub async fn take_turns<const N: usize, F: Future<Output = Figures>>(
         eprintln!("round {} of {rounds}", round + 1);
         for side in turns(round, N) {
             if chosen(names[side]) {
+                if std::env::var_os("BENCH_VERBOSE").is_some() {
+                    eprintln!("  {}:", names[side]);
+                }
                 let taken = std::mem::take(&mut figures[side]);
                 figures[side] = measure(side, taken).await;
             }
