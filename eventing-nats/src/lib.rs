@@ -115,11 +115,9 @@ pub struct NatsProvider {
 pub(crate) struct Inner {
     /// The consuming connection: pull requests, deliveries, acks, API calls.
     pub(crate) client: Client,
-    /// The publishing connection, under [`Inner::publisher`].
-    publishing: Client,
     js: js::Context,
-    /// For publishing events: its timeout is [`ACK_WAIT`], how long one attempt
-    /// waits for the publish ack.
+    /// For publishing events, on the publishing connection: its timeout is
+    /// [`ACK_WAIT`], how long one attempt waits for the publish ack.
     publisher: js::Context,
     url: NatsUrl,
     send_timeout: Duration,
@@ -238,7 +236,6 @@ impl NatsProvider {
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
-                publishing,
                 js,
                 publisher,
                 url,
@@ -813,7 +810,7 @@ impl Provider for NatsProvider {
         // Acks given so far reach the server before the connection goes: the flush
         // is a PING/PONG round trip after them.
         self.inner.acks.tasks.wait_idle(API_TIMEOUT).await;
-        for client in [&self.inner.client, &self.inner.publishing] {
+        for client in [self.inner.client.clone(), self.inner.publisher.client()] {
             if let Err(error) = client.flush().await {
                 tracing::debug!(%error, "flush on close failed");
             }

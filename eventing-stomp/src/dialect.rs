@@ -495,6 +495,22 @@ impl Dialect {
         }
     }
 
+    /// What the broker's own `timestamp` header on a `MESSAGE` says: RabbitMQ's is
+    /// the AMQP `timestamp` property in seconds, ActiveMQ's the JMSTimestamp in
+    /// milliseconds (when it took the message). `None` for anything else,
+    /// including an escaped envelope timestamp of the RFC 3339 form.
+    fn broker_stamp(self, value: &str) -> Option<std::time::SystemTime> {
+        if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let number: u64 = value.parse().ok()?;
+        match self {
+            Dialect::RabbitMq => Some(UNIX_EPOCH + Duration::from_secs(number)),
+            Dialect::ActiveMq => Some(UNIX_EPOCH + Duration::from_millis(number)),
+            Dialect::Artemis => None,
+        }
+    }
+
     /// The envelope a `MESSAGE` frame carries: the headers as they were sent
     /// (standard ones first), without what the broker added.
     pub fn envelope_of(self, frame: Frame) -> Envelope {
@@ -507,6 +523,9 @@ impl Dialect {
             if MESSAGE_ONLY.contains(&name.as_str()) {
                 continue;
             }
+            let stamp = (name == header::TIMESTAMP)
+                .then(|| self.broker_stamp(&value))
+                .flatten();
             match (self, name.as_str()) {
                 (_, "message-id") => {
                     // The broker's own id comes first; RabbitMQ puts a `message-id`
@@ -519,15 +538,8 @@ impl Dialect {
                 (Dialect::RabbitMq, "amqp-message-id") => {
                     add(&mut fields, header::MESSAGE_ID.into(), value)
                 }
-                (Dialect::RabbitMq, header::TIMESTAMP) if digits(&value).is_some() => {
-                    // The AMQP `timestamp` property, in seconds.
-                    let seconds = digits(&value).unwrap_or_default();
-                    fallback_timestamp.get_or_insert(UNIX_EPOCH + Duration::from_secs(seconds));
-                }
-                (Dialect::ActiveMq, header::TIMESTAMP) if digits(&value).is_some() => {
-                    // JMSTimestamp, in milliseconds: when the broker took the message.
-                    let millis = digits(&value).unwrap_or_default();
-                    fallback_timestamp.get_or_insert(UNIX_EPOCH + Duration::from_millis(millis));
+                (_, header::TIMESTAMP) if stamp.is_some() => {
+                    fallback_timestamp = fallback_timestamp.or(stamp);
                 }
                 (Dialect::RabbitMq | Dialect::ActiveMq, "type") => {
                     // The AMQP `type` property or the JMS type: the event name (a
@@ -577,14 +589,6 @@ impl Dialect {
             body: frame.body,
         }
     }
-}
-
-/// A number of ASCII digits (a broker's timestamp header), if that is what `value` is.
-fn digits(value: &str) -> Option<u64> {
-    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    value.parse().ok()
 }
 
 /// Adds a header unless one of that name is there: the first occurrence wins.
