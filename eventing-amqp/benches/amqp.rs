@@ -34,8 +34,10 @@
 //! Settings: `BENCH_N` (50000), `BENCH_REPS` (3), `BENCH_SAMPLES` (2000),
 //! `BENCH_PREFETCH` (256), `BENCH_IN_FLIGHT` (64), `BENCH_CONCURRENCY` (32, the
 //! listener's), `BENCH_ACK_BATCH` (64), `BENCH_BATCH` (1024); for profiling,
-//! `BENCH_SIDES` (`raw,raw-format,eventing`) and `BENCH_PHASES`
-//! (`transient,durable,batch,latency`).
+//! `BENCH_SIDES` (`raw,raw-format,eventing`), `BENCH_PHASES`
+//! (`transient,durable,batch,latency`) and `BENCH_FORMAT` (`id,type,timestamp`: the
+//! fields of eventing's format that `raw-format` sends, to tell what each costs);
+//! `BENCH_VERBOSE` prints each round's latency tail.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -172,6 +174,8 @@ struct Settings {
     batch: usize,
     sides: String,
     phases: String,
+    /// The fields of eventing's format the `raw-format` side sends.
+    format: String,
 }
 
 impl Settings {
@@ -192,6 +196,7 @@ impl Settings {
                 "BENCH_PHASES",
                 "transient,durable,batch,latency".to_string(),
             ),
+            format: setting("BENCH_FORMAT", "id,type,timestamp".to_string()),
         }
     }
 
@@ -201,6 +206,10 @@ impl Settings {
 
     fn phase(&self, name: &str) -> bool {
         self.phases.split(',').any(|s| s.trim() == name)
+    }
+
+    fn field(&self, name: &str) -> bool {
+        self.format.split(',').any(|s| s.trim() == name)
     }
 }
 
@@ -382,7 +391,11 @@ async fn main() {
                 for index in turns(rep as u64, sides.len()) {
                     let figures = &mut figures[index];
                     if let Some(side) = &sides[index] {
-                        let (p50, p99) = percentiles(side.latency(&settings, durable).await);
+                        let samples = side.latency(&settings, durable).await;
+                        if std::env::var_os("BENCH_VERBOSE").is_some() {
+                            tail(names[index], durable, &samples);
+                        }
+                        let (p50, p99) = percentiles(samples);
                         figures.p50[usize::from(durable)].push(p50);
                         figures.p99[usize::from(durable)].push(p99);
                     }
@@ -394,6 +407,30 @@ async fn main() {
         side.close().await;
     }
     print_table(&figures);
+}
+
+/// Prints one round's latency tail (`BENCH_VERBOSE`): the slow samples come in
+/// runs of consecutive sends, so the longest run of samples over twice the median
+/// is printed too.
+fn tail(side: &str, durable: bool, samples: &[Duration]) {
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable();
+    let Some(&max) = sorted.last() else { return };
+    let at = |q: usize| sorted[(sorted.len() - 1) * q / 100].as_micros();
+    let slow = sorted[sorted.len() / 2] * 2;
+    let (mut run, mut longest) = (0, 0);
+    for sample in samples {
+        run = if *sample > slow { run + 1 } else { 0 };
+        longest = longest.max(run);
+    }
+    eprintln!(
+        "{side} {}: p50 {} p90 {} p99 {} max {} us; longest run over 2x p50: {longest}",
+        if durable { "durable" } else { "transient" },
+        at(50),
+        at(90),
+        at(99),
+        max.as_micros(),
+    );
 }
 
 fn print_table(figures: &[Figures]) {
@@ -467,6 +504,8 @@ struct RawSide {
     probes: [Arc<Probe>; 2],
     /// Sends eventing's wire format instead of bare messages.
     format: bool,
+    /// Which of the format's id, type and timestamp it sends (`BENCH_FORMAT`).
+    fields: [bool; 3],
 }
 
 impl RawSide {
@@ -547,6 +586,7 @@ impl RawSide {
             queues,
             probes,
             format,
+            fields: ["id", "type", "timestamp"].map(|field| settings.field(field)),
         }
     }
 
@@ -562,10 +602,19 @@ impl RawSide {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let event = &self.exchanges[usize::from(durable)];
+        let [id, kind, timestamp] = self.fields;
+        let mut properties = properties;
+        if id {
+            properties =
+                properties.with_message_id(uuid::Uuid::new_v4().hyphenated().to_string().into());
+        }
+        if kind {
+            properties = properties.with_type(event.as_str().into());
+        }
+        if timestamp {
+            properties = properties.with_timestamp(seconds);
+        }
         properties
-            .with_message_id(uuid::Uuid::new_v4().hyphenated().to_string().into())
-            .with_type(event.as_str().into())
-            .with_timestamp(seconds)
     }
 
     /// Publishes event `i`, serialized here as eventing serializes each send.
