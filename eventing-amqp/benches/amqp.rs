@@ -37,7 +37,7 @@
 //! `BENCH_SIDES` (`raw,raw-format,eventing`), `BENCH_PHASES`
 //! (`transient,durable,batch,latency`) and `BENCH_FORMAT` (`id,type,timestamp`: the
 //! fields of eventing's format that `raw-format` sends, to tell what each costs);
-//! `BENCH_VERBOSE` prints each round's latency tail.
+//! `BENCH_VERBOSE` prints each round's figures and latency tail.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -368,6 +368,14 @@ async fn main() {
                 let figures = &mut figures[index];
                 if let Some(side) = &sides[index] {
                     let (rate, client, server) = side.throughput(&settings, durable).await;
+                    if std::env::var_os("BENCH_VERBOSE").is_some() {
+                        let phase = if durable { "durable" } else { "transient" };
+                        eprintln!(
+                            "{} {phase}: {rate:.0} events/s, client {client:.1} us/event, \
+                             broker {server:.1} us/event",
+                            names[index]
+                        );
+                    }
                     let at = usize::from(durable);
                     figures.throughput[at].push(rate);
                     figures.client_cpu[at].push(client);

@@ -176,7 +176,11 @@ impl Provider for AmqpProvider {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::NONE.with_dead_letters().with_delayed()
+        // `publish` keeps the send timeout on its own (`Publisher::deliver`).
+        Capabilities::NONE
+            .with_dead_letters()
+            .with_delayed()
+            .with_bounded_publish()
     }
 
     async fn declare(&self, queues: &[QueueSpec]) -> Result<()> {

@@ -46,7 +46,9 @@ pub(crate) struct Publisher {
     confirmed: Lane,
     transient: Lane,
     /// Exchanges declared (or being declared) on the current channels, by address.
-    exchanges: RwLock<HashMap<String, Arc<OnceCell<()>>>>,
+    /// Looked up on every publish: hashed with FxHash, as the names come from
+    /// the registry, not from outside the process.
+    exchanges: RwLock<HashMap<String, Arc<OnceCell<()>>, rustc_hash::FxBuildHasher>>,
     /// Queues made on demand (delayed delivery) and when this process last declared
     /// each ([`rules::ON_DEMAND_REFRESH`]).
     on_demand: Mutex<HashMap<String, Instant>>,
@@ -120,7 +122,7 @@ impl Publisher {
             link,
             confirmed,
             transient,
-            exchanges: RwLock::new(HashMap::new()),
+            exchanges: RwLock::new(HashMap::default()),
             on_demand: Mutex::new(HashMap::new()),
             timeout,
         })
@@ -429,8 +431,15 @@ impl Publisher {
                         "the broker nacked the message; publishing it again on a new channel"
                     );
                     nacked = Some(Confirmation::Nack(nack));
-                    lane.renew(&self.link, &channel).await;
+                    // Bounded as every wait here: `publish` keeps its deadline on its
+                    // own (`Capabilities::bounded_publish`).
+                    let _ =
+                        tokio::time::timeout_at(deadline, lane.renew(&self.link, &channel)).await;
                     last = Some("the broker nacked the message (publisher confirm)".into());
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    if remaining <= LAST_ATTEMPT {
+                        continue; // one last attempt, bounded by the deadline
+                    }
                     tokio::time::sleep(BACKOFF.delay(attempts).min(remaining - LAST_ATTEMPT)).await;
                     continue;
                 }

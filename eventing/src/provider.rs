@@ -112,6 +112,13 @@ pub struct Capabilities {
     /// `EventManager::send_event_after` / `send_event_at`). Waiting messages are
     /// held by the broker, never by the consuming process.
     pub delayed: bool,
+    /// [`Provider::publish`] returns by itself, on every path, within the send
+    /// timeout of the [`ProviderConfig`] it was connected with: confirmed, failed,
+    /// or [`Error::Unavailable`] / [`Error::Timeout`] with its own reason. A
+    /// manager that connected the provider from its URL (so with its own send
+    /// timeout) then arms no timer of its own around each send. Claim it only when
+    /// every wait inside `publish` is bounded by that deadline.
+    pub bounded_publish: bool,
 }
 
 impl Capabilities {
@@ -119,6 +126,7 @@ impl Capabilities {
     pub const NONE: Self = Self {
         dead_letters: false,
         delayed: false,
+        bounded_publish: false,
     };
 
     /// Adds listing and replaying dead letters.
@@ -130,6 +138,12 @@ impl Capabilities {
     /// Adds delayed delivery: the delayed retry stage and scheduled sends.
     pub const fn with_delayed(mut self) -> Self {
         self.delayed = true;
+        self
+    }
+
+    /// Says `publish` bounds itself by the send timeout ([`bounded_publish`](Self::bounded_publish)).
+    pub const fn with_bounded_publish(mut self) -> Self {
+        self.bounded_publish = true;
         self
     }
 }

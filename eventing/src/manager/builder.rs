@@ -296,16 +296,19 @@ impl EventManagerBuilder {
     /// Connects the provider and builds the manager (not started yet).
     pub async fn build(self) -> Result<EventManager> {
         let server = self.server_name.unwrap_or_else(default_server_name);
-        let provider = match self
+        let (provider, connected_here) = match self
             .provider
             .unwrap_or(ProviderSource::Url("memory://".into()))
         {
-            ProviderSource::Instance(provider) => provider,
+            ProviderSource::Instance(provider) => (provider, false),
             ProviderSource::Url(url) => {
-                provider::connect(ProviderConfig::new(url, server.clone(), self.send_timeout))
-                    .await?
+                let config = ProviderConfig::new(url, server.clone(), self.send_timeout);
+                (provider::connect(config).await?, true)
             }
         };
+        // A provider given as an instance may have been connected with another
+        // send timeout: then the manager keeps its own timer.
+        let publish_bounded = connected_here && provider.capabilities().bounded_publish;
         // The event log's address, unless the user chose one.
         let mut vars = self.vars;
         vars.entry("eventlog".to_string())
@@ -334,6 +337,7 @@ impl EventManagerBuilder {
                 max_body: self.max_body,
                 codec: self.codec,
                 send_timeout: self.send_timeout,
+                publish_bounded,
                 shutdown_timeout: self.shutdown_timeout,
                 reconnect: self.reconnect,
                 state: Mutex::new(State::Built),

@@ -103,6 +103,10 @@ struct Inner {
     max_body: usize,
     codec: crate::codec::Codec,
     send_timeout: Duration,
+    /// The provider bounds its own `publish` by `send_timeout`
+    /// ([`Capabilities::bounded_publish`](crate::provider::Capabilities::bounded_publish)),
+    /// and this manager connected it, with that timeout: sends need no timer here.
+    publish_bounded: bool,
     shutdown_timeout: Duration,
     reconnect: RetryPolicy,
     state: Mutex<State>,
@@ -504,8 +508,12 @@ impl EventManager {
             tracing::debug_span!("send", event = %address, message_id = %envelope.message_id());
         let route = Route::new(address, durable);
         let publish = self.inner.provider.publish(route, envelope);
-        self.bounded(publish, span, || format!("send of `{address}`"))
-            .await?;
+        if self.inner.publish_bounded {
+            publish.instrument(span).await?;
+        } else {
+            self.bounded(publish, span, || format!("send of `{address}`"))
+                .await?;
+        }
         self.inner.stats.sent.fetch_add(1, Ordering::Relaxed);
         crate::metrics::sent(address);
         Ok(())
