@@ -64,7 +64,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tokio::sync::{Mutex, Notify, mpsc};
 
 use eventing_amqp as _;
-use eventing_test::bench::{CpuClock, in_flight, median, percentiles, setting, turns};
+use eventing_test::bench::{CpuClock, in_flight, median, percentiles, setting, turns, verbose};
 
 /// The payload: about 60 bytes of JSON.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -368,7 +368,7 @@ async fn main() {
                 let figures = &mut figures[index];
                 if let Some(side) = &sides[index] {
                     let (rate, client, server) = side.throughput(&settings, durable).await;
-                    if std::env::var_os("BENCH_VERBOSE").is_some() {
+                    if verbose() {
                         let phase = if durable { "durable" } else { "transient" };
                         eprintln!(
                             "{} {phase}: {rate:.0} events/s, client {client:.1} us/event, \
@@ -400,7 +400,7 @@ async fn main() {
                     let figures = &mut figures[index];
                     if let Some(side) = &sides[index] {
                         let samples = side.latency(&settings, durable).await;
-                        if std::env::var_os("BENCH_VERBOSE").is_some() {
+                        if verbose() {
                             tail(names[index], durable, &samples);
                         }
                         let (p50, p99) = percentiles(samples);
@@ -510,9 +510,8 @@ struct RawSide {
     exchanges: [String; 2],
     queues: [String; 2],
     probes: [Arc<Probe>; 2],
-    /// Sends eventing's wire format instead of bare messages.
-    format: bool,
-    /// Which of the format's id, type and timestamp it sends (`BENCH_FORMAT`).
+    /// Which of eventing's message id, type and timestamp it sends: none for bare
+    /// messages, those `BENCH_FORMAT` names for the `raw-format` side.
     fields: [bool; 3],
 }
 
@@ -593,33 +592,28 @@ impl RawSide {
             exchanges,
             queues,
             probes,
-            format,
-            fields: ["id", "type", "timestamp"].map(|field| settings.field(field)),
+            fields: ["id", "type", "timestamp"].map(|field| format && settings.field(field)),
         }
     }
 
     fn properties(&self, durable: bool) -> BasicProperties {
         let mode = if durable { 2 } else { 1 };
-        let properties = BasicProperties::default()
+        let mut properties = BasicProperties::default()
             .with_delivery_mode(mode)
             .with_content_type("application/json".into());
-        if !self.format {
-            return properties;
-        }
-        let seconds = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let event = &self.exchanges[usize::from(durable)];
         let [id, kind, timestamp] = self.fields;
-        let mut properties = properties;
         if id {
             properties =
                 properties.with_message_id(uuid::Uuid::new_v4().hyphenated().to_string().into());
         }
         if kind {
+            let event = &self.exchanges[usize::from(durable)];
             properties = properties.with_type(event.as_str().into());
         }
         if timestamp {
+            let seconds = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
             properties = properties.with_timestamp(seconds);
         }
         properties

@@ -176,6 +176,11 @@ pub async fn bounded<T>(what: &str, limit: Duration, future: impl Future<Output 
     }
 }
 
+/// Whether `BENCH_VERBOSE` is set: benches then print each round's figures.
+pub fn verbose() -> bool {
+    std::env::var_os("BENCH_VERBOSE").is_some()
+}
+
 /// The environment variable `name` parsed, or `default` when unset or unparsable.
 pub fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -352,7 +357,7 @@ impl Figures {
         self.per_second
             .push(throughput(counter, n, limit, patience, &mut send).await);
         let (client, server) = self.clock.now().since(&before).per_event(n);
-        if std::env::var_os("BENCH_VERBOSE").is_some() {
+        if verbose() {
             eprintln!(
                 "  {:.0} events/s, client {client:.1} us/ev, server {server:.1} us/ev",
                 self.per_second.last().copied().unwrap_or(f64::NAN)
@@ -461,7 +466,7 @@ pub async fn take_turns<const N: usize, F: Future<Output = Figures>>(
         eprintln!("round {} of {rounds}", round + 1);
         for side in turns(round, N) {
             if chosen(names[side]) {
-                if std::env::var_os("BENCH_VERBOSE").is_some() {
+                if verbose() {
                     eprintln!("  {}:", names[side]);
                 }
                 let taken = std::mem::take(&mut figures[side]);
